@@ -1,0 +1,186 @@
+"""Reading, checking, loading and writing checkpoints in the release's `.npz` layout.
+
+Loading validates every key and shape from the npz headers before a single weight is
+assigned, so a bad file never leaves a partially loaded model, and arrays are read one at
+a time so the peak memory stays near the model's own size.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import tempfile
+import zipfile
+
+import numpy as np
+
+from bit_keras import layout, variants
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file that is not a BiT checkpoint of the expected shape."""
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckpointInfo:
+    """What the keys of a checkpoint say about the network it holds."""
+
+    block_units: tuple
+    width: int
+    num_classes: int | None  # None: no head in the file
+
+    @property
+    def architecture(self):
+        return variants.architecture_for(self.block_units, self.width)
+
+    def describe(self) -> str:
+        arch = self.architecture
+        name = arch.name if arch else f"custom ResNet-v2 units={self.block_units} width={self.width}"
+        head = f"{self.num_classes}-class head" if self.num_classes else "no head"
+        return f"{name}, {head}"
+
+
+def read_headers(path) -> dict:
+    """Maps each array name in an `.npz` to (shape, dtype) without reading the data."""
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"No checkpoint at {path!r}.")
+    if not zipfile.is_zipfile(path):
+        raise CheckpointError(f"{path!r} is not an .npz file (not a zip archive). BiT checkpoints are "
+                              "the release's .npz files; the older .h5 files are not supported.")
+    headers = {}
+    with zipfile.ZipFile(path) as archive:
+        for member in archive.namelist():
+            if not member.endswith(".npy"):
+                continue
+            with archive.open(member) as stream:
+                try:
+                    version = np.lib.format.read_magic(stream)
+                    read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                                   else np.lib.format.read_array_header_2_0)
+                    shape, _, dtype = read_header(stream)
+                except ValueError as error:
+                    raise CheckpointError(f"{path!r}: array {member!r} is not a valid .npy entry ({error}).")
+            headers[member[: -len(".npy")]] = (tuple(shape), np.dtype(dtype))
+    if not headers:
+        raise CheckpointError(f"{path!r} is a zip archive with no arrays in it; not a BiT checkpoint.")
+    return headers
+
+
+def identify(headers: dict) -> CheckpointInfo:
+    """Infers units per block, width and head size from the keys and the root kernel."""
+    root_key = layout.layer_to_key("root_block.standardized_conv2d", "kernel")
+    if root_key not in headers:
+        raise CheckpointError(f"Not a BiT checkpoint: missing key {root_key!r} "
+                              f"(found e.g. {sorted(headers)[:3]}).")
+    root_shape = headers[root_key][0]
+    if len(root_shape) != 4 or root_shape[:3] != (7, 7, 3) or root_shape[3] % 64:
+        raise CheckpointError(f"Key {root_key!r} has shape {root_shape}; expected (7, 7, 3, 64*width).")
+    units = [0, 0, 0, 0]
+    pattern = re.compile(r"^resnet/block(\d)/unit(\d+)/")
+    for key in headers:
+        match = pattern.match(key)
+        if match and 1 <= int(match.group(1)) <= 4:
+            block = int(match.group(1)) - 1
+            units[block] = max(units[block], int(match.group(2)))
+    head_key = layout.layer_to_key(layout.HEAD_LAYER, "kernel")
+    num_classes = headers[head_key][0][-1] if head_key in headers else None
+    return CheckpointInfo(tuple(units), root_shape[3] // 64, num_classes)
+
+
+def check_against_layout(headers: dict, expected, path="checkpoint") -> None:
+    """Raises a CheckpointError naming the first missing or mis-shaped key."""
+    for entry in expected:
+        if entry.key not in headers:
+            raise CheckpointError(f"{path}: missing key {entry.key!r} (expected shape {entry.shape}). "
+                                  f"{_suggest(headers)}")
+        shape, dtype = headers[entry.key]
+        if shape != entry.shape:
+            raise CheckpointError(f"{path}: key {entry.key!r} has shape {shape}, the model expects "
+                                  f"{entry.shape}. {_suggest(headers)}")
+        if dtype.kind != "f":
+            raise CheckpointError(f"{path}: key {entry.key!r} has dtype {dtype}; expected floating point.")
+
+
+def _suggest(headers) -> str:
+    try:
+        info = identify(headers)
+    except CheckpointError:
+        return "The file does not look like a BiT checkpoint."
+    arch = info.architecture
+    if arch is None:
+        return f"The file holds {info.describe()}."
+    return f"The file holds {info.describe()}: build variant {arch.name!r} to load it."
+
+
+def load_weights(model, path, *, load_head: bool | None = None) -> CheckpointInfo:
+    """Loads a release-layout `.npz` into a BiT model, by name, all or nothing.
+
+    The head is loaded when the model has one of the checkpoint's class count (or when
+    `load_head=True`, which then requires it); otherwise the model's head is left as it is
+    (zero-initialised for fine-tuning).
+    """
+    path = os.fspath(path)
+    headers = read_headers(path)
+    info = identify(headers)
+    model_head = model.num_classes if model.include_top else None
+    if load_head is None:
+        load_head = model_head is not None and model_head == info.num_classes
+    expected = layout.checkpoint_layout(model.block_units, model.width, model_head if load_head else None)
+    check_against_layout(headers, expected, path)
+    with np.load(path) as arrays:
+        for entry in expected:
+            value = arrays[entry.key]
+            weight = getattr(model.get_layer(entry.layer), entry.weight)
+            weight.assign(value.reshape(weight.shape).astype("float32", copy=False))
+            del value
+    return info
+
+
+def save_weights(model, path) -> None:
+    """Writes a BiT model's weights as a release-layout `.npz`, atomically."""
+    path = os.fspath(path)
+    if not path.endswith(".npz"):
+        raise ValueError(f"Checkpoint paths end in .npz; received {path!r}.")
+    entries = layout.checkpoint_layout(model.block_units, model.width,
+                                       model.num_classes if model.include_top else None)
+    arrays = {}
+    for entry in entries:
+        value = getattr(model.get_layer(entry.layer), entry.weight)
+        arrays[entry.key] = np.asarray(value, dtype="float32").reshape(entry.shape)
+    write_npz_atomically(path, arrays)
+
+
+def write_npz_atomically(path, arrays: dict) -> None:
+    """np.savez into a temporary file beside `path`, then rename: never a half-written file."""
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=directory)
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            np.savez(stream, **arrays)
+        os.replace(temporary, path)
+    except BaseException:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+        raise
+
+
+def inspect_checkpoint(path) -> dict:
+    """A summary of a checkpoint: what it is and whether it loads (no Keras needed)."""
+    headers = read_headers(path)
+    info = identify(headers)
+    report = {"path": os.fspath(path), "arrays": len(headers),
+              "parameters": int(sum(int(np.prod(s)) for s, _ in headers.values())),
+              "block_units": list(info.block_units), "width": info.width,
+              "num_classes": info.num_classes,
+              "architecture": info.architecture.name if info.architecture else None}
+    try:
+        check_against_layout(headers, layout.checkpoint_layout(info.block_units, info.width, info.num_classes), path)
+        report["loads"], report["problem"] = True, None
+    except CheckpointError as error:
+        report["loads"], report["problem"] = False, str(error)
+    known = set(e.key for e in layout.checkpoint_layout(info.block_units, info.width, info.num_classes))
+    report["unexpected_keys"] = sorted(set(headers) - known)
+    return report

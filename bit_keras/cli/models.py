@@ -1,0 +1,58 @@
+"""`bit_keras list`, `bit_keras inspect` and `bit_keras convert`: the zoo and its checkpoints."""
+
+from __future__ import annotations
+
+import json
+
+
+def register(subparsers):
+    parser = subparsers.add_parser("list", help="List the variants and released checkpoints.")
+    parser.add_argument("--json", action="store_true", help="Print JSON instead of a table.")
+    parser.set_defaults(handler=list_variants)
+
+    parser = subparsers.add_parser("inspect", help="Say which variant an .npz checkpoint is and whether it loads.")
+    parser.add_argument("path", help="A release-layout .npz file.")
+    parser.add_argument("--json", action="store_true", help="Print JSON.")
+    parser.set_defaults(handler=inspect_file)
+
+
+def _rows():
+    from bit_keras import variants
+
+    for release in variants.CHECKPOINTS.values():
+        arch = release.architecture
+        yield {"name": release.name, "short_name": release.name.lower().replace("bit-", "", 1),
+               "architecture": arch.name, "block_units": list(arch.block_units), "width": arch.width,
+               "features": arch.num_features, "classes": release.num_classes,
+               "parameters": arch.num_params(release.num_classes), "upstream": release.upstream,
+               "resolution": release.resolution, "url": release.url}
+
+
+def list_variants(args):
+    rows = list(_rows())
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    print(f"{'checkpoint':<28} {'short name':<24} {'arch':<7} {'features':>8} {'classes':>7} {'params':>9}  upstream")
+    for row in rows:
+        print(f"{row['name']:<28} {row['short_name']:<24} {row['architecture']:<7} {row['features']:>8} "
+              f"{row['classes']:>7} {row['parameters'] / 1e6:>8.1f}M  {row['upstream']}")
+    print("\nAny name above works as `variant` (case-insensitive); bare architectures (r50x1, ...) build "
+          "without weights. Custom depth/width: bit_keras.BiTResNetV2(block_units, width).")
+    return 0
+
+
+def inspect_file(args):
+    from bit_keras import checkpoint
+
+    report = checkpoint.inspect_checkpoint(args.path)
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        arch = report["architecture"] or f"custom (units {report['block_units']}, width {report['width']})"
+        print(f"{report['path']}: {arch}, {report['num_classes'] or 'no'} classes, "
+              f"{report['parameters'] / 1e6:.2f}M parameters in {report['arrays']} arrays")
+        print("loads: yes" if report["loads"] else f"loads: NO: {report['problem']}")
+        if report["unexpected_keys"]:
+            print(f"unexpected keys (ignored): {', '.join(report['unexpected_keys'][:10])}")
+    return 0 if report["loads"] else 1

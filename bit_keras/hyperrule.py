@@ -1,0 +1,98 @@
+"""BiT-HyperRule: the fine-tuning recipe chosen from the dataset alone, as pure data.
+
+No framework imports: the rule can be printed, tested and reused by any trainer.
+Defaults follow the paper (BIT_SPEC.md section 4); `public_code_resolution=True` gives the
+public code's 512 -> 480 for every model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+BASE_BATCH = 512
+BASE_LEARNING_RATE = 0.003
+MOMENTUM = 0.9
+SMALL_DATASET = 20_000
+LARGE_DATASET = 500_000
+SMALL_IMAGE_AREA = 96 * 96
+MIXUP_ALPHA = 0.1
+DECAY_FRACTIONS = (0.3, 0.6, 0.9)
+DECAY_FACTOR = 0.1
+
+# (total steps, warm-up steps) at batch 512, as in the public code's boundaries.
+_SCHEDULES = {"small": (500, 100), "medium": (10_000, 500), "large": (20_000, 500)}
+
+
+@dataclasses.dataclass(frozen=True)
+class HyperRule:
+    """Everything the HyperRule decides for one dataset, at one batch size."""
+
+    train_size: int
+    image_size: tuple
+    batch_size: int
+    resize: int            # resize training images to resize x resize ...
+    crop: int              # ... then random-crop crop x crop; evaluation resizes to crop
+    total_steps: int
+    warmup_steps: int
+    decay_boundaries: tuple  # steps at which the learning rate is divided by 10
+    base_learning_rate: float
+    mixup_alpha: float     # 0.0: no MixUp
+    momentum: float = MOMENTUM
+    weight_decay: float = 0.0
+
+    def learning_rate(self, step: int) -> float:
+        """The rule's learning rate at a (0-based) step; never exactly 0 during warm-up."""
+        if step < self.warmup_steps:
+            return self.base_learning_rate * (step + 1) / self.warmup_steps
+        decays = sum(step >= boundary for boundary in self.decay_boundaries)
+        return self.base_learning_rate * DECAY_FACTOR ** decays
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+
+def dataset_scale(train_size: int) -> str:
+    if train_size < SMALL_DATASET:
+        return "small"
+    return "medium" if train_size < LARGE_DATASET else "large"
+
+
+def resolution(image_size, *, variant: str | None = None, public_code_resolution: bool = False):
+    """(resize, crop) by image area: small images 160 -> 128, others 448 -> 384 (512 -> 480 for R152x4)."""
+    height, width = image_size
+    if height * width < SMALL_IMAGE_AREA:
+        return 160, 128
+    if public_code_resolution or (variant is not None and "r152x4" in variant.lower()):
+        return 512, 480
+    return 448, 384
+
+
+def hyperrule(train_size: int, image_size, *, variant: str | None = None, batch_size: int = BASE_BATCH,
+              public_code_resolution: bool = False) -> HyperRule:
+    """The HyperRule for a dataset of `train_size` images of `image_size` (height, width).
+
+    Smaller batches scale the learning rate by batch/512 and every step count by 512/batch.
+    """
+    if train_size < 1:
+        raise ValueError(f"train_size must be positive. Received: train_size={train_size}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be positive. Received: batch_size={batch_size}")
+    image_size = tuple(int(s) for s in image_size)
+    if len(image_size) != 2 or min(image_size) < 1:
+        raise ValueError(f"image_size must be (height, width). Received: image_size={image_size}")
+    total, warmup = _SCHEDULES[dataset_scale(train_size)]
+    step_scale = BASE_BATCH / batch_size
+    total_steps = max(1, round(total * step_scale))
+    warmup_steps = max(1, round(warmup * step_scale))
+    boundaries = tuple(round(total_steps * fraction) for fraction in DECAY_FRACTIONS)
+    resize, crop = resolution(image_size, variant=variant, public_code_resolution=public_code_resolution)
+    return HyperRule(
+        train_size=train_size, image_size=image_size, batch_size=batch_size,
+        resize=resize, crop=crop, total_steps=total_steps, warmup_steps=warmup_steps,
+        decay_boundaries=boundaries, base_learning_rate=BASE_LEARNING_RATE * batch_size / BASE_BATCH,
+        mixup_alpha=MIXUP_ALPHA if train_size >= SMALL_DATASET else 0.0,
+    )
