@@ -9,19 +9,15 @@ from __future__ import annotations
 import numpy as np
 
 
-def random_checkpoint(block_units, width, num_classes=None, seed=0):
-    """A dict of arrays in the release's key layout, with non-trivial random values."""
-    rng = np.random.default_rng(seed)
-    params = {}
+def release_shapes(block_units, width, num_classes=None):
+    """Key -> shape of every array in a release checkpoint, from BIT_SPEC.md section 2."""
+    shapes = {}
 
     def conv(key, shape):
-        # Non-zero mean per output channel so that standardization matters.
-        params[f"resnet/{key}/standardized_conv2d/kernel"] = (
-            rng.normal(0.3, 1.0, size=shape) + rng.normal(0, 1, size=shape[-1])).astype(np.float32)
+        shapes[f"resnet/{key}/standardized_conv2d/kernel"] = shape
 
     def norm(key, channels):
-        params[f"resnet/{key}/group_norm/gamma"] = rng.uniform(0.5, 1.5, channels).astype(np.float32)
-        params[f"resnet/{key}/group_norm/beta"] = rng.normal(0, 0.2, channels).astype(np.float32)
+        shapes[f"resnet/{key}/group_norm/gamma"] = shapes[f"resnet/{key}/group_norm/beta"] = (channels,)
 
     conv("root_block", (7, 7, 3, 64 * width))
     cin = 64 * width
@@ -38,11 +34,32 @@ def random_checkpoint(block_units, width, num_classes=None, seed=0):
             if u == 1:
                 conv(f"{p}/a/proj", (1, 1, cin, 4 * mid))
             cin = 4 * mid
-    params["resnet/group_norm/gamma"] = rng.uniform(0.5, 1.5, cin).astype(np.float32)
-    params["resnet/group_norm/beta"] = rng.normal(0, 0.2, cin).astype(np.float32)
+    norm("", cin)
+    shapes["resnet/group_norm/gamma"] = shapes.pop("resnet//group_norm/gamma")
+    shapes["resnet/group_norm/beta"] = shapes.pop("resnet//group_norm/beta")
     if num_classes:
-        params["resnet/head/conv2d/kernel"] = rng.normal(0, 0.05, (1, 1, cin, num_classes)).astype(np.float32)
-        params["resnet/head/conv2d/bias"] = rng.normal(0, 0.1, num_classes).astype(np.float32)
+        shapes["resnet/head/conv2d/kernel"] = (1, 1, cin, num_classes)
+        shapes["resnet/head/conv2d/bias"] = (num_classes,)
+    return shapes
+
+
+def random_checkpoint(block_units, width, num_classes=None, seed=0):
+    """A dict of arrays in the release's key layout, with non-trivial random values."""
+    rng = np.random.default_rng(seed)
+    params = {}
+    for key, shape in release_shapes(block_units, width, num_classes).items():
+        if key.endswith("/kernel") and "standardized_conv2d" in key:
+            # Non-zero mean per output channel so that standardization matters.
+            value = rng.normal(0.3, 1.0, size=shape) + rng.normal(0, 1, size=shape[-1])
+        elif key.endswith("/gamma"):
+            value = rng.uniform(0.5, 1.5, shape)
+        elif key.endswith("/beta"):
+            value = rng.normal(0, 0.2, shape)
+        elif key.endswith("head/conv2d/kernel"):
+            value = rng.normal(0, 0.05, shape)
+        else:
+            value = rng.normal(0, 0.1, shape)
+        params[key] = value.astype(np.float32)
     return params
 
 
