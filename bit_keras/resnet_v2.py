@@ -158,7 +158,7 @@ def feature_maps(model: keras.Model, blocks=(1, 2, 3, 4)) -> keras.Model:
             raise ValueError(f"Model {model.name!r} has no block {block}; it has blocks "
                              f"{sorted({l.name.split('.')[0] for l in model.layers if l.name.startswith('block')})}.")
         outputs[f"block{block}"] = adds[-1].output
-    return keras.Model(model.inputs, outputs, name=f"{model.name}_feature_maps")
+    return keras.Model(model.input, outputs, name=f"{model.name}_feature_maps")
 
 
 def freeze_up_to(model: keras.Model, block: str | int) -> list:

@@ -105,3 +105,34 @@ def test_mixed_precision_model_outputs_float32_logits():
     model = _tiny_model(dtype="mixed_bfloat16")
     out = model(np.zeros((1, 32, 32, 3), "float32"))
     assert keras.backend.standardize_dtype(out.dtype) == "float32"
+
+
+def test_feature_maps_and_partial_freezing():
+    model = bit_keras.BiTResNetV2((1, 2, 1, 1), width=1, num_classes=5)
+    maps = bit_keras.feature_maps(model, blocks=(1, 2, 4))
+    out = maps(np.zeros((1, 64, 64, 3), "float32"))
+    # Stride 4 after the root, then 2 per block; channels 256 * 2**(block-1).
+    assert {k: tuple(v.shape) for k, v in out.items()} == {
+        "block1": (1, 16, 16, 256), "block2": (1, 8, 8, 512), "block4": (1, 2, 2, 2048)}
+    frozen = bit_keras.freeze_up_to(model, "block2")
+    assert "root_block.standardized_conv2d" in frozen and "block2.unit02.c.standardized_conv2d" in frozen
+    assert not model.get_layer("block2.unit02.c.standardized_conv2d").trainable
+    assert model.get_layer("block3.unit01.a.standardized_conv2d").trainable
+    with pytest.raises(ValueError, match="has no block 7"):
+        bit_keras.feature_maps(model, blocks=(7,))
+
+
+@pytest.mark.parametrize("images, message", [
+    (np.zeros((1, 32, 32, 3), "uint8"), "float images in \\[0, 1\\]; received dtype uint8"),
+    (np.zeros((1, 32, 32, 1), "float32"), "RGB images of shape \\[batch, height, width, 3\\]; received shape \\(1, 32, 32, 1\\)"),
+])
+def test_bad_images_are_refused_with_a_clear_error(images, message):
+    with pytest.raises(ValueError, match=message):
+        _tiny_model()(images)
+
+
+def test_bad_architecture_arguments():
+    with pytest.raises(ValueError, match="block_units must be four"):
+        bit_keras.BiTResNetV2((3, 4, 6), width=1)
+    with pytest.raises(ValueError, match="num_classes must be a positive"):
+        bit_keras.BiTResNetV2((1, 1, 1, 1), width=1, num_classes=0)
