@@ -15,7 +15,7 @@ from absl import app, logging
 from absl.flags import argparse_flags
 
 COMMAND_MODULES = (
-    "bit_keras.cli.models",     # list, inspect, convert
+    "bit_keras.cli.models",     # list, inspect
     "bit_keras.cli.hyperrule",  # hyperrule
     "bit_keras.cli.export",     # export
     "bit_keras.cli.finetune",   # finetune, evaluate, demo

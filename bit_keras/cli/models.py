@@ -1,4 +1,4 @@
-"""`bit_keras list`, `bit_keras inspect` and `bit_keras convert`: the zoo and its checkpoints."""
+"""`bit_keras list` and `bit_keras inspect`: the zoo and its checkpoints."""
 
 from __future__ import annotations
 
