@@ -2,7 +2,10 @@
 
 No framework imports: the rule can be printed, tested and reused by any trainer.
 Defaults follow the paper (BIT_SPEC.md section 4); `public_code_resolution=True` gives the
-public code's 512 -> 480 for every model.
+public code's 512 -> 480 for every model, and `schedule="public"` the public code's decay
+boundaries ([100, 200, 300, 400, 500] etc.: warm-up, three decays, end) instead of the
+paper's 30/60/90% of the steps. Either way the warm-up starts above 0 (the public code's
+starts at exactly 0) and the learning rate drops at a boundary step itself (step >= b).
 """
 
 from __future__ import annotations
@@ -20,8 +23,13 @@ MIXUP_ALPHA = 0.1
 DECAY_FRACTIONS = (0.3, 0.6, 0.9)
 DECAY_FACTOR = 0.1
 
-# (total steps, warm-up steps) at batch 512, as in the public code's boundaries.
-_SCHEDULES = {"small": (500, 100), "medium": (10_000, 500), "large": (20_000, 500)}
+# The public code's step boundaries at batch 512: warm-up end, three decays, total steps.
+PUBLIC_SCHEDULES = {
+    "small": (100, 200, 300, 400, 500),
+    "medium": (500, 3000, 6000, 9000, 10_000),
+    "large": (500, 6000, 12_000, 18_000, 20_000),
+}
+SCHEDULES = ("paper", "public")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,6 +48,7 @@ class HyperRule:
     mixup_alpha: float     # 0.0: no MixUp
     momentum: float = MOMENTUM
     weight_decay: float = 0.0
+    schedule: str = "paper"  # "paper": decays at 30/60/90%; "public": the public code's boundaries
 
     def learning_rate(self, step: int) -> float:
         """The rule's learning rate at a (0-based) step; never exactly 0 during warm-up."""
@@ -47,6 +56,11 @@ class HyperRule:
             return self.base_learning_rate * (step + 1) / self.warmup_steps
         decays = sum(step >= boundary for boundary in self.decay_boundaries)
         return self.base_learning_rate * DECAY_FACTOR ** decays
+
+    def boundary_learning_rates(self) -> list:
+        """[(step, learning rate)] where the rate changes: step 0, the warm-up end, every decay."""
+        steps = (0, self.warmup_steps, *self.decay_boundaries)
+        return [(step, self.learning_rate(step)) for step in sorted(set(steps)) if step < self.total_steps]
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -72,10 +86,11 @@ def resolution(image_size, *, variant: str | None = None, public_code_resolution
 
 
 def hyperrule(train_size: int, image_size, *, variant: str | None = None, batch_size: int = BASE_BATCH,
-              public_code_resolution: bool = False) -> HyperRule:
+              public_code_resolution: bool = False, schedule: str = "paper") -> HyperRule:
     """The HyperRule for a dataset of `train_size` images of `image_size` (height, width).
 
     Smaller batches scale the learning rate by batch/512 and every step count by 512/batch.
+    `schedule="public"` uses the public code's boundaries instead of the paper's 30/60/90%.
     """
     if train_size < 1:
         raise ValueError(f"train_size must be positive. Received: train_size={train_size}")
@@ -84,15 +99,19 @@ def hyperrule(train_size: int, image_size, *, variant: str | None = None, batch_
     image_size = tuple(int(s) for s in image_size)
     if len(image_size) != 2 or min(image_size) < 1:
         raise ValueError(f"image_size must be (height, width). Received: image_size={image_size}")
-    total, warmup = _SCHEDULES[dataset_scale(train_size)]
+    if schedule not in SCHEDULES:
+        raise ValueError(f"schedule must be one of {SCHEDULES}. Received: schedule={schedule!r}")
     step_scale = BASE_BATCH / batch_size
-    total_steps = max(1, round(total * step_scale))
-    warmup_steps = max(1, round(warmup * step_scale))
-    boundaries = tuple(round(total_steps * fraction) for fraction in DECAY_FRACTIONS)
+    public = tuple(max(1, round(step * step_scale)) for step in PUBLIC_SCHEDULES[dataset_scale(train_size)])
+    warmup_steps, total_steps = public[0], public[-1]
+    if schedule == "public":
+        boundaries = public[1:-1]
+    else:
+        boundaries = tuple(round(total_steps * fraction) for fraction in DECAY_FRACTIONS)
     resize, crop = resolution(image_size, variant=variant, public_code_resolution=public_code_resolution)
     return HyperRule(
         train_size=train_size, image_size=image_size, batch_size=batch_size,
         resize=resize, crop=crop, total_steps=total_steps, warmup_steps=warmup_steps,
         decay_boundaries=boundaries, base_learning_rate=BASE_LEARNING_RATE * batch_size / BASE_BATCH,
-        mixup_alpha=MIXUP_ALPHA if train_size >= SMALL_DATASET else 0.0,
+        mixup_alpha=MIXUP_ALPHA if train_size >= SMALL_DATASET else 0.0, schedule=schedule,
     )

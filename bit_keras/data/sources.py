@@ -1,0 +1,253 @@
+"""Where training images come from: TFDS names, image folders, scikit-learn's digits, arrays.
+
+Every source yields single `(image uint8 [h, w, 3], label int64)` examples plus a
+`DatasetInfo` carrying what the HyperRule needs (training-set size, typical image size).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+
+import numpy as np
+import tensorflow as tf
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
+ACCEPTED_SPECS = ("tfds:NAME", "tfds:NAME/CONFIG", "folder:PATH", "digits")
+DIGITS_TEST_SIZE = 360
+SPLIT_SEED = 0  # fixed order for folder/digits splits, so "train[:90%]" and "train[90%:]" are disjoint
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetInfo:
+    """What a pipeline and the HyperRule need to know about one split of a dataset."""
+
+    name: str
+    num_classes: int
+    train_size: int          # examples in the selected split
+    image_size: tuple        # typical (height, width): picks the HyperRule's resolution
+    class_names: tuple = ()
+
+
+def load_source(spec: str, split: str = "train", *, data_dir=None):
+    """`(tf.data.Dataset, DatasetInfo)` for a dataset spec.
+
+    Specs: `tfds:NAME[/CONFIG]` (tensorflow-datasets; `split` may slice, e.g. "train[:90%]"),
+    `folder:PATH` (PATH/<class>/*.png, or PATH/<split>/<class>/*), `digits` (scikit-learn's
+    bundled 8x8 digits: "train" 1437 images, "test" 360). Folder and digits splits accept
+    the same slicing: "train[:90%]", "train[90%:]", "train[:100]".
+    """
+    if not isinstance(spec, str) or not spec:
+        raise ValueError(f"A dataset spec must be a non-empty string, one of {', '.join(ACCEPTED_SPECS)}. "
+                         f"Received: {spec!r}")
+    scheme, _, rest = spec.partition(":")
+    if scheme == "tfds" and rest:
+        return _load_tfds(rest, split, data_dir)
+    if scheme == "folder" and rest:
+        return _load_folder(rest, split)
+    if spec == "digits":
+        return _load_digits(split)
+    raise ValueError(f"Unknown dataset spec {spec!r}. Accepted forms: {', '.join(ACCEPTED_SPECS)} "
+                     "(e.g. tfds:cifar10, tfds:oxford_iiit_pet, folder:/data/flowers, digits).")
+
+
+def from_arrays(images, labels, *, num_classes=None, name="arrays"):
+    """`(tf.data.Dataset, DatasetInfo)` for in-memory uint8 images [N, h, w(, 1|3)] and integer labels [N]."""
+    images = np.asarray(images)
+    labels = np.asarray(labels)
+    if images.ndim == 3:
+        images = images[..., None]
+    if images.ndim != 4 or images.shape[-1] not in (1, 3):
+        raise ValueError("images must have shape [N, height, width], [N, height, width, 1] or "
+                         f"[N, height, width, 3]. Received: shape {images.shape}")
+    if images.dtype != np.uint8:
+        raise ValueError(f"images must be uint8 in [0, 255]. Received: dtype {images.dtype}; convert floats "
+                         "in [0, 1] with (images * 255).round().astype('uint8')")
+    if labels.ndim != 1 or labels.shape[0] != images.shape[0]:
+        raise ValueError(f"labels must have shape [N] with N = {images.shape[0]} (one per image). "
+                         f"Received: shape {labels.shape}")
+    if not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(f"labels must be integer class indices. Received: dtype {labels.dtype}")
+    if images.shape[0] == 0:
+        raise ValueError("images is empty: need at least one example.")
+    if labels.min() < 0:
+        raise ValueError(f"labels must be >= 0. Received: min label {labels.min()}")
+    num_classes = int(labels.max()) + 1 if num_classes is None else int(num_classes)
+    if labels.max() >= num_classes:
+        raise ValueError(f"labels must be < num_classes={num_classes}. Received: max label {labels.max()}")
+    if images.shape[-1] == 1:
+        images = np.repeat(images, 3, axis=-1)
+    ds = tf.data.Dataset.from_tensor_slices((images, labels.astype(np.int64)))
+    info = DatasetInfo(name=name, num_classes=num_classes, train_size=int(images.shape[0]),
+                       image_size=tuple(int(s) for s in images.shape[1:3]),
+                       class_names=tuple(str(i) for i in range(num_classes)))
+    return ds, info
+
+
+# ---------------------------------------------------------------------------- splits
+
+_SLICE = re.compile(r"^(?P<base>[\w-]+)(?:\[(?P<start>-?\d+%?)?:(?P<stop>-?\d+%?)?\])?$")
+
+
+def _parse_split(split: str):
+    """("train", slice) for "train", "train[:90%]", "train[100:]"... (the tfds slicing subset)."""
+    match = _SLICE.match(split.replace(" ", "")) if isinstance(split, str) else None
+    if not match:
+        raise ValueError(f"Bad split {split!r}: use a name with an optional slice, e.g. 'train', "
+                         "'train[:90%]', 'train[90%:]', 'test[:100]'.")
+    return match["base"], match["start"], match["stop"]
+
+
+def _bound(text, n):
+    if text is None:
+        return None
+    if text.endswith("%"):
+        return round(int(text[:-1]) * n / 100)
+    return int(text)
+
+
+def _slice_items(items, start, stop):
+    n = len(items)
+    return items[_bound(start, n):_bound(stop, n)]
+
+
+# ---------------------------------------------------------------------------- tfds
+
+def _load_tfds(name, split, data_dir):
+    import tensorflow_datasets as tfds
+
+    try:
+        builder = tfds.builder(name, data_dir=data_dir)
+    except Exception as error:  # tfds raises its own not-found types
+        raise ValueError(f"tensorflow-datasets has no dataset {name!r} ({error}). "
+                         "See `tfds.list_builders()` for names; a config goes after a slash: tfds:NAME/CONFIG.") from None
+    info = builder.info
+    image_key, label_key = info.supervised_keys or ("image", "label")
+    if image_key not in info.features or label_key not in info.features:
+        raise ValueError(f"tfds:{name} has no (image, label) pair of features; found {list(info.features)}.")
+    label_feature = info.features[label_key]
+    num_classes = getattr(label_feature, "num_classes", None)
+    if not num_classes:
+        raise ValueError(f"tfds:{name} feature {label_key!r} is not a class label; cannot classify.")
+    try:
+        ds = builder.as_dataset(split=split, shuffle_files=False)
+    except AssertionError as error:  # tfds signals "not prepared" with an assertion
+        raise FileNotFoundError(f"tfds:{name} is not prepared in {data_dir or 'the default tfds data dir'} "
+                                f"({error}). Run `tfds build {name}` (needs the network) or pass data_dir.") from None
+    ds = ds.map(lambda example: (_to_rgb(example[image_key]), tf.cast(example[label_key], tf.int64)),
+                num_parallel_calls=tf.data.AUTOTUNE)
+    try:
+        size = info.splits[split].num_examples
+    except (KeyError, ValueError):
+        size = None  # metadata without split sizes (e.g. under tfds.testing.mock_data): count
+    if not size:
+        size = _count(ds)
+    shape = info.features[image_key].shape
+    image_size = tuple(shape[:2]) if None not in shape[:2] else _typical_size(ds)
+    return ds, DatasetInfo(name=f"tfds:{name}", num_classes=int(num_classes), train_size=int(size),
+                           image_size=tuple(int(s) for s in image_size),
+                           class_names=tuple(getattr(label_feature, "names", None) or ()))
+
+
+def _to_rgb(image):
+    image = tf.convert_to_tensor(image)
+    if image.shape.rank == 2:
+        image = image[..., None]
+    if image.shape[-1] == 1:
+        image = tf.image.grayscale_to_rgb(image)
+    elif image.shape[-1] == 4:
+        image = image[..., :3]
+    return tf.cast(image, tf.uint8) if image.dtype == tf.uint8 else tf.image.convert_image_dtype(image, tf.uint8)
+
+
+def _count(ds):
+    cardinality = int(ds.cardinality())
+    if cardinality >= 0:
+        return cardinality
+    return int(ds.reduce(np.int64(0), lambda count, _: count + 1))
+
+
+def _typical_size(ds, samples=32):
+    """Median (height, width) of the first few images: enough to pick the HyperRule's resolution."""
+    shapes = np.array([tf.shape(image)[:2].numpy() for image, _ in ds.take(samples)])
+    if len(shapes) == 0:
+        raise ValueError("The dataset split is empty.")
+    return tuple(int(s) for s in np.median(shapes, axis=0))
+
+
+# ---------------------------------------------------------------------------- folders
+
+def _class_dirs(root):
+    return sorted(entry.name for entry in os.scandir(root) if entry.is_dir() and not entry.name.startswith("."))
+
+
+def _images_in(directory):
+    return sorted(os.path.join(directory, f) for f in os.listdir(directory)
+                  if f.lower().endswith(IMAGE_EXTENSIONS) and not f.startswith("."))
+
+
+def _load_folder(path, split):
+    path = os.path.expanduser(path)
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"Image folder {path!r} does not exist. Expected PATH/<class>/*.jpg "
+                                "or PATH/<split>/<class>/*.jpg.")
+    base, start, stop = _parse_split(split)
+    top = _class_dirs(path)
+    if top and all(_class_dirs(os.path.join(path, d)) and not _images_in(os.path.join(path, d)) for d in top):
+        # PATH/<split>/<class>/...: labels are the union of class folders over all splits,
+        # so train and test agree on every class index.
+        if base not in top:
+            raise FileNotFoundError(f"{path!r} has split folders {top} but no {base!r}.")
+        class_names = sorted({c for d in top for c in _class_dirs(os.path.join(path, d))})
+        root = os.path.join(path, base)
+    else:
+        if base != "train":
+            raise ValueError(f"{path!r} has no split sub-folders, so its only split is 'train' (all images); "
+                             f"slice it for evaluation, e.g. 'train[90%:]'. Received: split={split!r}")
+        class_names = top
+        root = path
+    items = [(file, label) for label, name in enumerate(class_names)
+             if os.path.isdir(os.path.join(root, name)) for file in _images_in(os.path.join(root, name))]
+    if not class_names or not items:
+        raise FileNotFoundError(f"No images ({', '.join(IMAGE_EXTENSIONS)}) found under {root!r} in "
+                                "one sub-folder per class.")
+    order = np.random.default_rng(SPLIT_SEED).permutation(len(items))
+    items = _slice_items([items[i] for i in order], start, stop)
+    if not items:
+        raise ValueError(f"Split {split!r} of {path!r} is empty.")
+    files, labels = zip(*items)
+    ds = tf.data.Dataset.from_tensor_slices((list(files), np.array(labels, np.int64)))
+    ds = ds.map(lambda file, label: (_decode(file), label), num_parallel_calls=tf.data.AUTOTUNE)
+    return ds, DatasetInfo(name=f"folder:{path}", num_classes=len(class_names), train_size=len(items),
+                           image_size=_typical_size(ds, samples=16), class_names=tuple(class_names))
+
+
+def _decode(file):
+    image = tf.io.decode_image(tf.io.read_file(file), channels=3, expand_animations=False)
+    image.set_shape([None, None, 3])
+    return image
+
+
+# ---------------------------------------------------------------------------- digits
+
+def _load_digits(split):
+    """scikit-learn's 8x8 digits (inside its wheel, so offline): a fixed 1437/360 train/test split."""
+    try:
+        from sklearn.datasets import load_digits
+    except ImportError:
+        raise RuntimeError("The 'digits' dataset needs scikit-learn: pip install scikit-learn") from None
+    base, start, stop = _parse_split(split)
+    digits = load_digits()
+    order = np.random.default_rng(SPLIT_SEED).permutation(len(digits.target))
+    parts = {"train": order[DIGITS_TEST_SIZE:], "test": order[:DIGITS_TEST_SIZE], "all": order}
+    if base not in parts:
+        raise ValueError(f"digits has splits 'train' (1437), 'test' (360) and 'all'. Received: split={split!r}")
+    index = _slice_items(parts[base], start, stop)
+    if len(index) == 0:
+        raise ValueError(f"Split {split!r} of digits is empty.")
+    gray = np.round(digits.images[index] * (255.0 / 16.0)).astype(np.uint8)
+    images = np.repeat(gray[..., None], 3, axis=-1)
+    ds, _ = from_arrays(images, digits.target[index], num_classes=10)
+    return ds, DatasetInfo(name="digits", num_classes=10, train_size=len(index), image_size=(8, 8),
+                           class_names=tuple(str(i) for i in range(10)))
