@@ -49,8 +49,11 @@ def train_pipeline(ds, rule, *, batch_size, num_classes, flip=True, crop=True, m
     ds = ds.map(augment, num_parallel_calls=tf.data.AUTOTUNE)
     ds = ds.batch(batch_size, drop_remainder=True)
     if alpha > 0:
-        ds = ds.map(lambda images, labels, seeds: mixup(images, labels, alpha, _seed(seeds[0], 3)),
-                    num_parallel_calls=tf.data.AUTOTUNE)
+        def mix(images, labels, seeds):
+            images, labels = mixup(images, labels, alpha, _seed(seeds[0], 3))
+            return tf.clip_by_value(images, 0.0, 1.0), labels  # rounding may step 1 ulp outside
+
+        ds = ds.map(mix, num_parallel_calls=tf.data.AUTOTUNE)
     else:
         ds = ds.map(lambda images, labels, seeds: (images, labels))
     return ds.prefetch(tf.data.AUTOTUNE)

@@ -30,20 +30,21 @@ class DatasetInfo:
     class_names: tuple = ()
 
 
-def load_source(spec: str, split: str = "train", *, data_dir=None):
+def load_source(spec: str, split: str = "train", *, data_dir=None, download=True):
     """`(tf.data.Dataset, DatasetInfo)` for a dataset spec.
 
     Specs: `tfds:NAME[/CONFIG]` (tensorflow-datasets; `split` may slice, e.g. "train[:90%]"),
     `folder:PATH` (PATH/<class>/*.png, or PATH/<split>/<class>/*), `digits` (scikit-learn's
     bundled 8x8 digits: "train" 1437 images, "test" 360). Folder and digits splits accept
-    the same slicing: "train[:90%]", "train[90%:]", "train[:100]".
+    the same slicing: "train[:90%]", "train[90%:]", "train[:100]". A TFDS dataset not yet
+    in `data_dir` is downloaded and prepared first unless `download=False`.
     """
     if not isinstance(spec, str) or not spec:
         raise ValueError(f"A dataset spec must be a non-empty string, one of {', '.join(ACCEPTED_SPECS)}. "
                          f"Received: {spec!r}")
     scheme, _, rest = spec.partition(":")
     if scheme == "tfds" and rest:
-        return _load_tfds(rest, split, data_dir)
+        return _load_tfds(rest, split, data_dir, download)
     if scheme == "folder" and rest:
         return _load_folder(rest, split)
     if spec == "digits":
@@ -114,14 +115,21 @@ def _slice_items(items, start, stop):
 
 # ---------------------------------------------------------------------------- tfds
 
-def _load_tfds(name, split, data_dir):
+def _load_tfds(name, split, data_dir, download):
     import tensorflow_datasets as tfds
 
     try:
         builder = tfds.builder(name, data_dir=data_dir)
-    except Exception as error:  # tfds raises its own not-found types
-        raise ValueError(f"tensorflow-datasets has no dataset {name!r} ({error}). "
-                         "See `tfds.list_builders()` for names; a config goes after a slash: tfds:NAME/CONFIG.") from None
+    except Exception as error:  # tfds raises its own not-found types, with every dataset name listed
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ValueError(f"tensorflow-datasets cannot build {name!r}: {first_line} See tfds.list_builders() "
+                         "for names; a config goes after a slash: tfds:NAME/CONFIG.") from None
+    if download and not builder.is_prepared():
+        try:
+            builder.download_and_prepare()
+        except Exception as error:
+            raise RuntimeError(f"Could not download and prepare tfds:{name} into {builder.data_dir} ({error}). "
+                               "Offline? Prepare it elsewhere and pass data_dir, or use folder:PATH or digits.") from None
     info = builder.info
     image_key, label_key = info.supervised_keys or ("image", "label")
     if image_key not in info.features or label_key not in info.features:
@@ -132,9 +140,11 @@ def _load_tfds(name, split, data_dir):
         raise ValueError(f"tfds:{name} feature {label_key!r} is not a class label; cannot classify.")
     try:
         ds = builder.as_dataset(split=split, shuffle_files=False)
-    except AssertionError as error:  # tfds signals "not prepared" with an assertion
-        raise FileNotFoundError(f"tfds:{name} is not prepared in {data_dir or 'the default tfds data dir'} "
-                                f"({error}). Run `tfds build {name}` (needs the network) or pass data_dir.") from None
+    except AssertionError:  # tfds signals "not prepared" with an assertion
+        raise FileNotFoundError(f"tfds:{name} is not prepared in {builder.data_dir}. Run `tfds build {name}` "
+                                "(needs the network), pass download=True, or pass data_dir.") from None
+    except ValueError as error:  # e.g. an unknown split name
+        raise ValueError(f"tfds:{name}: bad split {split!r}: {error}") from None
     ds = ds.map(lambda example: (_to_rgb(example[image_key]), tf.cast(example[label_key], tf.int64)),
                 num_parallel_calls=tf.data.AUTOTUNE)
     try:
