@@ -1,0 +1,342 @@
+"""Data sources, few-shot sampling and the HyperRule pipelines (flip, crop, MixUp), checked in NumPy."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from bit_keras.data import (DatasetInfo, eval_pipeline, few_shot, from_arrays, load_source, mixup, mixup_params,
+                            train_pipeline)
+from bit_keras.hyperrule import hyperrule
+
+
+def _rule(resize, crop, mixup_alpha=0.0):
+    """A real rule with small resolutions so tests stay fast."""
+    return dataclasses.replace(hyperrule(1000, (32, 32)), resize=resize, crop=crop, mixup_alpha=mixup_alpha)
+
+
+def _grid_images(n, size=8):
+    """n images whose pixels are unique within an image (value = 4*(row*size+col) + image index)."""
+    base = (np.arange(size * size).reshape(size, size) * 3).astype(np.int64)
+    images = np.stack([base + i for i in range(n)])
+    return np.repeat(images[..., None], 3, axis=-1).astype(np.uint8)
+
+
+def _batches(ds):
+    return [(x.numpy(), y.numpy()) for x, y in ds]
+
+
+# ---------------------------------------------------------------------------- sources
+
+def test_digits_sizes_and_content():
+    from sklearn.datasets import load_digits
+
+    train, train_info = load_source("digits")
+    test, test_info = load_source("digits", "test")
+    assert (train_info.train_size, test_info.train_size) == (1437, 360)
+    assert train_info.num_classes == 10 and train_info.image_size == (8, 8)
+    images, labels = map(np.stack, zip(*train.concatenate(test).as_numpy_iterator()))
+    assert images.shape == (1797, 8, 8, 3) and images.dtype == np.uint8 and labels.dtype == np.int64
+    assert np.array_equal(images[..., 0], images[..., 2])
+    digits = load_digits()
+    expected = np.round(digits.images * 255 / 16).astype(np.uint8)
+    # Together the splits hold every digit exactly once (compare as sorted multisets of images+labels).
+    ours = sorted(img[..., 0].tobytes() + bytes([lab]) for img, lab in zip(images, labels))
+    theirs = sorted(img.tobytes() + bytes([lab]) for img, lab in zip(expected, digits.target))
+    assert ours == theirs
+    head, _ = load_source("digits", "train[:100]")
+    assert sum(1 for _ in head) == 100
+    with pytest.raises(ValueError, match="digits has splits"):
+        load_source("digits", "validation")
+
+
+def _write_png(path, array):
+    tf.io.write_file(str(path), tf.io.encode_png(array))
+
+
+def test_folder_source(tmp_path):
+    rng = np.random.default_rng(0)
+    written = {}
+    for label, name in enumerate(["cat", "dog"]):
+        (tmp_path / name).mkdir()
+        for i in range(3):
+            shape = (20 + i, 30, 1 if i == 0 else 3)      # one grayscale PNG per class
+            image = rng.integers(0, 256, shape, dtype=np.uint8)
+            _write_png(tmp_path / name / f"{i}.png", image)
+            written[image.tobytes()] = (label, image)
+    (tmp_path / "cat" / "notes.txt").write_text("not an image")
+    ds, info = load_source(f"folder:{tmp_path}")
+    assert info.num_classes == 2 and info.class_names == ("cat", "dog") and info.train_size == 6
+    assert info.image_size == (21, 30)
+    seen = 0
+    for image, label in ds.as_numpy_iterator():
+        assert image.dtype == np.uint8 and image.shape[-1] == 3
+        key = image.tobytes() if image.tobytes() in written else image[..., :1].tobytes()
+        expected_label, original = written[key]
+        assert label == expected_label
+        assert np.array_equal(image, np.broadcast_to(original, image.shape))
+        seen += 1
+    assert seen == 6
+    first, first_info = load_source(f"folder:{tmp_path}", "train[:50%]")
+    rest, _ = load_source(f"folder:{tmp_path}", "train[50%:]")
+    a = {x.tobytes() for x, _ in first.as_numpy_iterator()}
+    b = {x.tobytes() for x, _ in rest.as_numpy_iterator()}
+    assert first_info.train_size == 3 and len(a) == 3 and len(b) == 3 and not a & b
+    with pytest.raises(ValueError, match="no split sub-folders"):
+        load_source(f"folder:{tmp_path}", "test")
+
+
+def test_folder_with_split_subfolders(tmp_path):
+    image = np.full((12, 12, 3), 7, np.uint8)
+    for split, classes in (("train", ["a", "b"]), ("test", ["a", "b", "c"])):
+        for name in classes:
+            (tmp_path / split / name).mkdir(parents=True)
+            _write_png(tmp_path / split / name / "x.png", image)
+    train, info = load_source(f"folder:{tmp_path}", "train")
+    test, test_info = load_source(f"folder:{tmp_path}", "test")
+    assert info.class_names == test_info.class_names == ("a", "b", "c")
+    assert (info.train_size, test_info.train_size) == (2, 3)
+    assert sorted(int(y) for _, y in test) == [0, 1, 2]
+    with pytest.raises(FileNotFoundError, match="no 'validation'"):
+        load_source(f"folder:{tmp_path}", "validation")
+
+
+def test_folder_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_source(f"folder:{tmp_path / 'missing'}")
+    (tmp_path / "empty_class").mkdir()
+    with pytest.raises(FileNotFoundError, match="No images"):
+        load_source(f"folder:{tmp_path}")
+
+
+@pytest.mark.parametrize("spec", ["", "imagenet", "foo:bar", "tfds:", "folder:", "hub:cifar10"])
+def test_bad_specs_list_the_accepted_forms(spec):
+    with pytest.raises(ValueError, match="tfds:NAME"):
+        load_source(spec)
+
+
+def test_bad_split_string():
+    with pytest.raises(ValueError, match="Bad split"):
+        load_source("digits", "train[::2]")
+
+
+def test_tfds_through_mock_data():
+    """tfds.testing.mock_data generates random examples from the registered features, offline."""
+    import tensorflow_datasets as tfds
+
+    with tfds.testing.mock_data(num_examples=6):
+        ds, info = load_source("tfds:cifar10", "train")
+        images, labels = map(np.stack, zip(*ds.as_numpy_iterator()))
+        assert info.num_classes == 10 and info.image_size == (32, 32) and info.train_size == 6
+        assert images.shape == (6, 32, 32, 3) and images.dtype == np.uint8 and labels.dtype == np.int64
+        ds, info = load_source("tfds:mnist", "test")   # grayscale -> RGB
+        image, _ = next(ds.as_numpy_iterator())
+        assert info.image_size == (28, 28) and image.shape == (28, 28, 3)
+        assert np.array_equal(image[..., 0], image[..., 1]) and np.array_equal(image[..., 0], image[..., 2])
+    with pytest.raises(ValueError, match="cannot build 'no_such_dataset'"):
+        load_source("tfds:no_such_dataset")
+
+
+def test_tfds_not_prepared_offline(tmp_path):
+    with pytest.raises(FileNotFoundError, match="not prepared"):
+        load_source("tfds:cifar10", data_dir=str(tmp_path), download=False)
+
+
+def test_from_arrays_and_its_errors():
+    images = np.zeros((4, 5, 6), np.uint8)             # grayscale without channel axis
+    ds, info = from_arrays(images, [0, 1, 2, 1], num_classes=5)
+    assert info == DatasetInfo("arrays", 5, 4, (5, 6), ("0", "1", "2", "3", "4"))
+    assert next(ds.as_numpy_iterator())[0].shape == (5, 6, 3)
+    assert from_arrays(images, [0, 1, 2, 1])[1].num_classes == 3
+    with pytest.raises(ValueError, match="uint8"):
+        from_arrays(images.astype(np.float32), [0, 1, 2, 1])
+    with pytest.raises(ValueError, match="shape"):
+        from_arrays(np.zeros((4, 5), np.uint8), [0, 1, 2, 1])
+    with pytest.raises(ValueError, match="one per image"):
+        from_arrays(images, [0, 1, 2])
+    with pytest.raises(ValueError, match="< num_classes=2"):
+        from_arrays(images, [0, 1, 2, 1], num_classes=2)
+    with pytest.raises(ValueError, match=">= 0"):
+        from_arrays(images, [0, -1, 2, 1])
+    with pytest.raises(ValueError, match="integer"):
+        from_arrays(images, [0.0, 1.0, 2.0, 1.0])
+
+
+# ---------------------------------------------------------------------------- few-shot
+
+def test_few_shot_k_per_class_and_seeds():
+    labels = np.repeat(np.arange(4), [9, 7, 12, 5])
+    images = np.arange(labels.size, dtype=np.uint8).reshape(-1, 1, 1, 1).repeat(3, -1)
+    ds, _ = from_arrays(images, labels)
+
+    def draw(k, seed):
+        picked = list(few_shot(ds, k, num_classes=4, seed=seed).as_numpy_iterator())
+        return [int(x[0, 0, 0]) for x, _ in picked], np.array([int(y) for _, y in picked])
+
+    ids, picked_labels = draw(5, seed=0)
+    assert np.bincount(picked_labels, minlength=4).tolist() == [5, 5, 5, 5]
+    assert all(labels[i] == y for i, y in zip(ids, picked_labels))     # each image keeps its own label
+    assert len(set(ids)) == 20
+    assert draw(5, seed=0)[0] == ids
+    assert draw(5, seed=1)[0] != ids
+    assert np.bincount(draw(1, seed=3)[1]).tolist() == [1, 1, 1, 1]
+    with pytest.raises(ValueError, match="class 3 has 5"):
+        few_shot(ds, 6, num_classes=4)
+    with pytest.raises(ValueError, match="positive"):
+        few_shot(ds, 0, num_classes=4)
+
+
+# ---------------------------------------------------------------------------- pipelines
+
+def test_train_pipeline_shapes_dtypes_and_ranges():
+    rng = np.random.default_rng(0)
+    ds, _ = from_arrays(rng.integers(0, 256, (10, 12, 14, 3), dtype=np.uint8), np.arange(10) % 3)
+    batches = _batches(train_pipeline(ds, _rule(20, 16), batch_size=4, num_classes=3, seed=0, repeat=False))
+    assert len(batches) == 2                                   # 10 examples, batch 4: remainder dropped
+    for images, labels in batches:
+        assert images.shape == (4, 16, 16, 3) and images.dtype == np.float32
+        assert labels.shape == (4, 3) and labels.dtype == np.float32
+        assert 0.0 <= images.min() and images.max() <= 1.0 and images.max() > 0.5
+        assert np.array_equal(labels.sum(1), np.ones(4)) and set(np.unique(labels)) == {0.0, 1.0}
+    repeated = train_pipeline(ds, _rule(20, 16), batch_size=4, num_classes=3, seed=0)
+    assert len(list(repeated.take(7))) == 7                    # repeats past one epoch
+    again = _batches(train_pipeline(ds, _rule(20, 16), batch_size=4, num_classes=3, seed=0, repeat=False))
+    other = _batches(train_pipeline(ds, _rule(20, 16), batch_size=4, num_classes=3, seed=1, repeat=False))
+    assert all(np.array_equal(a[0], b[0]) for a, b in zip(batches, again))      # a seed fixes the stream
+    assert not all(np.array_equal(a[0], b[0]) for a, b in zip(batches, other))
+
+
+def test_flips_are_random_not_always():
+    images = _grid_images(1)
+    ds, _ = from_arrays(images, [0])
+    # resize == crop == image size and crop=False: the only change left is the flip.
+    pipeline = train_pipeline(ds, _rule(8, 8), batch_size=1, num_classes=1, crop=False, seed=0,
+                              shuffle_buffer=0)
+    original = images[0] / np.float32(255)
+    mirrored = original[:, ::-1]
+    flipped = 0
+    for x, _ in pipeline.take(64):
+        x = x.numpy()[0]
+        is_original, is_mirrored = np.allclose(x, original), np.allclose(x, mirrored)
+        assert is_original != is_mirrored
+        flipped += is_mirrored
+    assert 16 <= flipped <= 48                                 # ~Binomial(64, 1/2), not 0 or 64
+    no_flip = train_pipeline(ds, _rule(8, 8), batch_size=1, num_classes=1, crop=False, flip=False, seed=0)
+    assert all(np.allclose(x.numpy()[0], original) for x, _ in no_flip.take(16))
+
+
+def test_crop_positions_vary_and_are_windows():
+    images = _grid_images(1)
+    ds, _ = from_arrays(images, [0])
+    pipeline = train_pipeline(ds, _rule(8, 4), batch_size=1, num_classes=1, flip=False, seed=0, shuffle_buffer=0)
+    offsets = set()
+    for x, _ in pipeline.take(48):
+        values = np.round(x.numpy()[0, ..., 0] * 255).astype(int)
+        row, col = divmod(values[0, 0] // 3, 8)
+        assert np.array_equal(values, images[0, row:row + 4, col:col + 4, 0])   # a true 4x4 window
+        offsets.add((row, col))
+    assert len(offsets) >= 8                                   # 25 possible offsets
+
+
+def test_no_crop_resizes_straight_to_crop():
+    ds, _ = from_arrays(_grid_images(2, size=16), [0, 1])
+    (images, _), = _batches(train_pipeline(ds, _rule(32, 8), batch_size=2, num_classes=2, crop=False,
+                                           flip=False, repeat=False, seed=0))
+    assert images.shape == (2, 8, 8, 3)
+
+
+def test_eval_pipeline_is_deterministic_and_keeps_remainder():
+    images = _grid_images(10)
+    ds, _ = from_arrays(images, np.arange(10) % 4)
+    first = _batches(eval_pipeline(ds, _rule(12, 8), batch_size=4, num_classes=4))
+    second = _batches(eval_pipeline(ds, _rule(12, 8), batch_size=4, num_classes=4))
+    assert [len(y) for _, y in first] == [4, 4, 2]
+    for (x1, y1), (x2, y2) in zip(first, second):
+        assert np.array_equal(x1, x2) and np.array_equal(y1, y2)
+    x = np.concatenate([b[0] for b in first])
+    np.testing.assert_allclose(x, images / 255.0, atol=1e-6)   # 8x8 images at crop 8: untouched, in order
+    np.testing.assert_array_equal(np.concatenate([b[1] for b in first]), np.eye(4)[np.arange(10) % 4])
+
+
+def test_mixup_mixes_with_one_lambda_per_batch():
+    batch = 8
+    images = np.arange(batch, dtype=np.float32)[:, None, None, None] * np.ones((1, 2, 2, 3), np.float32)
+    labels = np.eye(batch, dtype=np.float32)
+    lams = []
+    for seed in range(6):
+        mixed_images, mixed_labels = (t.numpy() for t in mixup(images, labels, 1.0, [seed, 0]))
+        lam, perm = (t.numpy() for t in mixup_params(batch, 1.0, [seed, 0]))
+        assert sorted(perm) == list(range(batch))
+        expected_labels = lam * labels + (1 - lam) * labels[perm]      # NumPy, one lambda for all rows
+        expected_images = lam * images + (1 - lam) * images[perm]
+        np.testing.assert_allclose(mixed_labels, expected_labels, atol=1e-6)
+        np.testing.assert_allclose(mixed_images, expected_images, atol=1e-5)
+        np.testing.assert_allclose(mixed_labels.sum(1), 1.0, atol=1e-6)
+        # Every row that was mixed with another carries the same weight on its own class.
+        own = np.diag(mixed_labels)[perm != np.arange(batch)]
+        np.testing.assert_allclose(own, own[0], atol=1e-6)
+        lams.append(float(lam))
+    assert len(set(lams)) == 6                                 # a new lambda per batch
+
+
+def test_mixup_lambda_follows_beta():
+    from scipy import stats
+
+    for alpha in (0.1, 1.0):
+        lams = np.array([float(mixup_params(4, alpha, [seed, 1])[0]) for seed in range(300)])
+        assert stats.kstest(lams, stats.beta(alpha, alpha).cdf).pvalue > 1e-3
+
+
+def test_pipeline_mixup_matches_numpy():
+    """Classes are one per example and images constant per class, so each batch reveals lambda
+    and the permutation; both must be the same for images and labels of every row."""
+    n = 8
+    values = np.arange(n) * 30
+    images = np.broadcast_to(values[:, None, None, None], (n, 6, 6, 3)).astype(np.uint8)
+    ds, _ = from_arrays(images, np.arange(n))
+    pipeline = train_pipeline(ds, _rule(6, 6), batch_size=n, num_classes=n, crop=False, flip=False,
+                              mixup_alpha=1.0, seed=3)
+    mixed_batches = 0
+    for x, y in _batches(pipeline.take(5)):
+        np.testing.assert_allclose(y.sum(1), 1.0, atol=1e-6)
+        high = np.argmax(y, axis=1)
+        weight = y[np.arange(n), high]
+        rest = y.copy()
+        rest[np.arange(n), high] = 0
+        low = np.where(weight > 1 - 1e-6, high, np.argmax(rest, axis=1))   # unmixed rows: own class twice
+        mixed = weight < 1 - 1e-6
+        np.testing.assert_allclose(weight[mixed], weight[mixed][0] if mixed.any() else 1, atol=1e-6)
+        # The batch is one epoch of 8 distinct classes: both sides of the mix are permutations of it.
+        assert sorted(high) == list(range(n)) and sorted(low) == list(range(n))
+        np.testing.assert_array_equal(np.count_nonzero(y > 1e-6, axis=1), np.where(mixed, 2, 1))
+        # Images mixed with exactly the labels' weights, recomputed in NumPy.
+        expected = weight * values[high] / 255.0 + (1 - weight) * values[low] / 255.0
+        np.testing.assert_allclose(x[..., 0].mean(axis=(1, 2)), expected, atol=1e-5)
+        np.testing.assert_allclose(x.std(axis=(1, 2, 3)), 0.0, atol=1e-6)          # still constant images
+        mixed_batches += mixed.any() and 1 - weight[mixed][0] > 1e-3
+    assert mixed_batches >= 3
+
+
+def test_mixup_off_when_alpha_zero_and_rule_default():
+    ds, _ = from_arrays(_grid_images(8), np.arange(8) % 4)
+    for alpha, rule_alpha in ((0.0, 0.1), (None, 0.0)):
+        pipeline = train_pipeline(ds, _rule(8, 8, mixup_alpha=rule_alpha), batch_size=8, num_classes=4,
+                                  mixup_alpha=alpha, seed=0)
+        for _, labels in _batches(pipeline.take(3)):
+            assert set(np.unique(labels)) == {0.0, 1.0}
+    on = train_pipeline(ds, _rule(8, 8, mixup_alpha=1.0), batch_size=8, num_classes=4, seed=0)
+    assert any(not set(np.unique(labels)) <= {0.0, 1.0} for _, labels in _batches(on.take(3)))
+
+
+def test_pipeline_argument_errors():
+    ds, _ = from_arrays(_grid_images(4), [0, 1, 0, 1])
+    with pytest.raises(ValueError, match="batch_size"):
+        train_pipeline(ds, _rule(8, 8), batch_size=0, num_classes=2)
+    with pytest.raises(ValueError, match="num_classes"):
+        eval_pipeline(ds, _rule(8, 8), batch_size=2, num_classes=0)
+    with pytest.raises(ValueError, match="mixup_alpha"):
+        train_pipeline(ds, _rule(8, 8), batch_size=2, num_classes=2, mixup_alpha=-1)
+    floats = ds.map(lambda x, y: (tf.cast(x, tf.float32), y))
+    with pytest.raises(ValueError, match="uint8"):
+        eval_pipeline(floats, _rule(8, 8), batch_size=2, num_classes=2)
