@@ -21,6 +21,10 @@ _LAZY = {
     "load_weights": "bit_keras.checkpoint",
     "save_weights": "bit_keras.checkpoint",
     "CheckpointError": "bit_keras.checkpoint",
+    "load_source": "bit_keras.data",
+    "from_arrays": "bit_keras.data",
+    "few_shot": "bit_keras.data",
+    "DatasetInfo": "bit_keras.data",
 }
 
 
