@@ -1,0 +1,88 @@
+"""`export_model`: a Keras model as a TF2 SavedModel that follows TF Hub's Reusable API.
+
+The root object is what `hub.KerasLayer(DIR, trainable=True)` and `tf.saved_model.load`
+expect: a callable `obj(images, training=...)` traced for both values of `training`,
+`obj.variables`, `obj.trainable_variables` and `obj.regularization_losses`. It also has
+`serve` / `serve_training` (one `inputs` argument each, for Keras 3's `TFSMLayer`) and a
+`serving_default` signature for TF Serving.
+"""
+
+from __future__ import annotations
+
+import os
+
+from bit_keras.export import atomic
+from bit_keras.export.metadata import describe_model, write_metadata
+
+SERVE_ENDPOINT = "serve"
+TRAINING_ENDPOINT = "serve_training"
+
+
+def _image_spec():
+    import tensorflow as tf
+
+    return tf.TensorSpec([None, None, None, 3], tf.float32, name="images")
+
+
+def build_reusable_module(model, *, serving_model=None, output_name="features"):
+    """The object `tf.saved_model.save` writes: the Reusable SavedModel API around `model`."""
+    import tensorflow as tf
+
+    serving_model = model if serving_model is None else serving_model
+    root = tf.train.Checkpoint()
+    # Keras 3 variables are trackable on the TensorFlow backend; listing them saves them.
+    root.variables = list(model.variables)
+    root.trainable_variables = list(model.trainable_variables)
+    # BiT fine-tunes without weight decay: no regularization losses, but the attribute
+    # must exist (hub.KerasLayer reads it).
+    root.regularization_losses = []
+
+    @tf.function(autograph=False)
+    def call(images, training=False):
+        return model(images, training=training)
+
+    for training in (False, True):
+        call.get_concrete_function(_image_spec(), training=training)
+    root.__call__ = call
+    root.serve = tf.function(lambda inputs: model(inputs, training=False),
+                             input_signature=[_image_spec()], autograph=False)
+    root.serve_training = tf.function(lambda inputs: model(inputs, training=True),
+                                      input_signature=[_image_spec()], autograph=False)
+    if serving_model is not model:
+        root.serving_variables = list(serving_model.variables)
+    serving = tf.function(lambda images: {output_name: serving_model(images, training=False)},
+                          input_signature=[_image_spec()], autograph=False)
+    return root, {"serving_default": serving.get_concrete_function()}
+
+
+def export_model(model, directory, *, overwrite=False, metadata=None, serving_model=None) -> str:
+    """Writes `model` (images in [0, 1] -> features or logits) as a Reusable SavedModel at `directory`.
+
+    Args:
+        model: a Keras 3 model on the TensorFlow backend, typically `BiTResNetV2`.
+        directory: where the SavedModel goes; written atomically (hidden sibling, then rename).
+        overwrite: replace an existing `directory`; without it an existing one is an error.
+        metadata: extra fields for `assets/bit_keras.json` (variant, checkpoint, upstream, ...),
+            merged over what follows from the model itself.
+        serving_model: an inference-only model with the same outputs (e.g. with
+            pre-standardized kernels) used for the `serving_default` signature only; the
+            fine-tunable `__call__` always uses `model`.
+
+    Returns the absolute path of the export.
+    """
+    import keras
+    import tensorflow as tf
+
+    if keras.backend.backend() != "tensorflow":
+        raise RuntimeError(f"Exporting SavedModels needs the TensorFlow backend; KERAS_BACKEND is "
+                           f"{keras.backend.backend()!r}. Run with KERAS_BACKEND=tensorflow.")
+    directory = atomic.check_target(directory, overwrite=overwrite)
+    outputs = "logits" if getattr(model, "include_top", False) else "features"
+    info = describe_model(model, serving_outputs=outputs)
+    info.update(metadata or {})
+    root, signatures = build_reusable_module(model, serving_model=serving_model, output_name=outputs)
+    with atomic.staged_directory(directory, overwrite=overwrite) as staging:
+        tf.saved_model.save(root, staging, signatures=signatures)
+        # Written last: a directory with metadata is a finished export.
+        write_metadata(staging, info)
+    return directory
