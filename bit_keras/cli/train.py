@@ -1,0 +1,130 @@
+"""`bit_keras train`: upstream pre-training of a BiT backbone on tf.distribute (TPU, GPUs, CPU).
+
+Every number of the paper's schedules (`--schedule bit-s|bit-m|bit-l`) can be overridden
+by a flag; unset flags keep the schedule's value. Rerunning the same command with the same
+`--model-dir` resumes from the last checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+
+
+def _ints(text):
+    try:
+        values = tuple(int(v) for v in text.replace(" ", "").split(",") if v)
+    except ValueError:
+        raise ValueError(f"expected comma-separated integers, e.g. 3,4,6,3. Received: {text!r}") from None
+    return values
+
+
+def _floats(text):
+    try:
+        return tuple(float(v) for v in text.replace(" ", "").split(",") if v)
+    except ValueError:
+        raise ValueError(f"expected comma-separated numbers, e.g. 30,60,80. Received: {text!r}") from None
+
+
+def register(subparsers):
+    p = subparsers.add_parser(
+        "train", help="Pre-train a BiT backbone upstream (BiT-S/M/L schedules) on TPU, GPUs or CPU; resumable.",
+        description=__doc__)
+    what = p.add_argument_group("model and data")
+    what.add_argument("--variant", default="r50x1", help="Architecture, e.g. r50x1, r101x3 (default r50x1).")
+    what.add_argument("--units", default=None, help="Custom units per block, e.g. 1,1,1,1 (overrides --variant).")
+    what.add_argument("--width", type=int, default=None, help="Custom width multiplier (overrides --variant).")
+    what.add_argument("--dataset", required=True, help="tfds:NAME[/CONFIG], folder:PATH or digits.")
+    what.add_argument("--split", default="train", help="Split to train on (default train).")
+    what.add_argument("--data-dir", default=None, help="TFDS data directory (a gs:// path on Cloud TPU).")
+    what.add_argument("--model-dir", required=True, help="Checkpoints, TensorBoard logs and bit_final.npz "
+                      "(local or gs://). Reuse it to resume.")
+    what.add_argument("--init-weights", default=None, help="Start from a release-layout .npz (fresh runs only).")
+
+    run = p.add_argument_group("hardware")
+    run.add_argument("--tpu", default=None, help="TPU name or address for TPUClusterResolver "
+                     "('local' on a TPU VM, a TPU node name, grpc://HOST:8470).")
+    run.add_argument("--strategy", choices=("auto", "default", "mirrored", "tpu"), default="auto",
+                     help="auto: tpu with --tpu, mirrored with GPUs, else default.")
+    run.add_argument("--cpu-devices", type=int, default=None,
+                     help="Split the CPU into N logical devices (for mirrored runs without accelerators).")
+    run.add_argument("--precision", choices=("auto", "float32", "bfloat16"), default="auto",
+                     help="auto: bfloat16 (Keras mixed_bfloat16) on TPU, float32 elsewhere.")
+    run.add_argument("--jit", action="store_true", help="XLA-compile the forward/backward pass (jit_compile=True).")
+    run.add_argument("--steps-per-loop", type=int, default=1, help="Updates per host call (50-200 on TPU).")
+
+    sched = p.add_argument_group("schedule (defaults from --schedule)")
+    sched.add_argument("--schedule", default="bit-s", help="bit-s, bit-m or bit-l (default bit-s).")
+    sched.add_argument("--batch", type=int, default=None, help="Global batch (default 4096).")
+    sched.add_argument("--image-size", type=int, default=None, help="Crop resolution (default 224).")
+    sched.add_argument("--base-lr", type=float, default=None, help="Learning rate per 256 images (default 0.03).")
+    sched.add_argument("--warmup-steps", type=int, default=None, help="Linear warm-up updates (default 5000).")
+    sched.add_argument("--epochs", type=float, default=None, help="Training epochs (90 for S/M, 40 for L).")
+    sched.add_argument("--decay-epochs", type=_floats, default=None, help="Epochs where lr /= 10, e.g. 30,60,80.")
+    sched.add_argument("--weight-decay", type=float, default=None, help="L2 weight decay on kernels (default 1e-4).")
+    sched.add_argument("--momentum", type=float, default=None, help="SGD momentum (default 0.9).")
+    label = sched.add_mutually_exclusive_group()
+    label.add_argument("--multi-label", dest="multi_label", action="store_true", default=None,
+                       help="Sigmoid cross-entropy (default for bit-m and bit-l).")
+    label.add_argument("--single-label", dest="multi_label", action="store_false",
+                       help="Softmax cross-entropy (default for bit-s).")
+
+    keep = p.add_argument_group("checkpoints and logs")
+    keep.add_argument("--checkpoint-every", type=int, default=1000, help="Updates between checkpoints (default 1000).")
+    keep.add_argument("--keep", type=int, default=5, help="Checkpoints kept (default 5).")
+    keep.add_argument("--log-every", type=int, default=100, help="Updates between progress lines (default 100).")
+    keep.add_argument("--max-steps", type=int, default=None, help="Stop after this many updates (the schedule is unchanged).")
+
+    aug = p.add_argument_group("input")
+    aug.add_argument("--seed", type=int, default=0, help="Seed of the initial weights, shuffling and crops.")
+    aug.add_argument("--shuffle-buffer", type=int, default=50_000, help="Examples in the shuffle buffer.")
+    aug.add_argument("--crop-area-min", type=float, default=0.08, help="Smallest Inception-crop area fraction.")
+    aug.add_argument("--no-flip", dest="flip", action="store_false", help="No random horizontal flip.")
+    p.add_argument("--dry-run", action="store_true", help="Print the resolved schedule as JSON and exit.")
+    p.set_defaults(handler=run_training)
+
+
+def build_config(args):
+    """A TrainConfig from parsed flags (no TensorFlow needed)."""
+    from bit_keras.train.loop import TrainConfig
+    from bit_keras.train.schedules import resolve_schedule
+    from bit_keras.variants import resolve_architecture
+
+    if args.units is not None or args.width is not None:
+        base = resolve_architecture(args.variant) if args.variant else None
+        units = _ints(args.units) if args.units is not None else base.block_units
+        width = args.width if args.width is not None else base.width
+    else:
+        architecture = resolve_architecture(args.variant)
+        units, width = architecture.block_units, architecture.width
+    schedule = resolve_schedule(args.schedule).replace(
+        batch_size=args.batch, image_size=args.image_size, base_learning_rate=args.base_lr,
+        warmup_steps=args.warmup_steps, epochs=args.epochs, decay_epochs=args.decay_epochs,
+        weight_decay=args.weight_decay, momentum=args.momentum, multi_label=args.multi_label)
+    return TrainConfig(
+        model_dir=args.model_dir, dataset=args.dataset, schedule=schedule, block_units=tuple(units), width=int(width),
+        split=args.split, data_dir=args.data_dir, strategy=args.strategy, tpu=args.tpu, precision=args.precision,
+        jit_compile=args.jit, seed=args.seed, checkpoint_every=args.checkpoint_every, keep_checkpoints=args.keep,
+        log_every=args.log_every, steps_per_loop=args.steps_per_loop, max_steps=args.max_steps,
+        shuffle_buffer=args.shuffle_buffer, crop_area_min=args.crop_area_min, flip=args.flip,
+        init_weights=args.init_weights)
+
+
+def run_training(args):
+    config = build_config(args)
+    if args.cpu_devices:
+        from bit_keras.train.strategy import split_cpu
+
+        split_cpu(args.cpu_devices)  # before anything else initialises TensorFlow
+    if args.dry_run:
+        from bit_keras.data import load_source
+
+        _, info = load_source(config.dataset, config.split, data_dir=config.data_dir)
+        plan = config.schedule.plan(info.train_size)
+        report = plan.to_dict()
+        report["learning_rate_at"] = [{"step": s, "learning_rate": lr} for s, lr in plan.milestones()]
+        print(json.dumps(report, indent=2))
+        return 0
+    from bit_keras.train.loop import PREEMPTED_EXIT_CODE, train
+
+    result = train(config, log=lambda line: print(line, flush=True))
+    return PREEMPTED_EXIT_CODE if result.preempted else 0

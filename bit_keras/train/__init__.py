@@ -1,0 +1,16 @@
+"""Upstream pre-training: the BiT-S/M/L schedules, strategies, input pipeline and the loop.
+
+`schedules` is pure Python; the other modules import TensorFlow when used.
+"""
+
+from bit_keras.train.schedules import SCHEDULES, RunPlan, UpstreamSchedule, learning_rate, resolve_schedule
+
+__all__ = ["SCHEDULES", "RunPlan", "UpstreamSchedule", "learning_rate", "resolve_schedule", "TrainConfig", "train"]
+
+
+def __getattr__(name):
+    if name in ("TrainConfig", "TrainResult", "train"):
+        from bit_keras.train import loop
+
+        return getattr(loop, name)
+    raise AttributeError(f"module 'bit_keras.train' has no attribute {name!r}")
