@@ -96,7 +96,12 @@ def hyperrule(train_size: int, image_size, *, variant: str | None = None, batch_
         raise ValueError(f"train_size must be positive. Received: train_size={train_size}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be positive. Received: batch_size={batch_size}")
-    image_size = tuple(int(s) for s in image_size)
+    if isinstance(image_size, int):
+        image_size = (image_size, image_size)
+    try:
+        image_size = tuple(int(s) for s in image_size)
+    except (TypeError, ValueError):
+        raise ValueError(f"image_size must be (height, width). Received: image_size={image_size!r}") from None
     if len(image_size) != 2 or min(image_size) < 1:
         raise ValueError(f"image_size must be (height, width). Received: image_size={image_size}")
     if schedule not in SCHEDULES:

@@ -329,6 +329,12 @@ def test_mixup_off_when_alpha_zero_and_rule_default():
     assert any(not set(np.unique(labels)) <= {0.0, 1.0} for _, labels in _batches(on.take(3)))
 
 
+def test_label_out_of_range_is_named():
+    ds, _ = from_arrays(_grid_images(2), [0, 5])
+    with pytest.raises(tf.errors.InvalidArgumentError, match="label out of range for num_classes=3"):
+        _batches(eval_pipeline(ds, _rule(8, 8), batch_size=2, num_classes=3))
+
+
 def test_pipeline_argument_errors():
     ds, _ = from_arrays(_grid_images(4), [0, 1, 0, 1])
     with pytest.raises(ValueError, match="batch_size"):

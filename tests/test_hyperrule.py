@@ -57,6 +57,10 @@ def test_r152x4_uses_512_480(variant):
         == (160, 128)
 
 
+def test_square_size_as_one_number():
+    assert hyperrule(10, 32).image_size == (32, 32) and hyperrule(10, 32).crop == 128
+
+
 def test_public_code_resolution_is_512_480_for_every_model():
     for variant in (None, "BiT-M-R50x1", "r101x3"):
         rule = hyperrule(50_000, (224, 224), variant=variant, public_code_resolution=True)
@@ -124,6 +128,7 @@ def test_json_round_trip():
     (dict(train_size=10, image_size=(32, 32), batch_size=0), "batch_size"),
     (dict(train_size=10, image_size=(32,)), "image_size"),
     (dict(train_size=10, image_size=(0, 32)), "image_size"),
+    (dict(train_size=10, image_size="big"), "image_size"),
     (dict(train_size=10, image_size=(32, 32), schedule="fast"), "schedule"),
 ])
 def test_bad_arguments(kwargs, message):

@@ -12,6 +12,7 @@ import re
 
 import numpy as np
 import tensorflow as tf
+from absl import logging
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
 ACCEPTED_SPECS = ("tfds:NAME", "tfds:NAME/CONFIG", "folder:PATH", "digits")
@@ -125,6 +126,8 @@ def _load_tfds(name, split, data_dir, download):
         raise ValueError(f"tensorflow-datasets cannot build {name!r}: {first_line} See tfds.list_builders() "
                          "for names; a config goes after a slash: tfds:NAME/CONFIG.") from None
     if download and not builder.is_prepared():
+        logging.info("tfds:%s is not in %s: downloading and preparing it (needs the network).", name,
+                     builder.data_dir)
         try:
             builder.download_and_prepare()
         except Exception as error:
