@@ -33,6 +33,7 @@ def staged_directory(path, *, overwrite: bool = False):
     path = check_target(path, overwrite=overwrite)
     parent, name = os.path.split(path)
     staging = tempfile.mkdtemp(prefix=f".{name}.", suffix=PARTIAL_SUFFIX, dir=parent)
+    os.chmod(staging, 0o777 & ~_umask())  # mkdtemp's 0700 would hide the export from other users
     try:
         yield staging
         _replace(staging, path, overwrite=overwrite)
@@ -56,6 +57,12 @@ def staged_file(path, *, overwrite: bool = False):
     finally:
         if os.path.exists(staging):
             os.remove(staging)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _replace(staging, path, *, overwrite):

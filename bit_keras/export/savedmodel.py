@@ -9,7 +9,7 @@ expect: a callable `obj(images, training=...)` traced for both values of `traini
 
 from __future__ import annotations
 
-import os
+import contextlib
 
 from bit_keras.export import atomic
 from bit_keras.export.metadata import describe_model, write_metadata
@@ -55,6 +55,20 @@ def build_reusable_module(model, *, serving_model=None, output_name="features"):
     return root, {"serving_default": serving.get_concrete_function()}
 
 
+@contextlib.contextmanager
+def _quiet_tensorflow():
+    """Hides TensorFlow's INFO lines about sharding and renamed inputs while saving."""
+    import tensorflow as tf
+
+    logger = tf.get_logger()
+    level = logger.level
+    logger.setLevel("WARNING")
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
 def export_model(model, directory, *, overwrite=False, metadata=None, serving_model=None) -> str:
     """Writes `model` (images in [0, 1] -> features or logits) as a Reusable SavedModel at `directory`.
 
@@ -81,7 +95,7 @@ def export_model(model, directory, *, overwrite=False, metadata=None, serving_mo
     info = describe_model(model, serving_outputs=outputs)
     info.update(metadata or {})
     root, signatures = build_reusable_module(model, serving_model=serving_model, output_name=outputs)
-    with atomic.staged_directory(directory, overwrite=overwrite) as staging:
+    with atomic.staged_directory(directory, overwrite=overwrite) as staging, _quiet_tensorflow():
         tf.saved_model.save(root, staging, signatures=signatures)
         # Written last: a directory with metadata is a finished export.
         write_metadata(staging, info)

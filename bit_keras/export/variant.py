@@ -44,7 +44,8 @@ def export_variant(variant, directory, *, weights=None, classifier=False, overwr
 
     Args:
         variant: a released name ("m-r50x1", "BiT-S-R101x3", ...) or, with `weights` or
-            `random_weights`, a bare architecture ("r50x1").
+            `random_weights`, a bare architecture ("r50x1"). None: whatever architecture
+            the `weights` file holds (any depth and width).
         directory: the SavedModel directory (or `.keras` file for `format="keras"`).
         weights: None (the variant's released checkpoint), a local `.npz`, a URL or a release name.
         classifier: export the logits of the checkpoint's head instead of the features.
@@ -61,20 +62,30 @@ def export_variant(variant, directory, *, weights=None, classifier=False, overwr
     if format not in FORMATS:
         raise ValueError(f"format must be one of {FORMATS}. Received: format={format!r}")
     atomic.check_target(directory, overwrite=overwrite)  # fail before any download or build
-    architecture = variants.resolve_architecture(variant)
-    path, source = resolve_export_weights(variant, weights, random_weights=random_weights, cache_dir=cache_dir)
-    release = variants.resolve_checkpoint(variant, required=False)
+    if variant is None:
+        if weights is None:
+            raise ValueError("Name a variant (--variant m-r50x1) or a checkpoint (--weights FILE.npz) to export.")
+        path, source = resolve_export_weights("r50x1", weights, cache_dir=cache_dir)
+        architecture, release = None, None
+    else:
+        architecture = variants.resolve_architecture(variant)
+        path, source = resolve_export_weights(variant, weights, random_weights=random_weights, cache_dir=cache_dir)
+        release = variants.resolve_checkpoint(variant, required=False)
     num_classes = None
     if path is not None:
         info = checkpoint.identify(checkpoint.read_headers(path))
+        if architecture is None:  # the checkpoint decides: any depth and width
+            architecture = variants.architecture_for(info.block_units, info.width) or variants.Architecture(
+                f"custom-{'-'.join(map(str, info.block_units))}x{info.width}", tuple(info.block_units), info.width)
         if classifier and not info.num_classes:
             raise ValueError(f"{path} has no classification head, so there are no logits to export; "
                              "drop --classifier to export the feature extractor.")
         if info.num_classes and release is not None and info.num_classes != release.num_classes:
             release = None  # a checkpoint with another head: the release's facts do not apply
         num_classes = info.num_classes or None
-    model = zoo.create_model(variant, weights=path, include_top=classifier,
-                             num_classes=num_classes if classifier else None, cache_dir=cache_dir)
+    model = zoo.create_model(architecture, weights=path, include_top=classifier,
+                             num_classes=(num_classes or zoo.default_num_classes(str(variant))) if classifier else None,
+                             cache_dir=cache_dir)
     if format == "keras":
         return export_keras(model, directory, overwrite=overwrite)
     name = release.name if release is not None else architecture.name

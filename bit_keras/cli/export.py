@@ -1,0 +1,58 @@
+"""`bit_keras export`: a checkpoint as a TF Hub SavedModel (or a `.keras` file)."""
+
+from __future__ import annotations
+
+
+def register(subparsers):
+    parser = subparsers.add_parser(
+        "export", help="Export a BiT variant as a TF Hub SavedModel (or a .keras file).",
+        description="Writes a TF2 SavedModel following TF Hub's Reusable SavedModel API: float32 images in "
+                    "[0, 1], shape [batch, height, width, 3], to features [batch, 2048*width] (or logits with "
+                    "--classifier). Load it with hub.KerasLayer(DIR, trainable=True) in tf-keras or "
+                    "bit_keras.export.load_backbone(DIR) in Keras 3.")
+    parser.add_argument("--variant", default=None,
+                        help="Released name (m-r50x1, BiT-S-R101x3, ...; `bit_keras list`), or a bare "
+                             "architecture (r50x1) with --weights or --random-weights. Left out: the "
+                             "architecture the --weights file holds (any depth and width).")
+    parser.add_argument("--weights", default=None,
+                        help="Local .npz, URL or release name. Default: the variant's released checkpoint "
+                             "(downloaded once into $BIT_KERAS_CACHE).")
+    parser.add_argument("--output", required=True, help="The SavedModel directory (or .keras file) to write.")
+    parser.add_argument("--classifier", action="store_true",
+                        help="Export the logits of the checkpoint's head instead of the feature vector.")
+    parser.add_argument("--format", choices=("savedmodel", "keras"), default="savedmodel",
+                        help="savedmodel (TF Hub, default) or keras (a .keras file with named blocks, for "
+                             "partial fine-tuning with bit_keras.freeze_up_to).")
+    parser.add_argument("--overwrite", action="store_true", help="Replace an existing output.")
+    parser.add_argument("--random-weights", action="store_true",
+                        help="Allow exporting an untrained model when no checkpoint is given.")
+    parser.add_argument("--cache-dir", default=None, help="Download cache (default $BIT_KERAS_CACHE).")
+    parser.set_defaults(handler=export)
+
+
+def export(args):
+    import json
+    import os
+
+    from bit_keras.cli.main import UsageError
+    from bit_keras.export import atomic, variant
+
+    try:
+        # Cheap refusals first, before TensorFlow is imported or anything is downloaded.
+        atomic.check_target(args.output, overwrite=args.overwrite)
+        from bit_keras.export.metadata import read_metadata
+
+        path = variant.export_variant(args.variant, args.output, weights=args.weights,
+                                      classifier=args.classifier, overwrite=args.overwrite,
+                                      random_weights=args.random_weights, format=args.format,
+                                      cache_dir=args.cache_dir)
+    except FileExistsError as error:
+        raise UsageError(str(error)) from None
+    if args.format == "keras":
+        print(f"Wrote {path} ({os.path.getsize(path) / 1e6:.1f} MB)")
+        return 0
+    meta = read_metadata(path)
+    print(f"Wrote {path}: {meta['variant']}, {meta['outputs']} "
+          f"[batch, {meta['num_classes'] if meta['outputs'] == 'logits' else meta['num_features']}]")
+    print(json.dumps({key: meta[key] for key in ("variant", "outputs", "num_features", "num_classes", "upstream")}))
+    return 0
