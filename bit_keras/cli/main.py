@@ -42,7 +42,7 @@ def build_parser():
 def _main(args):
     try:
         return args.handler(args) or 0
-    except (UsageError, ValueError, FileNotFoundError, RuntimeError) as error:
+    except (UsageError, ValueError, OSError, RuntimeError) as error:
         # Errors we raise on purpose name the problem; a traceback would bury it.
         logging.debug("Failed", exc_info=True)
         print(f"bit_keras {args.command}: error: {error}", file=sys.stderr)
