@@ -1,0 +1,67 @@
+"""`bit_keras bench`: images/s, fraction of the machine's measured peak, and peak memory."""
+
+from __future__ import annotations
+
+import json
+
+_EPILOG = """\
+Figures are medians over --steps timed batches; after every batch a float32 matmul is
+timed, and the peak is its median, so load from other processes hits both alike.
+--baseline also runs the plain configuration (same mode, float32, no XLA, no folding)
+interleaved with yours and reports the speed-up measured in the same run.
+
+examples:
+  bit_keras bench --variant r50x1 --size 224 --batch 16 --jit --fold
+  bit_keras bench --variant r50x1 --size 224 --batch 16 --mode savedmodel --fold --jit --baseline
+  bit_keras bench --variant r50x1 --size 128 --batch 32 --mode train --jit --json
+"""
+
+
+def register(subparsers):
+    import argparse
+
+    parser = subparsers.add_parser(
+        "bench", help="Measure images/s against the machine's own matmul peak.",
+        epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--variant", default="r50x1",
+                        help="Architecture or release name (r50x1, BiT-M-R101x3, ...) or custom 'u1,u2,u3,u4xW'.")
+    parser.add_argument("--size", type=int, default=224, help="Image side in pixels.")
+    parser.add_argument("--batch", type=int, default=16, help="Images per step.")
+    parser.add_argument("--mode", choices=("infer", "train", "savedmodel"), default="infer",
+                        help="infer: the Keras model; train: one SGD-momentum step; "
+                             "savedmodel: the exported SavedModel's serving_default signature.")
+    parser.add_argument("--serving", dest="mode", action="store_const", const="savedmodel",
+                        help="Same as --mode savedmodel.")
+    parser.add_argument("--precision", choices=("float32", "bfloat16"), default="float32",
+                        help="bfloat16 runs the mixed_bfloat16 policy (float32 weights and statistics).")
+    parser.add_argument("--jit", action="store_true", help="Compile the step with XLA.")
+    parser.add_argument("--fold", action="store_true",
+                        help="Inference only: fold weight standardization into plain convolutions.")
+    parser.add_argument("--steps", type=int, default=10, help="Timed steps (after one warm-up step).")
+    parser.add_argument("--baseline", action="store_true",
+                        help="Also time the plain configuration, interleaved, and report the speed-up.")
+    parser.add_argument("--json", action="store_true", help="Print the report as JSON.")
+    parser.set_defaults(handler=bench)
+
+
+def bench(args) -> int:
+    if args.steps < 1 or args.batch < 1 or args.size < 32:
+        raise ValueError(f"Need --steps >= 1, --batch >= 1 and --size >= 32; received "
+                         f"--steps {args.steps} --batch {args.batch} --size {args.size}.")
+    from bit_keras import benchmark
+
+    benchmark.parse_variant(args.variant)  # a bad name fails before TensorFlow loads
+    config = benchmark.Config(variant=args.variant, size=args.size, batch=args.batch, mode=args.mode,
+                              precision=args.precision, jit=args.jit, fold=args.fold)
+    configs = [config]
+    if args.baseline:
+        configs.insert(0, benchmark.Config(variant=args.variant, size=args.size, batch=args.batch, mode=args.mode))
+    report = benchmark.compare(configs, steps=args.steps)
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    print(f"machine: {report['machine']}, Keras backend {report['backend']}")
+    for result in report["results"]:
+        print(benchmark.format_result(result))
+    print(f"peak memory (RSS high-water mark of the process): {report['peak_rss_bytes'] / 2**20:.0f} MiB")
+    return 0
