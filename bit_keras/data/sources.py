@@ -93,7 +93,7 @@ _SLICE = re.compile(r"^(?P<base>[\w-]+)(?:\[(?P<start>-?\d+%?)?:(?P<stop>-?\d+%?
 
 
 def _parse_split(split: str):
-    """("train", slice) for "train", "train[:90%]", "train[100:]"... (the tfds slicing subset)."""
+    """(name, start, stop) for "train", "train[:90%]", "train[100:]"... (the subset of tfds slicing we need)."""
     match = _SLICE.match(split.replace(" ", "")) if isinstance(split, str) else None
     if not match:
         raise ValueError(f"Bad split {split!r}: use a name with an optional slice, e.g. 'train', "
@@ -171,7 +171,7 @@ def _to_rgb(image):
         image = tf.image.grayscale_to_rgb(image)
     elif image.shape[-1] == 4:
         image = image[..., :3]
-    return tf.cast(image, tf.uint8) if image.dtype == tf.uint8 else tf.image.convert_image_dtype(image, tf.uint8)
+    return image if image.dtype == tf.uint8 else tf.image.convert_image_dtype(image, tf.uint8)
 
 
 def _count(ds):
