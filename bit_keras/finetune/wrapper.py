@@ -137,8 +137,8 @@ def build_finetuner(source, *, num_classes, train_size=None, image_size=None, ba
     """A compiled BiT fine-tuning model configured by the BiT-HyperRule.
 
     Args:
-        source: an exported SavedModel directory (`bit_keras export`; its metadata names the
-            variant), a variant name ("m-r50x1", "r50x1", ...) built with `weights`, or a Keras
+        source: an exported SavedModel directory or `.keras` file (`bit_keras export`; its
+            metadata names the variant), a variant name ("m-r50x1", "r50x1", ...) built with `weights`, or a Keras
             backbone (model/layer mapping float [0, 1] images to features [B, F]).
         num_classes: classes of the new, zero-initialised head.
         train_size, image_size: training-set size and (height, width): the HyperRule's inputs.
@@ -207,6 +207,9 @@ def build_finetuner(source, *, num_classes, train_size=None, image_size=None, ba
         loss = keras.losses.CategoricalCrossentropy(from_logits=True)
         metrics = [keras.metrics.CategoricalAccuracy(name="accuracy")]
     model.compile(optimizer=optimizer, loss=loss, metrics=metrics, jit_compile=jit_compile)
+    # Built eagerly: inside fit's graph, TFSMLayer variables (names ending ":0") make invalid
+    # name scopes for the momentum slots; eagerly they are fine.
+    optimizer.build(model.trainable_variables)
     return FineTuner(model=model, backbone=backbone, rule=rule, num_classes=num_classes, batch_size=batch_size,
                      micro_batch_size=micro_batch_size, flip=flip, crop=crop, multi_label=multi_label,
                      variant=variant)
@@ -220,13 +223,15 @@ def _load_backbone(source, *, weights, trainable, cache_dir):
     if not isinstance(source, (str, os.PathLike)):
         raise ValueError(f"source must be an exported directory, a variant name or a Keras backbone. "
                          f"Received: {type(source).__name__}")
-    if os.path.isdir(source):
-        from bit_keras.export import load_backbone, read_metadata
+    if os.path.isdir(source) or os.fspath(source).endswith(".keras"):
+        from bit_keras.export import load_backbone
 
         if weights is not None:
             raise ValueError(f"{source} is an exported model with its own weights; drop weights={weights!r}.")
-        metadata = read_metadata(source)
-        return load_backbone(source, trainable=trainable), metadata.get("variant")
+        if not os.path.exists(source):
+            raise FileNotFoundError(f"No exported model at {source}.")
+        backbone = load_backbone(source, trainable=trainable)
+        return backbone, getattr(backbone, "variant", None)
     from bit_keras.zoo import create_model
 
     backbone = create_model(source, weights=weights, include_top=False, cache_dir=cache_dir)

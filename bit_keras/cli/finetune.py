@@ -1,0 +1,100 @@
+"""`bit_keras finetune`, `bit_keras evaluate` and `bit_keras demo`: the BiT-HyperRule on the command line.
+
+Thin: every handler calls `bit_keras.finetune`; TensorFlow is imported inside the handlers.
+"""
+
+from __future__ import annotations
+
+import json
+
+
+def register(subparsers):
+    parser = subparsers.add_parser(
+        "finetune", help="Fine-tune a BiT model on a dataset with the BiT-HyperRule (model.fit, resumable).",
+        description="Fine-tunes with the BiT-HyperRule through model.fit. Running the same command again "
+                    "after an interruption resumes from the last checkpoint in --output.")
+    parser.add_argument("--variant", required=True,
+                        help="A variant name (m-r50x1, s-r101x3, r50x1, ...) or a directory written by `bit_keras export`.")
+    parser.add_argument("--weights", default=None,
+                        help="'default' (the released checkpoint, cached), a release name, a URL or a .npz path. "
+                             "Omitted: random weights (or the export's own weights).")
+    parser.add_argument("--dataset", required=True, help="tfds:NAME[/CONFIG], folder:PATH or digits.")
+    parser.add_argument("--output", required=True, help="Run directory: checkpoint/, logs/, model.keras, metrics.json.")
+    parser.add_argument("--examples-per-class", type=int, default=None, help="Few-shot: k training examples per class.")
+    parser.add_argument("--batch", type=int, default=512, help="Effective batch of one update (HyperRule: 512).")
+    parser.add_argument("--micro-batch", type=int, default=None,
+                        help="Examples per forward/backward pass; --batch/--micro-batch micro-batches are "
+                             "accumulated into one update (same result, less memory).")
+    parser.add_argument("--steps", type=int, default=None, help="Shorten the HyperRule schedule to N updates.")
+    parser.add_argument("--eval-every", type=int, default=None, help="Updates between evaluations/checkpoints.")
+    parser.add_argument("--resolution", type=int, default=None, help="Crop size instead of the HyperRule's.")
+    parser.add_argument("--learning-rate", type=float, default=None,
+                        help="Peak learning rate instead of the HyperRule's (only sensible without pre-trained weights).")
+    parser.add_argument("--no-flip", dest="flip", action="store_false", help="No random horizontal flips.")
+    parser.add_argument("--no-crop", dest="crop", action="store_false", help="No random crops (resize to the crop size).")
+    parser.add_argument("--train-split", default="train")
+    parser.add_argument("--eval-split", default="test", help="Split scored during and after training; 'none' skips it.")
+    parser.add_argument("--data-dir", default=None, help="tensorflow-datasets data directory.")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--overwrite", action="store_true", help="Start again even if --output holds a run.")
+    parser.add_argument("--quiet", action="store_true", help="One line per evaluation instead of a progress bar.")
+    parser.set_defaults(handler=run_finetune)
+
+    parser = subparsers.add_parser("evaluate", help="Score a fine-tuned model (.keras or a finetune --output) on a dataset.")
+    parser.add_argument("--model", required=True, help="A .keras file or a `bit_keras finetune` output directory.")
+    parser.add_argument("--dataset", required=True, help="tfds:NAME[/CONFIG], folder:PATH or digits.")
+    parser.add_argument("--split", default="test")
+    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--resolution", type=int, default=None, help="Default: the crop size in the run's run.json.")
+    parser.add_argument("--data-dir", default=None)
+    parser.add_argument("--json", action="store_true", help="Print JSON.")
+    parser.set_defaults(handler=run_evaluate)
+
+    parser = subparsers.add_parser(
+        "demo", help="Offline end to end: build BiT, export it, reload it, fine-tune on digits, print the accuracy.")
+    parser.add_argument("--output", default="demo_output", help="Where the export and the run go (default ./demo_output).")
+    parser.add_argument("--variant", default=None, help="Default: r50x1 (BiT-M-R50x1 weights when cached).")
+    parser.add_argument("--weights", default=None, help="A release .npz to use instead of looking in the cache.")
+    parser.add_argument("--steps", type=int, default=None, help="Fine-tuning updates (default 100).")
+    parser.add_argument("--batch", type=int, default=None, help="Batch size (default 64).")
+    parser.add_argument("--resolution", type=int, default=None, help="Crop size (default 32).")
+    parser.set_defaults(handler=run_demo)
+
+
+def run_finetune(args):
+    from bit_keras.finetune.runner import finetune
+
+    metrics = finetune(
+        args.variant, dataset=args.dataset, output=args.output, weights=args.weights,
+        examples_per_class=args.examples_per_class, batch_size=args.batch, micro_batch_size=args.micro_batch,
+        steps=args.steps, eval_every=args.eval_every, flip=args.flip, crop=args.crop, resolution=args.resolution,
+        base_learning_rate=args.learning_rate, train_split=args.train_split,
+        eval_split=None if args.eval_split.lower() == "none" else args.eval_split, data_dir=args.data_dir,
+        seed=args.seed, overwrite=args.overwrite, verbose=2 if args.quiet else 1)
+    summary = {k: v for k, v in metrics.items() if k != "hyperrule"}
+    print(json.dumps(summary, indent=2))
+    print(f"Wrote {args.output}/model.keras and {args.output}/metrics.json")
+    return 0
+
+
+def run_evaluate(args):
+    from bit_keras.finetune.runner import evaluate
+
+    scores = evaluate(args.model, dataset=args.dataset, split=args.split, batch_size=args.batch,
+                      resolution=args.resolution, data_dir=args.data_dir)
+    if args.json:
+        print(json.dumps(scores, indent=2))
+    else:
+        print(f"{scores['model']} on {scores['dataset']}[{scores['split']}] ({scores['examples']} images at "
+              f"{scores['resolution']} px): accuracy {scores['accuracy']:.4f} (chance {scores['chance_accuracy']:.4f}), "
+              f"loss {scores['loss']:.4f}")
+    return 0
+
+
+def run_demo(args):
+    from bit_keras.finetune.demo import run_demo as demo
+
+    options = {k: v for k, v in {"variant": args.variant, "weights": args.weights, "steps": args.steps,
+                                 "batch_size": args.batch, "resolution": args.resolution}.items() if v is not None}
+    demo(args.output, **options)
+    return 0
