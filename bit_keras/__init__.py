@@ -25,6 +25,10 @@ _LAZY = {
     "from_arrays": "bit_keras.data",
     "few_shot": "bit_keras.data",
     "DatasetInfo": "bit_keras.data",
+    "export_model": "bit_keras.export",
+    "export_variant": "bit_keras.export",
+    "load_backbone": "bit_keras.export",
+    "read_metadata": "bit_keras.export",
 }
 
 
