@@ -126,7 +126,7 @@ def main(argv=None):
     loss, accuracy = model.evaluate(x_test, y_test, verbose=0)
     print(f"Backbone variables changed by fine-tuning: {changed} of {len(before)}")
     print(f"Test accuracy: {accuracy:.3f} (chance: 0.100)")
-    return accuracy
+    return {"accuracy": accuracy, "backbone_variables_changed": changed, "backbone_variables": len(before)}
 
 
 if __name__ == "__main__":
