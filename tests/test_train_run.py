@@ -271,3 +271,17 @@ def test_dry_run_prints_the_plan(capsys):
     plan = json.loads(capsys.readouterr().out)
     assert plan["train_size"] == 1437 and plan["learning_rate_peak"] == pytest.approx(0.03 * 64 / 256)
     assert plan["decay_steps"] == [round(e * 1437 / 64) for e in (30, 60, 80)]
+
+
+@pytest.mark.slow  # R50x1: ~25 s of CPU; test_final_npz_is_a_release_checkpoint covers the layout fast
+def test_a_trained_r50x1_loads_with_create_model(tmp_path):
+    import bit_keras
+    from bit_keras.train.loop import train
+
+    config = _tiny_config(tmp_path, batch=2, max_steps=1, log_every=1)
+    config.block_units, config.width = (3, 4, 6, 3), 1
+    result = train(config, source=_tiny_source())
+    model = bit_keras.create_model("r50x1", weights=result.final_weights)
+    assert model.num_classes == 4
+    saved = np.load(result.final_weights)
+    np.testing.assert_array_equal(model.get_layer("head.conv2d").kernel.numpy(), saved["resnet/head/conv2d/kernel"][0, 0])

@@ -76,7 +76,8 @@ def register(subparsers):
 
     aug = p.add_argument_group("input")
     aug.add_argument("--seed", type=int, default=0, help="Seed of the initial weights, shuffling and crops.")
-    aug.add_argument("--shuffle-buffer", type=int, default=50_000, help="Examples in the shuffle buffer.")
+    aug.add_argument("--shuffle-buffer", type=int, default=10_000,
+                     help="Decoded examples in the shuffle buffer (default 10000, ~4 GB at ImageNet sizes).")
     aug.add_argument("--crop-area-min", type=float, default=0.08, help="Smallest Inception-crop area fraction.")
     aug.add_argument("--no-flip", dest="flip", action="store_false", help="No random horizontal flip.")
     p.add_argument("--dry-run", action="store_true", help="Print the resolved schedule as JSON and exit.")
