@@ -53,7 +53,8 @@ def register(subparsers):
     parser = subparsers.add_parser(
         "demo", help="Offline end to end: build BiT, export it, reload it, fine-tune on digits, print the accuracy.")
     parser.add_argument("--output", default="demo_output", help="Where the export and the run go (default ./demo_output).")
-    parser.add_argument("--variant", default=None, help="Default: r50x1 (BiT-M-R50x1 weights when cached).")
+    parser.add_argument("--variant", default=None,
+                        help="Default: r50x1 when a released R50x1 checkpoint is cached, else r14x1 (one unit per block, random weights).")
     parser.add_argument("--weights", default=None, help="A release .npz to use instead of looking in the cache.")
     parser.add_argument("--steps", type=int, default=None, help="Fine-tuning updates (default 100).")
     parser.add_argument("--batch", type=int, default=None, help="Batch size (default 64).")

@@ -89,7 +89,7 @@ class FineTuner:
         callbacks = [StopAfterUpdates(self.rule.total_steps), LearningRateLogger(), *callbacks]
         return self.model.fit(self.train_dataset(ds, seed=seed), validation_data=validation_data,
                               steps_per_epoch=eval_every * self.accumulation_steps, epochs=epochs,
-                              initial_epoch=initial_epoch, callbacks=callbacks, verbose=verbose)
+                              initial_epoch=initial_epoch, callbacks=callbacks, verbose=verbose, shuffle=False)
 
 
 class StopAfterUpdates(keras.callbacks.Callback):
@@ -192,7 +192,7 @@ def build_finetuner(source, *, num_classes, train_size=None, image_size=None, ba
         rule = dataclasses.replace(rule, base_learning_rate=float(base_learning_rate))
     accumulation = batch_size // micro_batch_size
 
-    images = keras.Input(shape=(None, None, 3), name="images")
+    images = keras.Input(shape=_input_shape(backbone), name="images")
     features = backbone(images)
     logits = keras.layers.Dense(num_classes, kernel_initializer="zeros", bias_initializer="zeros",
                                 dtype="float32", name="head")(features)
@@ -213,6 +213,15 @@ def build_finetuner(source, *, num_classes, train_size=None, image_size=None, ba
     return FineTuner(model=model, backbone=backbone, rule=rule, num_classes=num_classes, batch_size=batch_size,
                      micro_batch_size=micro_batch_size, flip=flip, crop=crop, multi_label=multi_label,
                      variant=variant)
+
+
+def _input_shape(backbone):
+    """The backbone's own image shape when it fixes one (a Keras model), else any height and width."""
+    try:
+        shape = backbone.input_shape
+    except (AttributeError, ValueError):
+        return (None, None, 3)
+    return tuple(shape[1:]) if isinstance(shape, tuple) and len(shape) == 4 else (None, None, 3)
 
 
 def _load_backbone(source, *, weights, trainable, cache_dir):

@@ -1,0 +1,115 @@
+"""The fine-tuning runner end to end: a tiny BiT learns digits, a killed run resumes exactly, the CLI."""
+
+import json
+import os
+
+import keras
+import numpy as np
+import pytest
+
+import bit_keras
+from bit_keras.cli import main as cli_main
+from bit_keras.finetune.runner import evaluate, finetune
+
+
+def _tiny_backbone():
+    return bit_keras.BiTResNetV2((1, 1, 1, 1), width=1, include_top=False, name="tiny")
+
+
+def test_a_short_finetune_of_a_tiny_bit_learns_digits(tmp_path):
+    # Random weights: the HyperRule's peak rate (0.003 x 64/512) is meant for BiT features, so it is raised.
+    metrics = finetune(_tiny_backbone(), dataset="digits", output=tmp_path, batch_size=64, steps=80,
+                       eval_every=40, resolution=32, base_learning_rate=0.01, verbose=0)
+    assert metrics["updates"] == 80 and metrics["num_classes"] == 10
+    assert metrics["eval_accuracy"] > 0.4, metrics  # chance is 0.1; ~0.6-0.75 measured
+    assert metrics["final_learning_rate"] == pytest.approx(0.01 * 0.001, rel=1e-5)
+    for name in ("model.keras", "metrics.json", "run.json", "logs/metrics.csv"):
+        assert os.path.exists(tmp_path / name), name
+    assert not os.path.exists(tmp_path / "checkpoint")  # a finished run leaves no backup behind
+    assert json.loads((tmp_path / "metrics.json").read_text())["eval_accuracy"] == metrics["eval_accuracy"]
+    # The saved model scores the same on its own (independent accuracy computed from predictions).
+    scores = evaluate(tmp_path, dataset="digits", split="test")
+    assert scores["accuracy"] == pytest.approx(metrics["eval_accuracy"], abs=1e-6)
+    with pytest.raises(ValueError, match="finished run"):
+        finetune(_tiny_backbone(), dataset="digits", output=tmp_path, batch_size=64, steps=80, verbose=0)
+
+
+class _Interrupt(keras.callbacks.Callback):
+    """Kills the run (an exception, as a crash would) after `epoch` evaluation periods, recording the state."""
+
+    def __init__(self, epoch):
+        super().__init__()
+        self.epoch, self.state = epoch, None
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch + 1 == self.epoch:
+            self.state = [w.copy() for w in self.model.get_weights()]
+            raise KeyboardInterrupt("simulated interruption")
+
+
+class _Observe(keras.callbacks.Callback):
+    """Records where a (resumed) run starts: update count, learning rate, weights, first epoch."""
+
+    def on_train_begin(self, logs=None):
+        optimizer = self.model.optimizer
+        self.updates = int(optimizer.iterations)
+        self.learning_rate = float(optimizer.learning_rate)
+        self.weights = [w.copy() for w in self.model.get_weights()]
+        self.epochs = []
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epochs.append(epoch)
+
+
+def test_a_killed_run_resumes_at_the_right_step_and_learning_rate(tmp_path):
+    options = dict(dataset="digits", output=tmp_path, batch_size=16, steps=15, eval_every=5, resolution=16,
+                   base_learning_rate=0.02, eval_split=None, verbose=0)
+    interrupt = _Interrupt(epoch=2)
+    with pytest.raises(KeyboardInterrupt):
+        finetune(_tiny_backbone(), callbacks=[interrupt], **options)
+    assert not os.path.exists(tmp_path / "metrics.json")
+    run = json.loads((tmp_path / "run.json").read_text())
+
+    observe = _Observe()
+    metrics = finetune(_tiny_backbone(), callbacks=[observe], **options)
+    assert observe.updates == 10 and observe.epochs == [2]
+    # Rule for 15 updates: warm-up 3, /10 at round(4.5)=4 (banker's rounding), 9, 14 -> update 10 is base/100.
+    assert observe.learning_rate == pytest.approx(run["hyperrule"]["base_learning_rate"] * 0.01, rel=1e-5)
+    for restored, saved in zip(observe.weights, interrupt.state):
+        np.testing.assert_array_equal(restored, saved)
+    assert metrics["updates"] == 15
+    assert metrics["final_learning_rate"] == pytest.approx(0.02 * 0.001, rel=1e-5)
+    rows = (tmp_path / "logs" / "metrics.csv").read_text().strip().splitlines()
+    assert [row.split(",")[0] for row in rows[1:]] == ["0", "1", "2"]
+
+    with pytest.raises(ValueError, match="different run"):
+        # A checkpoint of another configuration is not silently mixed in.
+        (tmp_path / "metrics.json").unlink()
+        os.makedirs(tmp_path / "checkpoint")
+        (tmp_path / "checkpoint" / "training_metadata.json").write_text('{"epoch": 1}')
+        finetune(_tiny_backbone(), **{**options, "steps": 20})
+
+
+def _cli(*argv):
+    return cli_main._main(cli_main.build_parser().parse_args(list(argv)))
+
+
+def test_cli_finetune_and_evaluate(tmp_path, capsys):
+    output = str(tmp_path / "run")
+    assert _cli("finetune", "--variant", "r50x1", "--dataset", "digits", "--output", output, "--batch", "8",
+                "--micro-batch", "4", "--steps", "2", "--resolution", "16", "--eval-split", "test[:16]",
+                "--quiet") == 0
+    printed = capsys.readouterr().out
+    metrics = json.loads(open(os.path.join(output, "metrics.json")).read())
+    assert metrics["updates"] == 2 and metrics["hyperrule"]["crop"] == 16
+    assert '"eval_accuracy"' in printed
+    assert _cli("evaluate", "--model", output, "--dataset", "digits", "--split", "test[:16]", "--json") == 0
+    scores = json.loads(capsys.readouterr().out)
+    assert scores["accuracy"] == pytest.approx(metrics["eval_accuracy"], abs=1e-6) and scores["examples"] == 16
+    # Mistakes get one line and exit status 2.
+    assert _cli("finetune", "--variant", "r50x1", "--dataset", "digits", "--output", output, "--steps", "2") == 2
+    assert "finished run" in capsys.readouterr().err
+    assert _cli("finetune", "--variant", "r50x1", "--dataset", "digits", "--output", str(tmp_path / "x"),
+                "--batch", "8", "--micro-batch", "3") == 2
+    assert "must divide" in capsys.readouterr().err
+    assert _cli("evaluate", "--model", str(tmp_path / "missing.keras"), "--dataset", "digits") == 2
