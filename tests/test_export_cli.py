@@ -53,10 +53,15 @@ def test_cli_exports_the_classifier(checkpoint_file, tmp_path, capsys):
     assert run_cli("export", "--weights", path, "--output", output) == 2
     assert "already exists; pass --overwrite" in capsys.readouterr().err
     assert os.path.getmtime(os.path.join(output, "saved_model.pb")) == mtime
-    # --overwrite replaces it.
-    assert run_cli("export", "--weights", path, "--output", output, "--overwrite") == 0
+    # --overwrite replaces it; --fold-standardization serves from pre-standardized kernels.
+    assert run_cli("export", "--weights", path, "--output", output, "--overwrite", "--fold-standardization") == 0
     assert read_metadata(output)["outputs"] == "features"
     assert sorted(os.listdir(tmp_path)) == ["classifier"]
+    obj = tf.saved_model.load(output)
+    assert len(obj.serving_variables) == len(obj.variables)  # the folded copy's own weights
+    served = obj.signatures["serving_default"](images=tf.constant(images))["features"].numpy()
+    assert np.abs(served - reference.forward(params, images, head=False)).max() < 1e-4 * np.abs(served).max()
+    assert np.abs(served - obj(images, training=False).numpy()).max() < 1e-5
 
 
 @pytest.mark.parametrize("argv, message", [

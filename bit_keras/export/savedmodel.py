@@ -93,6 +93,8 @@ def export_model(model, directory, *, overwrite=False, metadata=None, serving_mo
     directory = atomic.check_target(directory, overwrite=overwrite)
     outputs = "logits" if getattr(model, "include_top", False) else "features"
     info = describe_model(model, serving_outputs=outputs)
+    if serving_model is not None and serving_model is not model:
+        info["signatures"]["serving_default"]["serving_model"] = serving_model.name
     info.update(metadata or {})
     root, signatures = build_reusable_module(model, serving_model=serving_model, output_name=outputs)
     with atomic.staged_directory(directory, overwrite=overwrite) as staging, _quiet_tensorflow():

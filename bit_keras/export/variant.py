@@ -87,6 +87,8 @@ def export_variant(variant, directory, *, weights=None, classifier=False, overwr
                              num_classes=(num_classes or zoo.default_num_classes(str(variant))) if classifier else None,
                              cache_dir=cache_dir)
     if format == "keras":
+        if serving_model_fn is not None:
+            raise ValueError("A serving model applies to SavedModels only, not to format='keras'.")
         return export_keras(model, directory, overwrite=overwrite)
     name = release.name if release is not None else architecture.name
     metadata = {
