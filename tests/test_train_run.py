@@ -40,8 +40,9 @@ out = {}
 for name, kind, multi_label, precision in [("default", "default", False, "float32"),
                                            ("mirrored", "mirrored", False, "float32"),
                                            ("mirrored_bf16_sigmoid", "mirrored", True, "bfloat16")]:
+    # A huge weight decay, so that an L2 term counted once per replica would show in the losses.
     schedule = SCHEDULES["bit-s"].replace(batch_size=8, image_size=32, warmup_steps=2, epochs=3 * 8 / 48,
-                                          multi_label=multi_label)
+                                          multi_label=multi_label, weight_decay=20.0)
     strategy = make_strategy(kind)
     result = train(TrainConfig(model_dir=f"{tmp}/{name}", dataset="arrays", schedule=schedule, block_units=(1, 1, 1, 1),
                                width=1, log_every=1, shuffle_buffer=48, init_weights=init, precision=precision,
