@@ -119,6 +119,7 @@ def evaluate(model_path, *, dataset, split="test", batch_size=128, resolution=No
     """Scores a fine-tuned `.keras` file on a dataset split; the resolution comes from its run.json."""
     import keras
 
+    import bit_keras.export.backbone  # noqa: F401  (registers ExportedBackbone: runs from an export)
     import bit_keras.finetune.schedule  # noqa: F401  (registers the schedule for loading)
     import bit_keras.resnet_v2  # noqa: F401  (registers the BiT layers)
     from bit_keras.data import eval_pipeline, load_source
@@ -135,7 +136,10 @@ def evaluate(model_path, *, dataset, split="test", batch_size=128, resolution=No
             raise ValueError(f"No {RUN_FILE} beside {model_path} says its input resolution; pass --resolution.")
         resolution = run["hyperrule"]["crop"]
     ds, info = load_source(dataset, split, data_dir=data_dir)
-    model = keras.saving.load_model(model_path, compile=False)
+    # A run fine-tuned from an export holds a TFSMLayer that points at that export; Keras
+    # refuses such files by default. Allow it only for our own runs (run.json names the export).
+    from_export = bool(run.get("source")) and os.path.isdir(run["source"])
+    model = keras.saving.load_model(model_path, compile=False, safe_mode=not from_export)
     num_classes = int(model.output_shape[-1])
     if info.num_classes != num_classes:
         raise ValueError(f"{model_path} has {num_classes} classes but {dataset} has {info.num_classes}.")
