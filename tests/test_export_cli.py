@@ -146,11 +146,8 @@ def test_serving_model_drives_only_the_serving_signature(tmp_path):
     model = bit_keras.BiTResNetV2(UNITS, WIDTH, include_top=False)
     images = np.random.default_rng(9).uniform(0, 1, (1, 32, 32, 3)).astype("float32")
     expected = np.asarray(model(images))
-    # The same model passed as the serving model: identical outputs.
-    export_model(model, tmp_path / "same", serving_model=model)
-    same = tf.saved_model.load(str(tmp_path / "same"))
-    assert np.abs(same.signatures["serving_default"](images=tf.constant(images))["features"] - expected).max() < 1e-5
-    # A distinguishable serving model shows which function each endpoint runs.
+    # A distinguishable serving model shows which function each endpoint runs (an equal one,
+    # fold_standardization's, is checked through the CLI above).
     inputs = keras.Input((None, None, 3))
     doubled = keras.Model(inputs, keras.layers.Rescaling(2.0)(model(inputs)))
     export_model(model, tmp_path / "doubled", serving_model=doubled)
@@ -177,7 +174,7 @@ def test_keras_format_keeps_named_blocks_for_partial_fine_tuning(checkpoint_file
     from bit_keras.export import export_keras, load_backbone
 
     path, params = checkpoint_file
-    output = str(tmp_path / "tiny.keras")
+    output = str(tmp_path / "new" / "folder" / "tiny.keras")  # missing parents are created
     assert run_cli("export", "--weights", path, "--classifier", "--format", "keras", "--output", output) == 0
     images = np.random.default_rng(10).uniform(0, 1, (2, 32, 32, 3)).astype("float32")
     features, logits = reference.forward(params, images)

@@ -59,7 +59,7 @@ def export(args):
                                       classifier=args.classifier, overwrite=args.overwrite,
                                       random_weights=args.random_weights, format=args.format,
                                       cache_dir=args.cache_dir, serving_model_fn=_folder(args))
-    except FileExistsError as error:
+    except (FileExistsError, NotADirectoryError, IsADirectoryError) as error:
         raise UsageError(str(error)) from None
     if args.format == "keras":
         print(f"Wrote {path} ({os.path.getsize(path) / 1e6:.1f} MB)")

@@ -22,8 +22,8 @@ def check_target(path, *, overwrite: bool) -> str:
         raise FileExistsError(f"{path} already exists; pass --overwrite (overwrite=True) to replace it, "
                               "or choose another output.")
     parent = os.path.dirname(path)
-    if not os.path.isdir(parent):
-        raise FileNotFoundError(f"The parent directory of {path} does not exist; create {parent} first.")
+    if os.path.exists(parent) and not os.path.isdir(parent):
+        raise NotADirectoryError(f"Cannot write {path}: {parent} is a file, not a directory.")
     return path
 
 
@@ -32,6 +32,7 @@ def staged_directory(path, *, overwrite: bool = False):
     """Yields a fresh hidden directory next to `path`; on success it becomes `path`."""
     path = check_target(path, overwrite=overwrite)
     parent, name = os.path.split(path)
+    os.makedirs(parent, exist_ok=True)
     staging = tempfile.mkdtemp(prefix=f".{name}.", suffix=PARTIAL_SUFFIX, dir=parent)
     os.chmod(staging, 0o777 & ~_umask())  # mkdtemp's 0700 would hide the export from other users
     try:
@@ -47,6 +48,7 @@ def staged_file(path, *, overwrite: bool = False):
     """Yields a temporary file name next to `path` (same suffix); on success it becomes `path`."""
     path = check_target(path, overwrite=overwrite)
     parent, name = os.path.split(path)
+    os.makedirs(parent, exist_ok=True)
     suffix = os.path.splitext(name)[1]
     handle, staging = tempfile.mkstemp(prefix=f".{name}.", suffix=PARTIAL_SUFFIX + suffix, dir=parent)
     os.close(handle)
