@@ -104,7 +104,7 @@ def train(config: TrainConfig, *, strategy=None, source=None, log=print) -> Trai
     from bit_keras.resnet_v2 import BiTResNetV2
     from bit_keras.train import input as upstream_input
     from bit_keras.train.lr import UpstreamLearningRate
-    from bit_keras.train.strategy import choose_strategy_name, make_strategy, per_replica_batch
+    from bit_keras.train.strategy import make_strategy, per_replica_batch
 
     _check_config(config)
     strategy = strategy or make_strategy(config.strategy, config.tpu)
@@ -149,9 +149,8 @@ def train(config: TrainConfig, *, strategy=None, source=None, log=print) -> Trai
     start_step = int(optimizer.iterations.numpy())
     kernels = [v for v in model.trainable_variables if v.path.endswith("kernel")]
 
-    log(f"strategy {type(strategy).__name__} ({choose_strategy_name(config.strategy, config.tpu) if not on_tpu else 'tpu'}), "
-        f"{replicas} replica(s): global batch {batch} = {per_replica} per replica; precision {precision}; "
-        f"jit_compile {'on' if config.jit_compile else 'off'}")
+    log(f"strategy {_strategy_label(strategy)}, {replicas} replica(s): global batch {batch} = {per_replica} "
+        f"per replica; precision {precision}; jit_compile {'on' if config.jit_compile else 'off'}")
     log(f"data {info.name}: {info.train_size} images, {info.num_classes} classes, crops of {schedule.image_size}px; "
         f"{'sigmoid' if schedule.multi_label else 'softmax'} cross-entropy")
     log(f"schedule {schedule.name}: {schedule.epochs:g} epochs = {plan.total_steps} updates "
@@ -316,6 +315,11 @@ def _scalar(name, value, step):
     metadata = summary_pb2.SummaryMetadata()
     metadata.plugin_data.plugin_name = "scalars"
     tf.summary.write(name, tf.constant(value, tf.float32), step=step, metadata=metadata.SerializeToString())
+
+
+def _strategy_label(strategy):
+    name = type(strategy).__name__
+    return "default (one device)" if name.startswith("_Default") else name
 
 
 def _latest_step(manager):
