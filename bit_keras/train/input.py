@@ -44,6 +44,8 @@ def example_stream(source, *, train_size, seed=0, start_example=0, shuffle_buffe
     """(index, image, label) for every example from `start_example` on, epoch after epoch.
 
     Only the partly-used epoch is skipped into; whole epochs before it are never read.
+    Per-epoch shuffle seeds are tensors, which tf.data refuses while TensorFlow's global seed
+    is exactly 0; `loop.train` clears the global seed for that reason.
     """
     start_epoch, offset = divmod(int(start_example), int(train_size))
     epochs = tf.data.Dataset.range(start_epoch, max_epochs if max_epochs is not None else 2 ** 62)
