@@ -37,20 +37,21 @@ def build_reusable_module(model, *, serving_model=None, output_name="features"):
     # must exist (hub.KerasLayer reads it).
     root.regularization_losses = []
 
+    # Outputs are float32 whatever the model's dtype policy (TF Hub's convention).
     @tf.function(autograph=False)
     def call(images, training=False):
-        return model(images, training=training)
+        return tf.cast(model(images, training=training), tf.float32)
 
     for training in (False, True):
         call.get_concrete_function(_image_spec(), training=training)
     root.__call__ = call
-    root.serve = tf.function(lambda inputs: model(inputs, training=False),
+    root.serve = tf.function(lambda inputs: tf.cast(model(inputs, training=False), tf.float32),
                              input_signature=[_image_spec()], autograph=False)
-    root.serve_training = tf.function(lambda inputs: model(inputs, training=True),
+    root.serve_training = tf.function(lambda inputs: tf.cast(model(inputs, training=True), tf.float32),
                                       input_signature=[_image_spec()], autograph=False)
     if serving_model is not model:
         root.serving_variables = list(serving_model.variables)
-    serving = tf.function(lambda images: {output_name: serving_model(images, training=False)},
+    serving = tf.function(lambda images: {output_name: tf.cast(serving_model(images, training=False), tf.float32)},
                           input_signature=[_image_spec()], autograph=False)
     return root, {"serving_default": serving.get_concrete_function()}
 
