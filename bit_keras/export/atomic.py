@@ -73,19 +73,16 @@ def _replace(staging, path, *, overwrite):
         return
     if not overwrite:  # someone else created it while we were exporting
         raise FileExistsError(f"{path} appeared while exporting; pass overwrite=True to replace it.")
-    if os.path.isfile(staging) or not os.path.isdir(path):
-        if os.path.isdir(path) and not os.path.islink(path):
-            raise IsADirectoryError(f"{path} is a directory; cannot replace it with a file.")
-        if os.path.isdir(staging) and os.path.lexists(path):
-            os.remove(path)
-            os.rename(staging, path)
-            return
-        os.replace(staging, path)
+    if os.path.isfile(staging) and not os.path.isdir(path):
+        os.replace(staging, path)  # file over file: one atomic step
         return
-    # Directories cannot be swapped in one step: move the old one aside first, then delete it.
+    # A directory cannot be swapped in one step: move the old one aside, rename, then delete it.
     parent, name = os.path.split(path)
     old = tempfile.mkdtemp(prefix=f".{name}.", suffix=".old", dir=parent)
     os.rmdir(old)
     os.rename(path, old)
     os.rename(staging, path)
-    shutil.rmtree(old, ignore_errors=True)
+    if os.path.isdir(old) and not os.path.islink(old):
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.remove(old)
