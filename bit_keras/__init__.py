@@ -29,6 +29,8 @@ _LAZY = {
     "export_variant": "bit_keras.export",
     "load_backbone": "bit_keras.export",
     "read_metadata": "bit_keras.export",
+    "build_finetuner": "bit_keras.finetune",
+    "HyperRuleSchedule": "bit_keras.finetune",
 }
 
 

@@ -18,10 +18,10 @@ def _tiny_backbone():
 
 def test_a_short_finetune_of_a_tiny_bit_learns_digits(tmp_path):
     # Random weights: the HyperRule's peak rate (0.003 x 64/512) is meant for BiT features, so it is raised.
-    metrics = finetune(_tiny_backbone(), dataset="digits", output=tmp_path, batch_size=64, steps=80,
-                       eval_every=40, resolution=32, base_learning_rate=0.01, verbose=0)
+    metrics = finetune(_tiny_backbone(), dataset="digits", output=tmp_path, batch_size=32, steps=80,
+                       eval_every=40, resolution=24, base_learning_rate=0.01, verbose=0)
     assert metrics["updates"] == 80 and metrics["num_classes"] == 10
-    assert metrics["eval_accuracy"] > 0.4, metrics  # chance is 0.1; ~0.6-0.75 measured
+    assert metrics["eval_accuracy"] > 0.4, metrics  # chance is 0.1
     assert metrics["final_learning_rate"] == pytest.approx(0.01 * 0.001, rel=1e-5)
     for name in ("model.keras", "metrics.json", "run.json", "logs/metrics.csv"):
         assert os.path.exists(tmp_path / name), name
@@ -31,7 +31,7 @@ def test_a_short_finetune_of_a_tiny_bit_learns_digits(tmp_path):
     scores = evaluate(tmp_path, dataset="digits", split="test")
     assert scores["accuracy"] == pytest.approx(metrics["eval_accuracy"], abs=1e-6)
     with pytest.raises(ValueError, match="finished run"):
-        finetune(_tiny_backbone(), dataset="digits", output=tmp_path, batch_size=64, steps=80, verbose=0)
+        finetune(_tiny_backbone(), dataset="digits", output=tmp_path, batch_size=32, steps=80, verbose=0)
 
 
 class _Interrupt(keras.callbacks.Callback):
@@ -95,8 +95,11 @@ def _cli(*argv):
 
 
 def test_cli_finetune_and_evaluate(tmp_path, capsys):
+    from bit_keras.export import export_keras
+
+    backbone = export_keras(_tiny_backbone(), tmp_path / "tiny.keras")  # an export in Keras format
     output = str(tmp_path / "run")
-    assert _cli("finetune", "--variant", "r50x1", "--dataset", "digits", "--output", output, "--batch", "8",
+    assert _cli("finetune", "--variant", backbone, "--dataset", "digits", "--output", output, "--batch", "8",
                 "--micro-batch", "4", "--steps", "2", "--resolution", "16", "--eval-split", "test[:16]",
                 "--quiet") == 0
     printed = capsys.readouterr().out
@@ -107,9 +110,47 @@ def test_cli_finetune_and_evaluate(tmp_path, capsys):
     scores = json.loads(capsys.readouterr().out)
     assert scores["accuracy"] == pytest.approx(metrics["eval_accuracy"], abs=1e-6) and scores["examples"] == 16
     # Mistakes get one line and exit status 2.
-    assert _cli("finetune", "--variant", "r50x1", "--dataset", "digits", "--output", output, "--steps", "2") == 2
+    assert _cli("finetune", "--variant", backbone, "--dataset", "digits", "--output", output, "--steps", "2") == 2
     assert "finished run" in capsys.readouterr().err
-    assert _cli("finetune", "--variant", "r50x1", "--dataset", "digits", "--output", str(tmp_path / "x"),
+    assert _cli("finetune", "--variant", backbone, "--dataset", "digits", "--output", str(tmp_path / "x"),
                 "--batch", "8", "--micro-batch", "3") == 2
     assert "must divide" in capsys.readouterr().err
     assert _cli("evaluate", "--model", str(tmp_path / "missing.keras"), "--dataset", "digits") == 2
+
+
+def test_a_sigkilled_cli_run_resumes_and_writes_a_savedmodel(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import tensorflow as tf
+
+    from bit_keras.export import export_keras
+
+    backbone = export_keras(_tiny_backbone(), tmp_path / "tiny.keras")
+    output = tmp_path / "run"
+    command = [sys.executable, "-m", "bit_keras", "finetune", "--variant", backbone, "--dataset", "digits",
+               "--output", str(output), "--batch", "16", "--steps", "30", "--eval-every", "5", "--resolution", "16",
+               "--learning-rate", "0.02", "--eval-split", "none", "--quiet", "--savedmodel"]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    metadata = output / "checkpoint" / "training_metadata.json"
+    deadline = time.time() + 300
+    while time.time() < deadline and process.poll() is None:
+        if metadata.exists() and json.loads(metadata.read_text() or "{}").get("epoch", 0) >= 2:
+            break
+        time.sleep(0.2)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not (output / "metrics.json").exists()
+
+    resumed = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "Resuming from" in resumed.stdout
+    metrics = json.loads((output / "metrics.json").read_text())
+    assert metrics["updates"] == 30
+    assert metrics["final_learning_rate"] == pytest.approx(0.02 * 0.001, rel=1e-5)
+    images = np.random.default_rng(0).random((2, 16, 16, 3), dtype=np.float32)
+    loaded = tf.saved_model.load(str(output / "savedmodel"))
+    model = keras.saving.load_model(output / "model.keras", compile=False)
+    np.testing.assert_allclose(loaded(images, training=False).numpy(), model(images).numpy(), atol=1e-5)

@@ -37,6 +37,8 @@ def register(subparsers):
     parser.add_argument("--data-dir", default=None, help="tensorflow-datasets data directory.")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--overwrite", action="store_true", help="Start again even if --output holds a run.")
+    parser.add_argument("--savedmodel", action="store_true",
+                        help="Also write OUTPUT/savedmodel: the fine-tuned classifier as a TF-Hub SavedModel.")
     parser.add_argument("--quiet", action="store_true", help="One line per evaluation instead of a progress bar.")
     parser.set_defaults(handler=run_finetune)
 
@@ -71,7 +73,7 @@ def run_finetune(args):
         steps=args.steps, eval_every=args.eval_every, flip=args.flip, crop=args.crop, resolution=args.resolution,
         base_learning_rate=args.learning_rate, train_split=args.train_split,
         eval_split=None if args.eval_split.lower() == "none" else args.eval_split, data_dir=args.data_dir,
-        seed=args.seed, overwrite=args.overwrite, verbose=2 if args.quiet else 1)
+        seed=args.seed, overwrite=args.overwrite, savedmodel=args.savedmodel, verbose=2 if args.quiet else 1)
     summary = {k: v for k, v in metrics.items() if k != "hyperrule"}
     print(json.dumps(summary, indent=2))
     print(f"Wrote {args.output}/model.keras and {args.output}/metrics.json")

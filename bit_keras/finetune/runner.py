@@ -6,6 +6,7 @@ The output directory holds everything a run needs to be inspected or continued:
     checkpoint/     keras.callbacks.BackupAndRestore state, written after every evaluation
     logs/           TensorBoard (loss, accuracy, learning rate, updates)
     model.keras     the fine-tuned classifier (written atomically at the end)
+    savedmodel/     the same as a TF-Hub SavedModel (logits), when asked for
     metrics.json    the final metrics (written atomically, last: its presence means "done")
 
 A run killed at any point is continued by running the same command again: the model and
@@ -28,12 +29,13 @@ METRICS_FILE = "metrics.json"
 MODEL_FILE = "model.keras"
 CHECKPOINT_DIR = "checkpoint"
 LOGS_DIR = "logs"
+SAVEDMODEL_DIR = "savedmodel"
 
 
 def finetune(source, *, dataset, output, weights=None, examples_per_class=None, batch_size=512,
              micro_batch_size=None, steps=None, eval_every=None, flip=True, crop=True, resolution=None,
              base_learning_rate=None, train_split="train", eval_split="test", data_dir=None, seed=0,
-             overwrite=False, callbacks=(), verbose=1) -> dict:
+             overwrite=False, savedmodel=False, callbacks=(), verbose=1) -> dict:
     """Fine-tunes `source` (variant name, exported directory or Keras backbone) on `dataset` with the HyperRule.
 
     Args mirror `bit_keras finetune` (see `build_finetuner` for the model ones):
@@ -43,6 +45,8 @@ def finetune(source, *, dataset, output, weights=None, examples_per_class=None, 
         examples_per_class: few-shot training: k examples per class drawn with `seed`.
         eval_every: updates between evaluations and checkpoints (default: 10 per run).
         eval_split: split scored during and after training; None skips evaluation.
+        savedmodel: also write output/savedmodel, the fine-tuned classifier as a TF-Hub
+            Reusable SavedModel (logits), for TF Serving or hub.KerasLayer.
         callbacks: extra Keras callbacks (e.g. to stop a run for tests).
 
     Returns the final metrics (also written to output/metrics.json).
@@ -89,7 +93,10 @@ def finetune(source, *, dataset, output, weights=None, examples_per_class=None, 
     eval_batches = ft.eval_dataset(eval_ds) if eval_ds is not None else None
     os.makedirs(os.path.join(output, LOGS_DIR), exist_ok=True)
     run_callbacks = [
-        keras.callbacks.BackupAndRestore(os.path.join(output, CHECKPOINT_DIR), save_freq="epoch"),
+        # double_checkpoint keeps the previous state to fall back on if a kill lands mid-write;
+        # the schedule follows the optimizer's restored update counter, not the epoch number.
+        keras.callbacks.BackupAndRestore(os.path.join(output, CHECKPOINT_DIR), save_freq="epoch",
+                                         double_checkpoint=True),
         keras.callbacks.CSVLogger(os.path.join(output, LOGS_DIR, "metrics.csv"), append=True),
         *_tensorboard(os.path.join(output, LOGS_DIR), verbose),
         *callbacks,
@@ -111,6 +118,13 @@ def finetune(source, *, dataset, output, weights=None, examples_per_class=None, 
                         "eval_accuracy": float(scores["accuracy"])})
     metrics["hyperrule"] = ft.rule.to_dict()
     save_model_atomically(ft.model, os.path.join(output, MODEL_FILE))
+    if savedmodel:
+        from bit_keras.export import export_model
+
+        export_model(ft.model, os.path.join(output, SAVEDMODEL_DIR), overwrite=True, metadata={
+            "variant": ft.variant, "outputs": "logits", "num_classes": info.num_classes,
+            "class_names": list(info.class_names), "fine_tuned_on": dataset, "hyperrule": ft.rule.to_dict()})
+        metrics["savedmodel"] = os.path.join(output, SAVEDMODEL_DIR)
     _write_json_atomically(metrics_path, metrics)
     return metrics
 
