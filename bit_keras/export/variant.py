@@ -18,8 +18,6 @@ def resolve_export_weights(variant, weights=None, *, random_weights=False, cache
     ("r50x1") names no checkpoint: it is refused unless `random_weights=True`, so untrained
     weights are never exported by accident.
     """
-    from bit_keras import zoo
-
     variants.resolve_architecture(variant)  # unknown names fail here, with the list of names
     if weights is None:
         release = variants.resolve_checkpoint(variant, required=False)
@@ -31,9 +29,12 @@ def resolve_export_weights(variant, weights=None, *, random_weights=False, cache
                 f"to export. Pass weights (--weights FILE.npz or URL), a released name such as "
                 f"'m-{variants.resolve_architecture(variant).name}', or --random-weights "
                 f"(random_weights=True) to export untrained weights on purpose.")
-        return zoo.resolve_weights(variant, "default", cache_dir=cache_dir), release.url
+        # download.fetch directly: offline, this fails before Keras is even imported.
+        return download.fetch(release.url, release.filename, directory=cache_dir), release.url
     if random_weights:
         raise ValueError("Pass either weights or random_weights=True (--random-weights), not both.")
+    from bit_keras import zoo
+
     path = zoo.resolve_weights(variant, weights, cache_dir=cache_dir)
     return path, weights if download.is_url(weights) else os.path.abspath(path)
 
@@ -55,13 +56,12 @@ def export_variant(variant, directory, *, weights=None, classifier=False, overwr
         serving_model_fn: optional `fn(model) -> model` giving an inference-only model with the
             same outputs for the `serving_default` signature.
     """
-    from bit_keras import zoo
-    from bit_keras.export.keras_file import export_keras
-    from bit_keras.export.savedmodel import export_model
-
     if format not in FORMATS:
         raise ValueError(f"format must be one of {FORMATS}. Received: format={format!r}")
     atomic.check_target(directory, overwrite=overwrite)  # fail before any download or build
+    if variant is None and isinstance(weights, str) and not os.path.exists(weights) and \
+            variants.resolve_checkpoint(weights, required=False) is not None:
+        variant = weights  # weights="BiT-M-R50x1": the release names the variant too
     if variant is None:
         if weights is None:
             raise ValueError("Name a variant (--variant m-r50x1) or a checkpoint (--weights FILE.npz) to export.")
@@ -71,6 +71,11 @@ def export_variant(variant, directory, *, weights=None, classifier=False, overwr
         architecture = variants.resolve_architecture(variant)
         path, source = resolve_export_weights(variant, weights, random_weights=random_weights, cache_dir=cache_dir)
         release = variants.resolve_checkpoint(variant, required=False)
+    # Keras is imported only now, once the weights are at hand (offline fails at once).
+    from bit_keras import zoo
+    from bit_keras.export.keras_file import export_keras
+    from bit_keras.export.savedmodel import export_model
+
     num_classes = None
     if path is not None:
         info = checkpoint.identify(checkpoint.read_headers(path))
