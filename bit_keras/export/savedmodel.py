@@ -38,36 +38,47 @@ def build_reusable_module(model, *, serving_model=None, output_name="features"):
     root.regularization_losses = []
 
     # Outputs are float32 whatever the model's dtype policy (TF Hub's convention).
+    def run(network, images, training):
+        return tf.cast(network(images, training=training), tf.float32)
+
     @tf.function(autograph=False)
     def call(images, training=False):
-        return tf.cast(model(images, training=training), tf.float32)
+        return run(model, images, training)
 
     for training in (False, True):
         call.get_concrete_function(_image_spec(), training=training)
     root.__call__ = call
-    root.serve = tf.function(lambda inputs: tf.cast(model(inputs, training=False), tf.float32),
-                             input_signature=[_image_spec()], autograph=False)
-    root.serve_training = tf.function(lambda inputs: tf.cast(model(inputs, training=True), tf.float32),
-                                      input_signature=[_image_spec()], autograph=False)
+
+    @tf.function(input_signature=[_image_spec()], autograph=False)
+    def serve(inputs):
+        return run(model, inputs, False)
+
+    @tf.function(input_signature=[_image_spec()], autograph=False)
+    def serve_training(inputs):
+        return run(model, inputs, True)
+
+    root.serve, root.serve_training = serve, serve_training
     if serving_model is not model:
         root.serving_variables = list(serving_model.variables)
-    serving = tf.function(lambda images: {output_name: tf.cast(serving_model(images, training=False), tf.float32)},
-                          input_signature=[_image_spec()], autograph=False)
-    return root, {"serving_default": serving.get_concrete_function()}
+
+    @tf.function(input_signature=[_image_spec()], autograph=False)
+    def serving_default(images):
+        return {output_name: run(serving_model, images, False)}
+
+    return root, {"serving_default": serving_default.get_concrete_function()}
 
 
 @contextlib.contextmanager
 def _quiet_tensorflow():
     """Hides TensorFlow's INFO lines about sharding and renamed inputs while saving."""
-    import tensorflow as tf
+    from absl import logging
 
-    logger = tf.get_logger()
-    level = logger.level
-    logger.setLevel("WARNING")
+    verbosity = logging.get_verbosity()
+    logging.set_verbosity(logging.WARNING)
     try:
         yield
     finally:
-        logger.setLevel(level)
+        logging.set_verbosity(verbosity)
 
 
 def export_model(model, directory, *, overwrite=False, metadata=None, serving_model=None) -> str:
