@@ -19,3 +19,15 @@ def test_demo_runs_end_to_end_offline_and_says_weights_are_random(tmp_path, caps
     assert result["test_examples"] == 360 and 0.0 <= result["test_accuracy"] <= 1.0
     assert result["load_backbone_max_abs_diff"] < 1e-5
     assert (output / "export" / "saved_model.pb").exists()
+
+
+def test_demo_finds_a_released_checkpoint_in_the_cache(tmp_path, monkeypatch):
+    from bit_keras.finetune.demo import cached_release
+
+    monkeypatch.setenv("BIT_KERAS_CACHE", str(tmp_path))
+    assert cached_release("r50x1") is None
+    (tmp_path / "BiT-S-R50x1.npz").write_bytes(b"")
+    assert cached_release("r50x1") == str(tmp_path / "BiT-S-R50x1.npz")
+    (tmp_path / "BiT-M-R50x1.npz").write_bytes(b"")
+    assert cached_release("m-r50x1") == str(tmp_path / "BiT-M-R50x1.npz")  # the named release first
+    assert cached_release("r101x1") is None

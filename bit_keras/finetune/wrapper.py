@@ -149,7 +149,8 @@ def build_finetuner(source, *, num_classes, train_size=None, image_size=None, ba
             memory; must divide `batch_size`. Gradients of `batch_size // micro_batch_size`
             micro-batches are averaged into one update, equal to the full batch's update.
         weights: for a variant name: None (random), "default" (the released checkpoint), a path or URL.
-        rule: a ready `HyperRule` (overrides train_size/image_size/batch_size).
+        rule: a ready `HyperRule` (its batch_size replaces `batch_size`; train_size and
+            image_size are then not needed).
         steps: shorten the schedule to this many updates (warm-up and decays keep their fractions).
         resolution: train/eval crop size instead of the rule's (the resize keeps its ratio).
         base_learning_rate: replaces the rule's peak rate. Only for backbones without
@@ -168,20 +169,18 @@ def build_finetuner(source, *, num_classes, train_size=None, image_size=None, ba
     """
     if not isinstance(num_classes, int) or num_classes < 1:
         raise ValueError(f"num_classes must be a positive integer. Received: num_classes={num_classes!r}")
+    if rule is not None:
+        batch_size = rule.batch_size
     micro_batch_size = micro_batch_size or batch_size
     if micro_batch_size < 1 or batch_size % micro_batch_size:
         raise ValueError(f"micro_batch_size must divide batch_size. Received: batch_size={batch_size}, "
                          f"micro_batch_size={micro_batch_size}")
+    if rule is None and (train_size is None or image_size is None):
+        raise ValueError("build_finetuner needs train_size and image_size (the HyperRule's inputs), "
+                         "or a ready rule=bit_keras.hyperrule.hyperrule(...).")
     backbone, variant = _load_backbone(source, weights=weights, trainable=trainable, cache_dir=cache_dir)
     if rule is None:
-        if train_size is None or image_size is None:
-            raise ValueError("build_finetuner needs train_size and image_size (the HyperRule's inputs), "
-                             "or a ready rule=bit_keras.hyperrule.hyperrule(...).")
         rule = hyperrule(train_size, image_size, variant=variant, batch_size=batch_size)
-    elif rule.batch_size != batch_size:
-        batch_size = rule.batch_size
-        if batch_size % micro_batch_size:
-            raise ValueError(f"micro_batch_size={micro_batch_size} must divide the rule's batch_size={batch_size}.")
     if steps is not None:
         rule = shorten(rule, steps)
     if resolution is not None:
