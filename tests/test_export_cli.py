@@ -157,6 +157,29 @@ def test_serving_model_drives_only_the_serving_signature(tmp_path):
     assert np.abs(obj(images, training=False).numpy() - expected).max() < 1e-5
 
 
+def test_a_fine_tuned_classifier_exports_its_logits(tmp_path):
+    """backbone + new head, as fine-tuning builds it: metadata names the backbone and the head."""
+    import keras
+    import tensorflow as tf
+
+    import bit_keras
+    from bit_keras.export import export_model, load_backbone, read_metadata
+
+    inputs = keras.Input((None, None, 3))
+    model = keras.Model(inputs, keras.layers.Dense(3)(bit_keras.BiTResNetV2(UNITS, WIDTH, include_top=False)(inputs)))
+    export_model(model, tmp_path / "classifier", metadata={"outputs": "logits", "fine_tuned_on": "digits"})
+    meta = read_metadata(tmp_path / "classifier")
+    assert (meta["outputs"], meta["num_classes"], meta["block_units"], meta["num_features"]) == (
+        "logits", 3, list(UNITS), 2048)
+    assert meta["fine_tuned_on"] == "digits"
+    images = np.random.default_rng(11).uniform(0, 1, (1, 32, 32, 3)).astype("float32")
+    served = tf.saved_model.load(str(tmp_path / "classifier")).signatures["serving_default"](images=tf.constant(images))
+    assert np.abs(served["logits"].numpy() - np.asarray(model(images))).max() < 1e-5
+    assert load_backbone(tmp_path / "classifier").block_units == UNITS
+    with pytest.raises(ValueError, match="'features' or 'logits'"):
+        export_model(model, tmp_path / "bad", metadata={"outputs": "probabilities"})
+
+
 def test_random_weights_only_on_request():
     from bit_keras.export.variant import resolve_export_weights
 

@@ -38,6 +38,19 @@ class ExportedBackbone(keras.layers.TFSMLayer):
         return self._bit_metadata.get("variant")
 
     @property
+    def block_units(self):
+        units = self._bit_metadata.get("block_units")
+        return tuple(units) if units else None
+
+    @property
+    def width(self):
+        return self._bit_metadata.get("width")
+
+    @property
+    def num_features(self):
+        return self._bit_metadata.get("num_features")
+
+    @property
     def num_outputs(self) -> int:
         meta = self._bit_metadata
         return meta["num_classes"] if meta.get("outputs") == "logits" else meta["num_features"]

@@ -58,10 +58,12 @@ def describe_model(model, *, serving_outputs: str) -> dict:
     """Metadata that follows from a BiTResNetV2 (or any model with its attributes)."""
     from bit_keras import __version__, variants
 
-    block_units = getattr(model, "block_units", None)
-    width = getattr(model, "width", None)
+    # A model built around a BiT backbone (backbone + new head) describes its backbone.
+    bit = model if hasattr(model, "block_units") else next(
+        (layer for layer in getattr(model, "layers", []) if hasattr(layer, "block_units")), model)
+    block_units = getattr(bit, "block_units", None)
+    width = getattr(bit, "width", None)
     architecture = variants.architecture_for(block_units, width) if block_units and width else None
-    include_top = bool(getattr(model, "include_top", serving_outputs == "logits"))
     return {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -69,9 +71,9 @@ def describe_model(model, *, serving_outputs: str) -> dict:
         "architecture": architecture.name if architecture else None,
         "block_units": list(block_units) if block_units else None,
         "width": width,
-        "num_features": getattr(model, "num_features", None),
+        "num_features": getattr(bit, "num_features", None),
         "outputs": serving_outputs,
-        "num_classes": getattr(model, "num_classes", None) if include_top else None,
+        "num_classes": _num_classes(model) if serving_outputs == "logits" else None,
         "num_parameters": int(sum(int(_size(v.shape)) for v in model.weights)),
         "upstream": None,
         "multi_label": None,
@@ -84,6 +86,13 @@ def describe_model(model, *, serving_outputs: str) -> dict:
         "tensorflow_version": _version("tensorflow"),
         "keras_version": _version("keras"),
     }
+
+
+def _num_classes(model):
+    if getattr(model, "num_classes", None):
+        return model.num_classes
+    shape = getattr(model, "output_shape", None)
+    return int(shape[-1]) if isinstance(shape, tuple) and shape and shape[-1] else None
 
 
 def _size(shape) -> int:

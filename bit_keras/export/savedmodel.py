@@ -89,7 +89,9 @@ def export_model(model, directory, *, overwrite=False, metadata=None, serving_mo
         directory: where the SavedModel goes; written atomically (hidden sibling, then rename).
         overwrite: replace an existing `directory`; without it an existing one is an error.
         metadata: extra fields for `assets/bit_keras.json` (variant, checkpoint, upstream, ...),
-            merged over what follows from the model itself.
+            merged over what follows from the model itself. `outputs` ("features" or
+            "logits") also names the `serving_default` output; by default it is "logits"
+            for a BiT model with its head and "features" otherwise.
         serving_model: an inference-only model with the same outputs (e.g. with
             pre-standardized kernels) used for the `serving_default` signature only; the
             fine-tunable `__call__` always uses `model`.
@@ -103,7 +105,9 @@ def export_model(model, directory, *, overwrite=False, metadata=None, serving_mo
         raise RuntimeError(f"Exporting SavedModels needs the TensorFlow backend; KERAS_BACKEND is "
                            f"{keras.backend.backend()!r}. Run with KERAS_BACKEND=tensorflow.")
     directory = atomic.check_target(directory, overwrite=overwrite)
-    outputs = "logits" if getattr(model, "include_top", False) else "features"
+    outputs = (metadata or {}).get("outputs") or ("logits" if getattr(model, "include_top", False) else "features")
+    if outputs not in ("features", "logits"):
+        raise ValueError(f"metadata['outputs'] must be 'features' or 'logits'. Received: {outputs!r}")
     info = describe_model(model, serving_outputs=outputs)
     if serving_model is not None and serving_model is not model:
         info["signatures"]["serving_default"]["serving_model"] = serving_model.name
