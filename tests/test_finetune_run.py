@@ -18,6 +18,7 @@ def _tiny_backbone():
 
 def test_a_short_finetune_of_a_tiny_bit_learns_digits(tmp_path):
     # Random weights: the HyperRule's peak rate (0.003 x 64/512) is meant for BiT features, so it is raised.
+    keras.utils.set_random_seed(0)
     metrics = finetune(_tiny_backbone(), dataset="digits", output=tmp_path, batch_size=32, steps=80,
                        eval_every=40, resolution=24, base_learning_rate=0.01, verbose=0)
     assert metrics["updates"] == 80 and metrics["num_classes"] == 10
@@ -101,10 +102,11 @@ def test_cli_finetune_and_evaluate(tmp_path, capsys):
     output = str(tmp_path / "run")
     assert _cli("finetune", "--variant", backbone, "--dataset", "digits", "--output", output, "--batch", "8",
                 "--micro-batch", "4", "--steps", "2", "--resolution", "16", "--eval-split", "test[:16]",
-                "--quiet") == 0
+                "--examples-per-class", "5", "--quiet") == 0
     printed = capsys.readouterr().out
     metrics = json.loads(open(os.path.join(output, "metrics.json")).read())
     assert metrics["updates"] == 2 and metrics["hyperrule"]["crop"] == 16
+    assert metrics["train_size"] == 50 == metrics["hyperrule"]["train_size"]  # few-shot: 5 per class
     assert '"eval_accuracy"' in printed
     assert _cli("evaluate", "--model", output, "--dataset", "digits", "--split", "test[:16]", "--json") == 0
     scores = json.loads(capsys.readouterr().out)
