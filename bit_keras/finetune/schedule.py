@@ -30,8 +30,8 @@ class HyperRuleSchedule(keras.optimizers.schedules.LearningRateSchedule):
     Example:
         >>> from bit_keras.hyperrule import hyperrule
         >>> schedule = HyperRuleSchedule.from_rule(hyperrule(10_000, (32, 32)))
-        >>> float(schedule(0)), float(schedule(450))
-        (3e-05, 3.0000000000000004e-06)
+        >>> round(float(schedule(0)), 8), round(float(schedule(450)), 9)  # float32 inside
+        (3e-05, 3e-06)
     """
 
     def __init__(self, base_learning_rate, warmup_steps, decay_boundaries, decay_factor=DECAY_FACTOR,
