@@ -64,7 +64,6 @@ def finetune(source, *, dataset, output, weights=None, examples_per_class=None, 
         for name in (METRICS_FILE, MODEL_FILE, RUN_FILE):
             _remove(os.path.join(output, name))
         _remove_tree(os.path.join(output, CHECKPOINT_DIR))
-    os.makedirs(output, exist_ok=True)
 
     train_ds, info = load_source(dataset, train_split, data_dir=data_dir)
     train_size = info.train_size
@@ -82,6 +81,7 @@ def finetune(source, *, dataset, output, weights=None, examples_per_class=None, 
            "num_classes": info.num_classes, "class_names": list(info.class_names), "flip": flip, "crop": crop,
            "micro_batch_size": ft.micro_batch_size, "eval_every": eval_every, "seed": seed,
            "hyperrule": ft.rule.to_dict()}
+    os.makedirs(output, exist_ok=True)  # only now: a bad dataset or variant leaves no empty run behind
     resumed_epoch = _check_resume(output, run)
     _write_json_atomically(os.path.join(output, RUN_FILE), run)
     if resumed_epoch:
