@@ -41,6 +41,21 @@ def test_r50x1_macs_are_resnet50s():
     assert 1.0 < 4.23e9 / macs < 1.05
 
 
+def test_straightforward_baseline_computes_the_same_function():
+    # The baseline swaps in Keras core's GroupNormalization; speed-ups are only fair if
+    # both compute the same outputs.
+    model = bit_keras.BiTResNetV2((1, 1, 1, 1), 1, num_classes=5)
+    rng = np.random.default_rng(0)
+    for variable in model.variables:
+        if variable.path.endswith(("gamma", "beta", "bias")) or "head" in variable.path:
+            variable.assign(rng.uniform(0.5, 1.5, variable.shape))
+    plain = benchmark.with_keras_group_norm(model)
+    assert isinstance(plain.get_layer("block1.unit01.b.group_norm"), keras.layers.GroupNormalization)
+    images = rng.uniform(0, 1, (2, 48, 48, 3)).astype("float32")
+    expected = np.asarray(model(images))
+    assert np.abs(np.asarray(plain(images)) - expected).max() < 1e-5 * np.abs(expected).max()
+
+
 def test_parse_variant():
     assert benchmark.parse_variant("BiT-M-R50x1") == ((3, 4, 6, 3), 1)
     assert benchmark.parse_variant("1,2,1,1x2") == ((1, 2, 1, 1), 2)
@@ -59,6 +74,7 @@ def test_cli_json_report_with_baseline():
     assert report["peak_rss_bytes"] > 100 * 2**20
     baseline, tuned = report["results"]
     assert (baseline["jit"], baseline["fold"], tuned["jit"], tuned["fold"]) == (False, False, True, True)
+    assert baseline["straightforward"] and not tuned["straightforward"]
     assert baseline["speedup_vs_first"] == 1.0
     macs = benchmark.count_macs((1, 1, 1, 1), 1, 64, 1000)
     for entry in report["results"]:
@@ -69,6 +85,7 @@ def test_cli_json_report_with_baseline():
         assert entry["fraction_of_peak"] == pytest.approx(
             entry["model_gflops_per_second"] / entry["peak_gflops_per_second"])
         assert entry["peak_gflops_per_second"] > 1 and entry["compile_seconds"] > 0
+        assert entry["fraction_of_peak_best"] > 0
 
 
 def _run_cli(*args):
@@ -85,6 +102,7 @@ def test_cli_text_report_train_and_savedmodel(capsys):
     served = next(line for line in lines if "savedmodel float32+fold" in line)
     for line in (train, served):
         assert "images/s" in line and "% of the measured peak (" in line and "GFLOP/s" in line
+        assert "best step vs best probe" in line
     assert sum(line.startswith("peak memory (RSS high-water mark") and line.endswith("MiB") for line in lines) == 2
 
 
