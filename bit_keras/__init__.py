@@ -18,6 +18,7 @@ _LAZY = {
     "freeze_up_to": "bit_keras.resnet_v2",
     "StandardizedConv2D": "bit_keras.layers",
     "GroupNormalization": "bit_keras.layers",
+    "fold_standardization": "bit_keras.inference",
     "load_weights": "bit_keras.checkpoint",
     "save_weights": "bit_keras.checkpoint",
     "CheckpointError": "bit_keras.checkpoint",
