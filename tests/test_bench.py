@@ -103,6 +103,7 @@ def test_cli_text_report_train_and_savedmodel(capsys):
     for line in (train, served):
         assert "images/s" in line and "% of the measured peak (" in line and "GFLOP/s" in line
         assert "best step vs best probe" in line
+        assert "first row" not in line  # no speed-up without --baseline
     assert sum(line.startswith("peak memory (RSS high-water mark") and line.endswith("MiB") for line in lines) == 2
 
 
