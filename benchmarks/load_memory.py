@@ -8,28 +8,24 @@ directory first (in a separate process, so its memory is not counted).
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
 import time
 
 
-def _rss_bytes() -> int:
-    with open("/proc/self/statm") as stream:
-        return int(stream.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
 def measure(variant: str, checkpoint: str) -> dict:
     import keras  # noqa: F401  (the runtime's own footprint is the baseline)
 
     import bit_keras
+    from bit_keras.benchmark import peak_rss_bytes, reset_peak_rss, rss_bytes
 
-    baseline = _rss_bytes()
+    reset_peak_rss()  # the peak counts from here, not from a parent process's
+    baseline = rss_bytes()
     start = time.perf_counter()
     model = bit_keras.create_model(variant, weights=checkpoint)
     seconds = time.perf_counter() - start
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    peak = peak_rss_bytes()
     weights = os.path.getsize(checkpoint)
     return {"variant": variant, "parameters": model.count_params(), "checkpoint_bytes": weights,
             "baseline_rss_bytes": baseline, "peak_rss_bytes": peak,

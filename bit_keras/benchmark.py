@@ -116,10 +116,44 @@ def cpu_name() -> str:
     return f"{name} ({cores} cores)"
 
 
+def _proc_status_bytes(field: str):
+    """A `kB` field of /proc/self/status in bytes, or None off Linux."""
+    try:
+        with open("/proc/self/status") as stream:
+            for line in stream:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def rss_bytes() -> int:
+    """This process's resident memory now."""
+    now = _proc_status_bytes("VmRSS")
+    return now if now is not None else peak_rss_bytes()
+
+
 def peak_rss_bytes() -> int:
-    """High-water mark of this process's resident memory."""
+    """High-water mark of this process's resident memory.
+
+    Linux: VmHWM, not `ru_maxrss`, which carries a parent's high-water mark across
+    fork+exec (a benchmark started from a large pytest process would report pytest's peak).
+    """
+    peak = _proc_status_bytes("VmHWM")
+    if peak is not None:
+        return peak
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak if sys.platform == "darwin" else peak * 1024  # Linux reports KiB.
+
+
+def reset_peak_rss() -> None:
+    """Restart the high-water mark from the current resident size (Linux 4.0+; else a no-op)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as stream:
+            stream.write("5")
+    except OSError:
+        pass
 
 
 class MatmulProbe:
