@@ -1,8 +1,10 @@
 """The release's checkpoint key layout, as data.
 
-Keras layer names are the release's module paths with "/" written as "." (Keras forbids
-"/" in names), so `resnet/block1/unit01/a/standardized_conv2d/kernel` is the `kernel` of
-layer `block1.unit01.a.standardized_conv2d`. Loading and saving are then a name lookup.
+Keras layer names are the release's module paths with "/" written as "-", so
+`resnet/block1/unit01/a/standardized_conv2d/kernel` is the `kernel` of layer
+`block1-unit01-a-standardized_conv2d`. Loading and saving are then a name lookup.
+Not "/": Keras forbids it in names. Not ".": the PyTorch backend registers every
+variable under its path, and torch refuses parameter names with a dot.
 """
 
 from __future__ import annotations
@@ -10,7 +12,8 @@ from __future__ import annotations
 import dataclasses
 
 PREFIX = "resnet/"
-HEAD_LAYER = "head.conv2d"
+SEPARATOR = "-"
+HEAD_LAYER = "head-conv2d"
 PRE_HEAD_NORM = "group_norm"
 
 
@@ -23,11 +26,11 @@ class LayoutEntry:
 
 
 def layer_to_key(layer: str, weight: str) -> str:
-    return PREFIX + layer.replace(".", "/") + "/" + weight
+    return PREFIX + layer.replace(SEPARATOR, "/") + "/" + weight
 
 
 def unit_name(block: int, unit: int) -> str:
-    return f"block{block}.unit{unit:02d}"
+    return f"block{block}{SEPARATOR}unit{unit:02d}"
 
 
 def _conv(layer, shape):
@@ -43,21 +46,21 @@ def checkpoint_layout(block_units, width: int, num_classes: int | None):
 
     `num_classes=None` leaves the head out (a feature extractor).
     """
-    entries = [_conv("root_block.standardized_conv2d", (7, 7, 3, 64 * width))]
+    entries = [_conv("root_block-standardized_conv2d", (7, 7, 3, 64 * width))]
     in_channels = 64 * width
     for block, units in enumerate(block_units, start=1):
         mid = 64 * width * 2 ** (block - 1)
         out = 4 * mid
         for unit in range(1, units + 1):
             name = unit_name(block, unit)
-            entries += _norm(f"{name}.a.group_norm", in_channels)
-            entries.append(_conv(f"{name}.a.standardized_conv2d", (1, 1, in_channels, mid)))
-            entries += _norm(f"{name}.b.group_norm", mid)
-            entries.append(_conv(f"{name}.b.standardized_conv2d", (3, 3, mid, mid)))
-            entries += _norm(f"{name}.c.group_norm", mid)
-            entries.append(_conv(f"{name}.c.standardized_conv2d", (1, 1, mid, out)))
+            entries += _norm(f"{name}-a-group_norm", in_channels)
+            entries.append(_conv(f"{name}-a-standardized_conv2d", (1, 1, in_channels, mid)))
+            entries += _norm(f"{name}-b-group_norm", mid)
+            entries.append(_conv(f"{name}-b-standardized_conv2d", (3, 3, mid, mid)))
+            entries += _norm(f"{name}-c-group_norm", mid)
+            entries.append(_conv(f"{name}-c-standardized_conv2d", (1, 1, mid, out)))
             if unit == 1:  # The first unit changes stride or channels in every block.
-                entries.append(_conv(f"{name}.a.proj.standardized_conv2d", (1, 1, in_channels, out)))
+                entries.append(_conv(f"{name}-a-proj-standardized_conv2d", (1, 1, in_channels, out)))
             in_channels = out
     entries += _norm(PRE_HEAD_NORM, in_channels)
     if num_classes is not None:

@@ -1,7 +1,7 @@
 """The BiT ResNet-v2 as a Keras functional model: pre-activation bottlenecks with GN + WS.
 
 Every weighted layer is named after its checkpoint key (see `layout.py`), so weights map
-by name, and every unit's output is a named `Add` layer (`block3.unit06.add`), so feature
+by name, and every unit's output is a named `Add` layer (`block3-unit06-add`), so feature
 maps are reachable with `feature_maps()`.
 """
 
@@ -11,7 +11,7 @@ import keras
 from keras import ops
 
 from bit_keras.layers import GroupNormalization, StandardizedConv2D
-from bit_keras.layout import HEAD_LAYER, PRE_HEAD_NORM, unit_name
+from bit_keras.layout import HEAD_LAYER, PRE_HEAD_NORM, SEPARATOR, unit_name
 
 
 @keras.saving.register_keras_serializable(package="bit_keras")
@@ -38,31 +38,31 @@ def _conv(filters, kernel_size, name, stride=1, initializer="he_normal"):
 
 
 def apply_root_block(x, width, initializer):
-    x = keras.layers.ZeroPadding2D(3, name="root_block.pad_conv")(x)
-    x = _conv(64 * width, 7, "root_block.standardized_conv2d", stride=2, initializer=initializer)(x)
+    x = keras.layers.ZeroPadding2D(3, name="root_block-pad_conv")(x)
+    x = _conv(64 * width, 7, "root_block-standardized_conv2d", stride=2, initializer=initializer)(x)
     # Zeros, not -inf: the release pads the pool input with zeros although it can be negative.
-    x = keras.layers.ZeroPadding2D(1, name="root_block.pad_pool")(x)
-    return keras.layers.MaxPooling2D(3, strides=2, padding="valid", name="root_block.pool")(x)
+    x = keras.layers.ZeroPadding2D(1, name="root_block-pad_pool")(x)
+    return keras.layers.MaxPooling2D(3, strides=2, padding="valid", name="root_block-pool")(x)
 
 
 def apply_bottleneck_unit(x, mid_channels, stride, name, initializer):
     """One pre-activation bottleneck unit; the projection takes the pre-activated input."""
     out_channels = 4 * mid_channels
-    h = GroupNormalization(name=f"{name}.a.group_norm")(x)
-    h = keras.layers.ReLU(name=f"{name}.a.relu")(h)
+    h = GroupNormalization(name=f"{name}-a-group_norm")(x)
+    h = keras.layers.ReLU(name=f"{name}-a-relu")(h)
     if stride != 1 or x.shape[-1] != out_channels:
-        shortcut = _conv(out_channels, 1, f"{name}.a.proj.standardized_conv2d", stride, initializer)(h)
+        shortcut = _conv(out_channels, 1, f"{name}-a-proj-standardized_conv2d", stride, initializer)(h)
     else:
         shortcut = x
-    h = _conv(mid_channels, 1, f"{name}.a.standardized_conv2d", initializer=initializer)(h)
-    h = GroupNormalization(name=f"{name}.b.group_norm")(h)
-    h = keras.layers.ReLU(name=f"{name}.b.relu")(h)
-    h = keras.layers.ZeroPadding2D(1, name=f"{name}.b.pad")(h)
-    h = _conv(mid_channels, 3, f"{name}.b.standardized_conv2d", stride, initializer)(h)
-    h = GroupNormalization(name=f"{name}.c.group_norm")(h)
-    h = keras.layers.ReLU(name=f"{name}.c.relu")(h)
-    h = _conv(out_channels, 1, f"{name}.c.standardized_conv2d", initializer=initializer)(h)
-    return keras.layers.Add(name=f"{name}.add")([h, shortcut])
+    h = _conv(mid_channels, 1, f"{name}-a-standardized_conv2d", initializer=initializer)(h)
+    h = GroupNormalization(name=f"{name}-b-group_norm")(h)
+    h = keras.layers.ReLU(name=f"{name}-b-relu")(h)
+    h = keras.layers.ZeroPadding2D(1, name=f"{name}-b-pad")(h)
+    h = _conv(mid_channels, 3, f"{name}-b-standardized_conv2d", stride, initializer)(h)
+    h = GroupNormalization(name=f"{name}-c-group_norm")(h)
+    h = keras.layers.ReLU(name=f"{name}-c-relu")(h)
+    h = _conv(out_channels, 1, f"{name}-c-standardized_conv2d", initializer=initializer)(h)
+    return keras.layers.Add(name=f"{name}-add")([h, shortcut])
 
 
 @keras.saving.register_keras_serializable(package="bit_keras")
@@ -102,7 +102,7 @@ class BiTResNetV2(keras.Model):
                 stride = 2 if (unit == 1 and block > 1) else 1
                 x = apply_bottleneck_unit(x, mid, stride, unit_name(block, unit), initializer)
         x = GroupNormalization(name=PRE_HEAD_NORM)(x)
-        x = keras.layers.ReLU(name="pre_head.relu")(x)
+        x = keras.layers.ReLU(name="pre_head-relu")(x)
         outputs = keras.layers.GlobalAveragePooling2D(name="pre_logits")(x)
         if include_top:
             outputs = keras.layers.Dense(int(num_classes), kernel_initializer="zeros",
@@ -153,10 +153,11 @@ def feature_maps(model: keras.Model, blocks=(1, 2, 3, 4)) -> keras.Model:
     """
     outputs = {}
     for block in blocks:
-        adds = [layer for layer in model.layers if layer.name.startswith(f"block{block}.") and layer.name.endswith(".add")]
+        adds = [layer for layer in model.layers if layer.name.startswith(f"block{block}{SEPARATOR}")
+                and layer.name.endswith(f"{SEPARATOR}add")]
         if not adds:
             raise ValueError(f"Model {model.name!r} has no block {block}; it has blocks "
-                             f"{sorted({l.name.split('.')[0] for l in model.layers if l.name.startswith('block')})}.")
+                             f"{sorted({l.name.split(SEPARATOR)[0] for l in model.layers if l.name.startswith('block')})}.")
         outputs[f"block{block}"] = adds[-1].output
     return keras.Model(model.input, outputs, name=f"{model.name}_feature_maps")
 
@@ -170,7 +171,7 @@ def freeze_up_to(model: keras.Model, block: str | int) -> list:
     last = int(str(block).replace("block", "")) if str(block) != "root" else 0
     frozen = []
     for layer in model.layers:
-        prefix = layer.name.split(".")[0]
+        prefix = layer.name.split(SEPARATOR)[0]
         index = 0 if prefix == "root_block" else int(prefix[5:]) if prefix.startswith("block") and prefix[5:].isdigit() else None
         if index is not None and index <= last:
             layer.trainable = False

@@ -1,4 +1,5 @@
-"""The zoo on the other Keras backends: same parity with the NumPy BiT as on TensorFlow."""
+"""The zoo on the other Keras backends: the same parity with the NumPy BiT as on TensorFlow,
+and the same model features (saving, mixed precision, feature maps, freezing, training)."""
 
 import importlib.util
 import os
@@ -28,12 +29,70 @@ for size in [(64, 64), (45, 71)]:
 print("parity ok")
 """
 
+FEATURES_SCRIPT = """
+import numpy as np, keras, pytest, bit_keras
+from bit_keras.layers import GroupNormalization, StandardizedConv2D
+assert keras.backend.backend() == "{backend}", keras.backend.backend()
+rng = np.random.default_rng(0)
+x = rng.uniform(size=(2, 40, 40, 3)).astype("float32")
+model = bit_keras.BiTResNetV2((1, 1, 1, 1), 1, num_classes=5)
+head = model.get_layer("head-conv2d")
+head.kernel.assign(rng.normal(size=head.kernel.shape).astype("float32"))
+want = keras.ops.convert_to_numpy(model(x))
+
+# .keras round trip and the release-layout .npz round trip.
+model.save("{tmp}/tiny.keras")
+restored = keras.saving.load_model("{tmp}/tiny.keras")
+assert isinstance(restored.get_layer("block1-unit01-a-standardized_conv2d"), StandardizedConv2D)
+np.testing.assert_allclose(keras.ops.convert_to_numpy(restored(x)), want, rtol=1e-5, atol=1e-5)
+bit_keras.save_weights(model, "{tmp}/tiny.npz")
+again = bit_keras.BiTResNetV2((1, 1, 1, 1), 1, num_classes=5)
+bit_keras.load_weights(again, "{tmp}/tiny.npz")
+np.testing.assert_allclose(keras.ops.convert_to_numpy(again(x)), want, rtol=1e-6, atol=1e-6)
+
+# Feature maps and partial freezing.
+maps = bit_keras.feature_maps(model, blocks=(1, 4))(x)
+assert {{k: tuple(v.shape) for k, v in maps.items()}} == {{"block1": (2, 10, 10, 256), "block4": (2, 2, 2, 2048)}}
+frozen = bit_keras.freeze_up_to(model, "block2")
+assert "block2-unit01-c-standardized_conv2d" in frozen and "block3-unit01-a-group_norm" not in frozen
+
+# One SGD step through model.fit changes the trainable layers and leaves the frozen ones.
+before = {{w.path: keras.ops.convert_to_numpy(w).copy() for w in model.weights}}
+model.compile(optimizer=keras.optimizers.SGD(0.1, momentum=0.9),
+              loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+model.fit(x, np.array([1, 3]), epochs=1, batch_size=2, verbose=0)
+changed = {{w.path for w in model.weights if not np.array_equal(before[w.path], keras.ops.convert_to_numpy(w))}}
+assert any(p.startswith("block4-unit01-c-standardized_conv2d") for p in changed), sorted(changed)
+assert not any(p.startswith(("root_block", "block1", "block2")) for p in changed), sorted(changed)
+
+# Mixed precision: float32 variables and logits, bfloat16 math.
+keras.config.set_dtype_policy("mixed_bfloat16")
+mixed = bit_keras.BiTResNetV2((1, 1, 1, 1), 1, num_classes=5)
+keras.config.set_dtype_policy("float32")
+assert keras.backend.standardize_dtype(mixed(x).dtype) == "float32"
+assert all(keras.backend.standardize_dtype(w.dtype) == "float32" for w in mixed.weights)
+
+# Bad input is refused by our check, not deep inside the backend.
+with pytest.raises(ValueError, match="float images in \\[0, 1\\]; received dtype uint8"):
+    model(np.zeros((1, 32, 32, 3), "uint8"))
+print("features ok")
+"""
+
+
+def _run_on(backend, script):
+    if importlib.util.find_spec(backend) is None:
+        pytest.skip(f"{backend} is not installed (requirements.txt installs both jax and torch)")
+    env = {**os.environ, "KERAS_BACKEND": backend, "PYTHONPATH": ROOT, "JAX_PLATFORMS": "cpu"}
+    return subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=600)
+
 
 @pytest.mark.parametrize("backend", ["jax", "torch"])
 def test_parity_on_backend(backend, tmp_path):
-    if importlib.util.find_spec(backend) is None:
-        pytest.skip(f"{backend} is not installed (CI installs jax; torch is optional)")
-    env = {**os.environ, "KERAS_BACKEND": backend, "PYTHONPATH": ROOT, "JAX_PLATFORMS": "cpu"}
-    script = PARITY_SCRIPT.format(backend=backend, path=tmp_path / "ckpt.npz")
-    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=600)
+    result = _run_on(backend, PARITY_SCRIPT.format(backend=backend, path=tmp_path / "ckpt.npz"))
     assert result.returncode == 0 and "parity ok" in result.stdout, result.stderr[-3000:]
+
+
+@pytest.mark.parametrize("backend", ["jax", "torch"])
+def test_model_features_on_backend(backend, tmp_path):
+    result = _run_on(backend, FEATURES_SCRIPT.format(backend=backend, tmp=tmp_path))
+    assert result.returncode == 0 and "features ok" in result.stdout, result.stderr[-3000:]

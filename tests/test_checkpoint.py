@@ -39,11 +39,11 @@ def test_every_weight_lands_where_its_key_says(params_and_path, tmp_path):
     params, path = params_and_path
     model = _model()
     bit_keras.load_weights(model, path)
-    conv = model.get_layer("block3.unit01.b.standardized_conv2d")
+    conv = model.get_layer("block3-unit01-b-standardized_conv2d")
     np.testing.assert_array_equal(conv.kernel, params["resnet/block3/unit01/b/standardized_conv2d/kernel"])
-    proj = model.get_layer("block2.unit01.a.proj.standardized_conv2d")
+    proj = model.get_layer("block2-unit01-a-proj-standardized_conv2d")
     np.testing.assert_array_equal(proj.kernel, params["resnet/block2/unit01/a/proj/standardized_conv2d/kernel"])
-    np.testing.assert_array_equal(model.get_layer("head.conv2d").kernel, params["resnet/head/conv2d/kernel"][0, 0])
+    np.testing.assert_array_equal(model.get_layer("head-conv2d").kernel, params["resnet/head/conv2d/kernel"][0, 0])
     # Saving writes back exactly the release's keys and values.
     out = tmp_path / "round_trip.npz"
     bit_keras.save_weights(model, out)
@@ -57,7 +57,7 @@ def test_other_class_count_gets_zero_head_and_same_backbone(params_and_path):
     params, path = params_and_path
     model = _model(num_classes=3)
     bit_keras.load_weights(model, path)
-    head = model.get_layer("head.conv2d")
+    head = model.get_layer("head-conv2d")
     assert not np.any(head.kernel) and not np.any(head.bias)
     np.testing.assert_array_equal(model.get_layer("group_norm").gamma, params["resnet/group_norm/gamma"])
 
@@ -106,7 +106,7 @@ def test_create_model_takes_head_size_from_the_checkpoint(tmp_path):
     params = reference.write_checkpoint(path, (3, 4, 6, 3), 1, num_classes=4, seed=9)
     model = bit_keras.create_model("BiT-S-R50x1", weights=str(path))
     assert model.num_classes == 4
-    np.testing.assert_array_equal(model.get_layer("head.conv2d").bias, params["resnet/head/conv2d/bias"])
+    np.testing.assert_array_equal(model.get_layer("head-conv2d").bias, params["resnet/head/conv2d/bias"])
     features = bit_keras.create_model("s-r50x1", weights=path, include_top=False)
     assert features.output_shape == (None, 2048)
 

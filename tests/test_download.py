@@ -85,4 +85,4 @@ def test_weights_default_fetches_the_release_file_by_name(server, tmp_path, monk
     tiny = bit_keras.BiTResNetV2((1, 1, 1, 1), 1, num_classes=3)
     path = zoo.resolve_weights("r50x1", f"{base}/good.npz")
     bit_keras.load_weights(tiny, path)
-    assert np.any(np.asarray(tiny.get_layer("head.conv2d").kernel))
+    assert np.any(np.asarray(tiny.get_layer("head-conv2d").kernel))

@@ -208,9 +208,9 @@ def test_keras_format_keeps_named_blocks_for_partial_fine_tuning(checkpoint_file
     backbone = load_backbone(output)  # cut at the pooled features, blocks still named
     assert np.abs(np.asarray(backbone(images)) - features).max() / np.abs(features).max() < 1e-4
     frozen = bit_keras.freeze_up_to(backbone, "block2")
-    assert "block2.unit01.b.standardized_conv2d" in frozen and "block3.unit01.a.group_norm" not in frozen
-    assert backbone.get_layer("block3.unit01.b.standardized_conv2d").trainable
-    assert not backbone.get_layer("block1.unit01.b.standardized_conv2d").trainable
+    assert "block2-unit01-b-standardized_conv2d" in frozen and "block3-unit01-a-group_norm" not in frozen
+    assert backbone.get_layer("block3-unit01-b-standardized_conv2d").trainable
+    assert not backbone.get_layer("block1-unit01-b-standardized_conv2d").trainable
 
     with pytest.raises(ValueError, match="ending in .keras"):
         export_keras(reloaded, tmp_path / "model.h5")

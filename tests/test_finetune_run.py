@@ -10,6 +10,7 @@ import pytest
 import bit_keras
 from bit_keras.cli import main as cli_main
 from bit_keras.finetune.runner import evaluate, finetune
+from tests.tensorboard_events import read_scalars
 
 
 def _tiny_backbone():
@@ -27,6 +28,11 @@ def test_a_short_finetune_of_a_tiny_bit_learns_digits(tmp_path):
     for name in ("model.keras", "metrics.json", "run.json", "logs/metrics.csv"):
         assert os.path.exists(tmp_path / name), name
     assert not os.path.exists(tmp_path / "checkpoint")  # a finished run leaves no backup behind
+    # TensorBoard scalars after each evaluation, stepped by updates (no tensorboard package needed).
+    train_scalars, val_scalars = read_scalars(tmp_path / "logs" / "train"), read_scalars(tmp_path / "logs" / "validation")
+    assert set(train_scalars["loss"]) == set(train_scalars["learning_rate"]) == {40, 80}
+    assert train_scalars["learning_rate"][80] == pytest.approx(0.01 * 0.001, rel=1e-5)
+    assert val_scalars["accuracy"][80] == pytest.approx(metrics["eval_accuracy"], abs=1e-6)
     assert json.loads((tmp_path / "metrics.json").read_text())["eval_accuracy"] == metrics["eval_accuracy"]
     # The saved model scores the same on its own (independent accuracy computed from predictions).
     scores = evaluate(tmp_path, dataset="digits", split="test")
@@ -82,6 +88,10 @@ def test_a_killed_run_resumes_at_the_right_step_and_learning_rate(tmp_path):
     assert metrics["final_learning_rate"] == pytest.approx(0.02 * 0.001, rel=1e-5)
     rows = (tmp_path / "logs" / "metrics.csv").read_text().strip().splitlines()
     assert [row.split(",")[0] for row in rows[1:]] == ["0", "1", "2"]
+    # TensorBoard curves continue at the resumed update (one point per evaluation period).
+    learning_rates = read_scalars(tmp_path / "logs" / "train")["learning_rate"]
+    assert sorted(learning_rates) == [5, 10, 15]
+    assert learning_rates[15] == pytest.approx(0.02 * 0.001, rel=1e-5)
 
     with pytest.raises(ValueError, match="different run"):
         # A checkpoint of another configuration is not silently mixed in.
@@ -106,6 +116,8 @@ def test_cli_finetune_and_evaluate(tmp_path, capsys):
     printed = capsys.readouterr().out
     metrics = json.loads(open(os.path.join(output, "metrics.json")).read())
     assert metrics["updates"] == 2 and metrics["hyperrule"]["crop"] == 16
+    # Under accumulation (2 micro-batches per update) the TensorBoard step counts updates (not 2, 4).
+    assert set(read_scalars(os.path.join(output, "logs", "train"))["loss"]) == {1, 2}
     assert metrics["train_size"] == 50 == metrics["hyperrule"]["train_size"]  # few-shot: 5 per class
     assert '"eval_accuracy"' in printed
     assert _cli("evaluate", "--model", output, "--dataset", "digits", "--split", "test[:16]", "--json") == 0

@@ -41,7 +41,7 @@ def test_folded_layers_are_plain_convs_with_standardized_kernels(loaded):
     assert [layer.name for layer in folded.layers] == [layer.name for layer in model.layers]
     assert folded.name == model.name
     assert not any(isinstance(layer, StandardizedConv2D) for layer in folded.layers)
-    conv = folded.get_layer("block2.unit01.b.standardized_conv2d")
+    conv = folded.get_layer("block2-unit01-b-standardized_conv2d")
     assert type(conv) is keras.layers.Conv2D and conv.strides == (2, 2)
     # Independent check of one kernel: NumPy standardization of the checkpoint's array.
     raw = params["resnet/block2/unit01/b/standardized_conv2d/kernel"].astype(np.float64)
@@ -49,8 +49,8 @@ def test_folded_layers_are_plain_convs_with_standardized_kernels(loaded):
     expected = centered / np.sqrt(np.square(centered).mean(axis=(0, 1, 2), keepdims=True) + 1e-10)
     np.testing.assert_allclose(conv.get_weights()[0], expected, rtol=1e-4, atol=1e-5)
     # The head keeps its bias and the copy shares no variables with the original.
-    np.testing.assert_array_equal(folded.get_layer("head.conv2d").get_weights()[1],
-                                  model.get_layer("head.conv2d").get_weights()[1])
+    np.testing.assert_array_equal(folded.get_layer("head-conv2d").get_weights()[1],
+                                  model.get_layer("head-conv2d").get_weights()[1])
     assert not {id(v) for v in folded.variables} & {id(v) for v in model.variables}
 
 
@@ -72,7 +72,7 @@ def test_folding_backbones_feature_maps_and_bfloat16(loaded):
         keras.config.set_dtype_policy(previous)
     bit_keras.load_weights(mixed, path)
     folded = fold_standardization(mixed)
-    assert folded.get_layer("block1.unit01.a.standardized_conv2d").dtype_policy.name == "mixed_bfloat16"
+    assert folded.get_layer("block1-unit01-a-standardized_conv2d").dtype_policy.name == "mixed_bfloat16"
     # Same bfloat16 convolutions on the same (float32-standardized) kernels.
     assert _rel(folded(images), mixed(images)) < 1e-2
 

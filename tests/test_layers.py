@@ -82,19 +82,19 @@ def test_model_round_trips_through_keras_file(tmp_path):
     model = _tiny_model()
     x = np.random.default_rng(3).uniform(size=(2, 40, 40, 3)).astype("float32")
     # Give the zero-initialised head some weights so the comparison means something.
-    head = model.get_layer("head.conv2d")
+    head = model.get_layer("head-conv2d")
     head.kernel.assign(np.random.default_rng(4).normal(size=head.kernel.shape))
     model.save(tmp_path / "tiny.keras")
     restored = keras.saving.load_model(tmp_path / "tiny.keras")
     assert isinstance(restored, bit_keras.BiTResNetV2)
     assert restored.block_units == (1, 1, 1, 1) and restored.num_classes == 5
-    assert isinstance(restored.get_layer("block1.unit01.a.standardized_conv2d"), StandardizedConv2D)
+    assert isinstance(restored.get_layer("block1-unit01-a-standardized_conv2d"), StandardizedConv2D)
     np.testing.assert_allclose(restored(x), model(x), rtol=1e-5, atol=1e-5)
 
 
 def test_jit_compiled_predict_matches_eager():
     model = _tiny_model()
-    head = model.get_layer("head.conv2d")
+    head = model.get_layer("head-conv2d")
     head.kernel.assign(np.random.default_rng(5).normal(size=head.kernel.shape))
     x = np.random.default_rng(6).uniform(size=(2, 48, 48, 3)).astype("float32")
     model.compile(jit_compile=True)
@@ -115,9 +115,9 @@ def test_feature_maps_and_partial_freezing():
     assert {k: tuple(v.shape) for k, v in out.items()} == {
         "block1": (1, 16, 16, 256), "block2": (1, 8, 8, 512), "block4": (1, 2, 2, 2048)}
     frozen = bit_keras.freeze_up_to(model, "block2")
-    assert "root_block.standardized_conv2d" in frozen and "block2.unit02.c.standardized_conv2d" in frozen
-    assert not model.get_layer("block2.unit02.c.standardized_conv2d").trainable
-    assert model.get_layer("block3.unit01.a.standardized_conv2d").trainable
+    assert "root_block-standardized_conv2d" in frozen and "block2-unit02-c-standardized_conv2d" in frozen
+    assert not model.get_layer("block2-unit02-c-standardized_conv2d").trainable
+    assert model.get_layer("block3-unit01-a-standardized_conv2d").trainable
     with pytest.raises(ValueError, match="has no block 7"):
         bit_keras.feature_maps(model, blocks=(7,))
 

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 from tests import reference
+from tests.tensorboard_events import read_scalars
 
 UNITS = (1, 1, 1, 1)
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1"}
@@ -216,14 +217,7 @@ def test_final_npz_is_a_release_checkpoint(interrupted_runs):
 
 
 def test_tensorboard_scalars(interrupted_runs):
-    import tensorflow as tf
-
-    directory = interrupted_runs["dirs"][0] / "train"
-    values = {}
-    for name in os.listdir(directory):
-        for event in tf.compat.v1.train.summary_iterator(str(directory / name)):
-            for value in event.summary.value:
-                values.setdefault(value.tag, {})[event.step] = float(tf.make_ndarray(value.tensor))
+    values = read_scalars(interrupted_runs["dirs"][0] / "train")
     assert {"loss", "top1", "learning_rate", "images_per_second"} <= set(values)
     assert set(values["loss"]) == set(range(1, TOTAL + 1))
     for step, rate in values["learning_rate"].items():
@@ -285,4 +279,4 @@ def test_a_trained_r50x1_loads_with_create_model(tmp_path):
     model = bit_keras.create_model("r50x1", weights=result.final_weights)
     assert model.num_classes == 4
     saved = np.load(result.final_weights)
-    np.testing.assert_array_equal(model.get_layer("head.conv2d").kernel.numpy(), saved["resnet/head/conv2d/kernel"][0, 0])
+    np.testing.assert_array_equal(model.get_layer("head-conv2d").kernel.numpy(), saved["resnet/head/conv2d/kernel"][0, 0])

@@ -4,7 +4,7 @@ The output directory holds everything a run needs to be inspected or continued:
 
     run.json        what was asked (dataset, variant, rule); a resumed run must match it
     checkpoint/     keras.callbacks.BackupAndRestore state, written after every evaluation
-    logs/           TensorBoard (loss, accuracy, learning rate, updates)
+    logs/           metrics.csv, and TensorBoard scalars in train/ and validation/ (step: updates)
     model.keras     the fine-tuned classifier (written atomically at the end)
     savedmodel/     the same as a TF-Hub SavedModel (logits), when asked for
     metrics.json    the final metrics (written atomically, last: its presence means "done")
@@ -55,6 +55,7 @@ def finetune(source, *, dataset, output, weights=None, examples_per_class=None, 
 
     from bit_keras.data import few_shot, load_source
     from bit_keras.finetune.wrapper import build_finetuner
+    from bit_keras.summaries import ScalarLogger
 
     output = os.fspath(output)
     metrics_path = os.path.join(output, METRICS_FILE)
@@ -98,7 +99,7 @@ def finetune(source, *, dataset, output, weights=None, examples_per_class=None, 
         keras.callbacks.BackupAndRestore(os.path.join(output, CHECKPOINT_DIR), save_freq="epoch",
                                          double_checkpoint=True),
         keras.callbacks.CSVLogger(os.path.join(output, LOGS_DIR, "metrics.csv"), append=True),
-        *_tensorboard(os.path.join(output, LOGS_DIR), verbose),
+        ScalarLogger(os.path.join(output, LOGS_DIR)),  # TensorBoard: logs/train, logs/validation
         *callbacks,
     ]
     started = time.time()
@@ -164,19 +165,6 @@ def evaluate(model_path, *, dataset, split="test", batch_size=128, resolution=No
     return {"model": model_path, "dataset": dataset, "split": split, "examples": info.train_size,
             "resolution": int(resolution), "loss": float(scores["loss"]), "accuracy": float(scores["accuracy"]),
             "chance_accuracy": 1.0 / num_classes}
-
-
-def _tensorboard(log_dir, verbose):
-    """A TensorBoard callback when the `tensorboard` package is installed (TensorFlow 2.21 no longer pulls it in)."""
-    import importlib.util
-
-    import keras
-
-    if importlib.util.find_spec("tensorboard") is None:
-        if verbose:
-            print("TensorBoard is not installed (pip install tensorboard): logging to logs/metrics.csv only.")
-        return []
-    return [keras.callbacks.TensorBoard(log_dir, update_freq="epoch")]
 
 
 class _Resolution:

@@ -102,6 +102,7 @@ def train(config: TrainConfig, *, strategy=None, source=None, log=print) -> Trai
 
     from bit_keras import checkpoint as release_checkpoint
     from bit_keras.resnet_v2 import BiTResNetV2
+    from bit_keras.summaries import write_scalar
     from bit_keras.train import input as upstream_input
     from bit_keras.train.lr import UpstreamLearningRate
     from bit_keras.train.strategy import make_strategy, per_replica_batch
@@ -233,7 +234,7 @@ def train(config: TrainConfig, *, strategy=None, source=None, log=print) -> Trai
                 with writer.as_default():
                     for name, value in (("loss", last_loss), ("top1", top1), ("learning_rate", rate),
                                         ("images_per_second", speed)):
-                        _scalar(name, value, step)
+                        write_scalar(name, value, step)
                 writer.flush()
                 window = {"steps": 0, "loss": 0.0, "hits": 0.0, "start": time.perf_counter()}
             if step % config.checkpoint_every == 0 and step < stop_step:
@@ -301,20 +302,6 @@ def _save_release_npz(model, path, save_weights):
     with tempfile.TemporaryDirectory() as local:
         save_weights(model, os.path.join(local, FINAL_WEIGHTS))
         tf.io.gfile.copy(os.path.join(local, FINAL_WEIGHTS), path, overwrite=True)
-
-
-def _scalar(name, value, step):
-    """A TensorBoard scalar without importing tensorboard (not a TensorFlow 2.21 dependency).
-
-    `tf.summary.scalar` needs the tensorboard package; the low-level `tf.summary.write` with
-    the "scalars" plugin metadata writes the same event record.
-    """
-    import tensorflow as tf
-    from tensorflow.core.framework import summary_pb2
-
-    metadata = summary_pb2.SummaryMetadata()
-    metadata.plugin_data.plugin_name = "scalars"
-    tf.summary.write(name, tf.constant(value, tf.float32), step=step, metadata=metadata.SerializeToString())
 
 
 def _strategy_label(strategy):
