@@ -2,6 +2,7 @@
 and the same model features (saving, mixed precision, feature maps, freezing, training)."""
 
 import importlib.util
+import json
 import os
 import subprocess
 import sys
@@ -79,11 +80,16 @@ print("features ok")
 """
 
 
+# Users of the JAX and PyTorch backends may not have TensorFlow: the zoo must not import it.
+NO_TENSORFLOW = "import sys; sys.modules['tensorflow'] = None  # any import of it fails\n"
+
+
 def _run_on(backend, script):
     if importlib.util.find_spec(backend) is None:
         pytest.skip(f"{backend} is not installed (requirements.txt installs both jax and torch)")
     env = {**os.environ, "KERAS_BACKEND": backend, "PYTHONPATH": ROOT, "JAX_PLATFORMS": "cpu"}
-    return subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=600)
+    return subprocess.run([sys.executable, "-c", NO_TENSORFLOW + script], env=env, capture_output=True, text=True,
+                          timeout=600)
 
 
 @pytest.mark.parametrize("backend", ["jax", "torch"])
@@ -96,3 +102,15 @@ def test_parity_on_backend(backend, tmp_path):
 def test_model_features_on_backend(backend, tmp_path):
     result = _run_on(backend, FEATURES_SCRIPT.format(backend=backend, tmp=tmp_path))
     assert result.returncode == 0 and "features ok" in result.stdout, result.stderr[-3000:]
+
+
+@pytest.mark.parametrize("backend", ["jax", "torch"])
+def test_bench_runs_on_backend_without_tensorflow(backend):
+    """`bit_keras bench` is how the JAX/PyTorch zoo is timed on a GPU machine without TensorFlow."""
+    script = ("import sys, json; sys.argv = ['bit_keras', 'bench', '--variant', '1,1,1,1x1', '--size', '32', "
+              "'--batch', '2', '--steps', '1', '--mode', 'train', '--json']\n"
+              "from bit_keras.cli.main import run\nrun()\n")
+    result = _run_on(backend, script)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout[result.stdout.index("{"):])
+    assert report["backend"] == backend and report["results"][0]["images_per_second"] > 0
