@@ -346,3 +346,20 @@ def test_pipeline_argument_errors():
     floats = ds.map(lambda x, y: (tf.cast(x, tf.float32), y))
     with pytest.raises(ValueError, match="uint8"):
         eval_pipeline(floats, _rule(8, 8), batch_size=2, num_classes=2)
+
+
+@pytest.mark.parametrize("command", [
+    ["finetune", "--variant", "r14x1", "--output", "{tmp}/run"],
+    ["evaluate", "--model", "{tmp}/model.keras", "--resolution", "32"],  # the dataset loads before the model
+    ["train", "--units", "1,1,1,1", "--model-dir", "{tmp}/upstream", "--dry-run"],
+])
+def test_no_download_fails_at_once_on_an_unprepared_dataset(command, tmp_path, capsys):
+    """Offline users get one line naming the fix, not minutes of download retries."""
+    from bit_keras.cli import main
+
+    (tmp_path / "model.keras").write_bytes(b"")
+    argv = [arg.format(tmp=tmp_path) for arg in command]
+    argv += ["--dataset", "tfds:cifar10", "--data-dir", str(tmp_path / "tfds"), "--no-download"]
+    assert main._main(main.build_parser().parse_args(argv)) == 2
+    assert "tfds:cifar10 is not prepared" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists() and not (tmp_path / "upstream" / "checkpoints").exists()

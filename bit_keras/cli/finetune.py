@@ -35,6 +35,8 @@ def register(subparsers):
     parser.add_argument("--train-split", default="train")
     parser.add_argument("--eval-split", default="test", help="Split scored during and after training; 'none' skips it.")
     parser.add_argument("--data-dir", default=None, help="tensorflow-datasets data directory.")
+    parser.add_argument("--no-download", dest="download", action="store_false",
+                        help="Fail at once if a tfds dataset is not prepared in --data-dir, instead of downloading it.")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--overwrite", action="store_true", help="Start again even if --output holds a run.")
     parser.add_argument("--savedmodel", action="store_true",
@@ -49,6 +51,8 @@ def register(subparsers):
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--resolution", type=int, default=None, help="Default: the crop size in the run's run.json.")
     parser.add_argument("--data-dir", default=None)
+    parser.add_argument("--no-download", dest="download", action="store_false",
+                        help="Fail at once if a tfds dataset is not prepared, instead of downloading it.")
     parser.add_argument("--json", action="store_true", help="Print JSON.")
     parser.set_defaults(handler=run_evaluate)
 
@@ -73,7 +77,7 @@ def run_finetune(args):
         steps=args.steps, eval_every=args.eval_every, flip=args.flip, crop=args.crop, resolution=args.resolution,
         base_learning_rate=args.learning_rate, train_split=args.train_split,
         eval_split=None if args.eval_split.lower() == "none" else args.eval_split, data_dir=args.data_dir,
-        seed=args.seed, overwrite=args.overwrite, savedmodel=args.savedmodel, verbose=2 if args.quiet else 1)
+        download=args.download, seed=args.seed, overwrite=args.overwrite, savedmodel=args.savedmodel, verbose=2 if args.quiet else 1)
     summary = {k: v for k, v in metrics.items() if k != "hyperrule"}
     print(json.dumps(summary, indent=2))
     print(f"Wrote {args.output}/model.keras and {args.output}/metrics.json")
@@ -84,7 +88,7 @@ def run_evaluate(args):
     from bit_keras.finetune.runner import evaluate
 
     scores = evaluate(args.model, dataset=args.dataset, split=args.split, batch_size=args.batch,
-                      resolution=args.resolution, data_dir=args.data_dir)
+                      resolution=args.resolution, data_dir=args.data_dir, download=args.download)
     if args.json:
         print(json.dumps(scores, indent=2))
     else:

@@ -36,6 +36,8 @@ def register(subparsers):
     what.add_argument("--dataset", required=True, help="tfds:NAME[/CONFIG], folder:PATH or digits.")
     what.add_argument("--split", default="train", help="Split to train on (default train).")
     what.add_argument("--data-dir", default=None, help="TFDS data directory (a gs:// path on Cloud TPU).")
+    what.add_argument("--no-download", dest="download", action="store_false",
+                      help="Fail at once if a tfds dataset is not prepared in --data-dir, instead of downloading it.")
     what.add_argument("--model-dir", required=True, help="Checkpoints, TensorBoard logs and bit_final.npz "
                       "(local or gs://). Reuse it to resume.")
     what.add_argument("--init-weights", default=None, help="Start from a release-layout .npz (fresh runs only).")
@@ -103,7 +105,7 @@ def build_config(args):
         weight_decay=args.weight_decay, momentum=args.momentum, multi_label=args.multi_label)
     return TrainConfig(
         model_dir=args.model_dir, dataset=args.dataset, schedule=schedule, block_units=tuple(units), width=int(width),
-        split=args.split, data_dir=args.data_dir, strategy=args.strategy, tpu=args.tpu, precision=args.precision,
+        split=args.split, data_dir=args.data_dir, download=args.download, strategy=args.strategy, tpu=args.tpu, precision=args.precision,
         jit_compile=args.jit, seed=args.seed, checkpoint_every=args.checkpoint_every, keep_checkpoints=args.keep,
         log_every=args.log_every, steps_per_loop=args.steps_per_loop, max_steps=args.max_steps,
         shuffle_buffer=args.shuffle_buffer, crop_area_min=args.crop_area_min, flip=args.flip,
@@ -119,7 +121,7 @@ def run_training(args):
     if args.dry_run:
         from bit_keras.data import load_source
 
-        _, info = load_source(config.dataset, config.split, data_dir=config.data_dir)
+        _, info = load_source(config.dataset, config.split, data_dir=config.data_dir, download=config.download)
         plan = config.schedule.plan(info.train_size)
         report = plan.to_dict()
         report["learning_rate_at"] = [{"step": s, "learning_rate": lr} for s, lr in plan.milestones()]

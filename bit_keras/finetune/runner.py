@@ -34,7 +34,7 @@ SAVEDMODEL_DIR = "savedmodel"
 
 def finetune(source, *, dataset, output, weights=None, examples_per_class=None, batch_size=512,
              micro_batch_size=None, steps=None, eval_every=None, flip=True, crop=True, resolution=None,
-             base_learning_rate=None, train_split="train", eval_split="test", data_dir=None, seed=0,
+             base_learning_rate=None, train_split="train", eval_split="test", data_dir=None, download=True, seed=0,
              overwrite=False, savedmodel=False, callbacks=(), verbose=1) -> dict:
     """Fine-tunes `source` (variant name, exported directory or Keras backbone) on `dataset` with the HyperRule.
 
@@ -66,12 +66,12 @@ def finetune(source, *, dataset, output, weights=None, examples_per_class=None, 
             _remove(os.path.join(output, name))
         _remove_tree(os.path.join(output, CHECKPOINT_DIR))
 
-    train_ds, info = load_source(dataset, train_split, data_dir=data_dir)
+    train_ds, info = load_source(dataset, train_split, data_dir=data_dir, download=download)
     train_size = info.train_size
     if examples_per_class:
         train_ds = few_shot(train_ds, int(examples_per_class), num_classes=info.num_classes, seed=seed)
         train_size = int(examples_per_class) * info.num_classes
-    eval_ds = load_source(dataset, eval_split, data_dir=data_dir)[0] if eval_split else None
+    eval_ds = load_source(dataset, eval_split, data_dir=data_dir, download=download)[0] if eval_split else None
     ft = build_finetuner(source, num_classes=info.num_classes, train_size=train_size, image_size=info.image_size,
                          batch_size=batch_size, micro_batch_size=micro_batch_size, weights=weights, steps=steps,
                          resolution=resolution, base_learning_rate=base_learning_rate, flip=flip, crop=crop)
@@ -130,7 +130,8 @@ def finetune(source, *, dataset, output, weights=None, examples_per_class=None, 
     return metrics
 
 
-def evaluate(model_path, *, dataset, split="test", batch_size=128, resolution=None, data_dir=None) -> dict:
+def evaluate(model_path, *, dataset, split="test", batch_size=128, resolution=None, data_dir=None,
+             download=True) -> dict:
     """Scores a fine-tuned `.keras` file on a dataset split; the resolution comes from its run.json."""
     import keras
 
@@ -150,7 +151,7 @@ def evaluate(model_path, *, dataset, split="test", batch_size=128, resolution=No
         if "hyperrule" not in run:
             raise ValueError(f"No {RUN_FILE} beside {model_path} says its input resolution; pass --resolution.")
         resolution = run["hyperrule"]["crop"]
-    ds, info = load_source(dataset, split, data_dir=data_dir)
+    ds, info = load_source(dataset, split, data_dir=data_dir, download=download)
     # A run fine-tuned from an export holds a TFSMLayer that points at that export; Keras
     # refuses such files by default. Allow it only for our own runs (run.json names the export).
     from_export = bool(run.get("source")) and os.path.isdir(run["source"])

@@ -51,6 +51,7 @@ class TrainConfig:
     width: int = 1
     split: str = "train"
     data_dir: str | None = None
+    download: bool = True            # False: a tfds dataset must already be prepared
     strategy: str = "auto"
     tpu: str | None = None
     precision: str = "auto"          # auto: bfloat16 on TPU, float32 elsewhere
@@ -118,7 +119,7 @@ def train(config: TrainConfig, *, strategy=None, source=None, log=print) -> Trai
     if source is None:
         from bit_keras.data import load_source
 
-        source = load_source(config.dataset, config.split, data_dir=config.data_dir)
+        source = load_source(config.dataset, config.split, data_dir=config.data_dir, download=config.download)
     dataset, info = source
     plan = schedule.plan(info.train_size)
     stop_step = plan.total_steps if config.max_steps is None else min(plan.total_steps, int(config.max_steps))
