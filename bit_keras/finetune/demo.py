@@ -134,8 +134,12 @@ def run_demo(output="demo_output", *, variant=None, weights=None, steps=DEFAULT_
 
 def _hub_difference(export_dir, probe, expected) -> str:
     """Loads the export with tensorflow_hub in a tf-keras model and compares its features."""
+    import warnings
+
     try:
-        import tensorflow_hub as hub
+        with warnings.catch_warnings():  # hub 0.16.1's own "pkg_resources is deprecated" notice
+            warnings.filterwarnings("ignore", message="pkg_resources is deprecated", category=UserWarning)
+            import tensorflow_hub as hub
         import tf_keras
     except ImportError as error:  # tensorflow-hub needs setuptools<81 (pkg_resources)
         return f"not checked ({error})"
