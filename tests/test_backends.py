@@ -51,6 +51,10 @@ again = bit_keras.BiTResNetV2((1, 1, 1, 1), 1, num_classes=5)
 bit_keras.load_weights(again, "{tmp}/tiny.npz")
 np.testing.assert_allclose(keras.ops.convert_to_numpy(again(x)), want, rtol=1e-6, atol=1e-6)
 
+# Folded weight standardization (the inference copy) computes the same logits.
+from bit_keras.inference import fold_standardization
+np.testing.assert_allclose(keras.ops.convert_to_numpy(fold_standardization(model)(x)), want, rtol=1e-5, atol=1e-5)
+
 # Feature maps and partial freezing.
 maps = bit_keras.feature_maps(model, blocks=(1, 4))(x)
 assert {{k: tuple(v.shape) for k, v in maps.items()}} == {{"block1": (2, 10, 10, 256), "block4": (2, 2, 2, 2048)}}
