@@ -129,7 +129,7 @@ def _proc_status_bytes(field: str):
 
 
 def rss_bytes() -> int:
-    """This process's resident memory now."""
+    """This process's resident memory now (off Linux: the peak so far, the nearest figure there)."""
     now = _proc_status_bytes("VmRSS")
     return now if now is not None else peak_rss_bytes()
 

@@ -70,7 +70,7 @@ def read_headers(path) -> dict:
 
 def identify(headers: dict) -> CheckpointInfo:
     """Infers units per block, width and head size from the keys and the root kernel."""
-    root_key = layout.layer_to_key("root_block-standardized_conv2d", "kernel")
+    root_key = layout.layer_to_key(layout.ROOT_CONV, "kernel")
     if root_key not in headers:
         raise CheckpointError(f"Not a BiT checkpoint: missing key {root_key!r} "
                               f"(found e.g. {sorted(headers)[:3]}).")

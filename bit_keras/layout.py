@@ -13,7 +13,15 @@ import dataclasses
 
 PREFIX = "resnet/"
 SEPARATOR = "-"
-HEAD_LAYER = "head-conv2d"
+
+
+def layer_name(*parts: str) -> str:
+    """A Keras layer name from the parts of its release module path."""
+    return SEPARATOR.join(parts)
+
+
+HEAD_LAYER = layer_name("head", "conv2d")
+ROOT_CONV = layer_name("root_block", "standardized_conv2d")
 PRE_HEAD_NORM = "group_norm"
 
 
@@ -30,7 +38,7 @@ def layer_to_key(layer: str, weight: str) -> str:
 
 
 def unit_name(block: int, unit: int) -> str:
-    return f"block{block}{SEPARATOR}unit{unit:02d}"
+    return layer_name(f"block{block}", f"unit{unit:02d}")
 
 
 def _conv(layer, shape):
@@ -46,21 +54,21 @@ def checkpoint_layout(block_units, width: int, num_classes: int | None):
 
     `num_classes=None` leaves the head out (a feature extractor).
     """
-    entries = [_conv("root_block-standardized_conv2d", (7, 7, 3, 64 * width))]
+    entries = [_conv(ROOT_CONV, (7, 7, 3, 64 * width))]
     in_channels = 64 * width
     for block, units in enumerate(block_units, start=1):
         mid = 64 * width * 2 ** (block - 1)
         out = 4 * mid
         for unit in range(1, units + 1):
             name = unit_name(block, unit)
-            entries += _norm(f"{name}-a-group_norm", in_channels)
-            entries.append(_conv(f"{name}-a-standardized_conv2d", (1, 1, in_channels, mid)))
-            entries += _norm(f"{name}-b-group_norm", mid)
-            entries.append(_conv(f"{name}-b-standardized_conv2d", (3, 3, mid, mid)))
-            entries += _norm(f"{name}-c-group_norm", mid)
-            entries.append(_conv(f"{name}-c-standardized_conv2d", (1, 1, mid, out)))
+            entries += _norm(layer_name(name, "a", "group_norm"), in_channels)
+            entries.append(_conv(layer_name(name, "a", "standardized_conv2d"), (1, 1, in_channels, mid)))
+            entries += _norm(layer_name(name, "b", "group_norm"), mid)
+            entries.append(_conv(layer_name(name, "b", "standardized_conv2d"), (3, 3, mid, mid)))
+            entries += _norm(layer_name(name, "c", "group_norm"), mid)
+            entries.append(_conv(layer_name(name, "c", "standardized_conv2d"), (1, 1, mid, out)))
             if unit == 1:  # The first unit changes stride or channels in every block.
-                entries.append(_conv(f"{name}-a-proj-standardized_conv2d", (1, 1, in_channels, out)))
+                entries.append(_conv(layer_name(name, "a", "proj", "standardized_conv2d"), (1, 1, in_channels, out)))
             in_channels = out
     entries += _norm(PRE_HEAD_NORM, in_channels)
     if num_classes is not None:

@@ -11,7 +11,7 @@ import keras
 from keras import ops
 
 from bit_keras.layers import GroupNormalization, StandardizedConv2D
-from bit_keras.layout import HEAD_LAYER, PRE_HEAD_NORM, SEPARATOR, unit_name
+from bit_keras.layout import HEAD_LAYER, PRE_HEAD_NORM, ROOT_CONV, SEPARATOR, layer_name, unit_name
 
 
 @keras.saving.register_keras_serializable(package="bit_keras")
@@ -38,31 +38,31 @@ def _conv(filters, kernel_size, name, stride=1, initializer="he_normal"):
 
 
 def apply_root_block(x, width, initializer):
-    x = keras.layers.ZeroPadding2D(3, name="root_block-pad_conv")(x)
-    x = _conv(64 * width, 7, "root_block-standardized_conv2d", stride=2, initializer=initializer)(x)
+    x = keras.layers.ZeroPadding2D(3, name=layer_name("root_block", "pad_conv"))(x)
+    x = _conv(64 * width, 7, ROOT_CONV, stride=2, initializer=initializer)(x)
     # Zeros, not -inf: the release pads the pool input with zeros although it can be negative.
-    x = keras.layers.ZeroPadding2D(1, name="root_block-pad_pool")(x)
-    return keras.layers.MaxPooling2D(3, strides=2, padding="valid", name="root_block-pool")(x)
+    x = keras.layers.ZeroPadding2D(1, name=layer_name("root_block", "pad_pool"))(x)
+    return keras.layers.MaxPooling2D(3, strides=2, padding="valid", name=layer_name("root_block", "pool"))(x)
 
 
 def apply_bottleneck_unit(x, mid_channels, stride, name, initializer):
     """One pre-activation bottleneck unit; the projection takes the pre-activated input."""
     out_channels = 4 * mid_channels
-    h = GroupNormalization(name=f"{name}-a-group_norm")(x)
-    h = keras.layers.ReLU(name=f"{name}-a-relu")(h)
+    h = GroupNormalization(name=layer_name(name, "a", "group_norm"))(x)
+    h = keras.layers.ReLU(name=layer_name(name, "a", "relu"))(h)
     if stride != 1 or x.shape[-1] != out_channels:
-        shortcut = _conv(out_channels, 1, f"{name}-a-proj-standardized_conv2d", stride, initializer)(h)
+        shortcut = _conv(out_channels, 1, layer_name(name, "a", "proj", "standardized_conv2d"), stride, initializer)(h)
     else:
         shortcut = x
-    h = _conv(mid_channels, 1, f"{name}-a-standardized_conv2d", initializer=initializer)(h)
-    h = GroupNormalization(name=f"{name}-b-group_norm")(h)
-    h = keras.layers.ReLU(name=f"{name}-b-relu")(h)
-    h = keras.layers.ZeroPadding2D(1, name=f"{name}-b-pad")(h)
-    h = _conv(mid_channels, 3, f"{name}-b-standardized_conv2d", stride, initializer)(h)
-    h = GroupNormalization(name=f"{name}-c-group_norm")(h)
-    h = keras.layers.ReLU(name=f"{name}-c-relu")(h)
-    h = _conv(out_channels, 1, f"{name}-c-standardized_conv2d", initializer=initializer)(h)
-    return keras.layers.Add(name=f"{name}-add")([h, shortcut])
+    h = _conv(mid_channels, 1, layer_name(name, "a", "standardized_conv2d"), initializer=initializer)(h)
+    h = GroupNormalization(name=layer_name(name, "b", "group_norm"))(h)
+    h = keras.layers.ReLU(name=layer_name(name, "b", "relu"))(h)
+    h = keras.layers.ZeroPadding2D(1, name=layer_name(name, "b", "pad"))(h)
+    h = _conv(mid_channels, 3, layer_name(name, "b", "standardized_conv2d"), stride, initializer)(h)
+    h = GroupNormalization(name=layer_name(name, "c", "group_norm"))(h)
+    h = keras.layers.ReLU(name=layer_name(name, "c", "relu"))(h)
+    h = _conv(out_channels, 1, layer_name(name, "c", "standardized_conv2d"), initializer=initializer)(h)
+    return keras.layers.Add(name=layer_name(name, "add"))([h, shortcut])
 
 
 @keras.saving.register_keras_serializable(package="bit_keras")
@@ -102,7 +102,7 @@ class BiTResNetV2(keras.Model):
                 stride = 2 if (unit == 1 and block > 1) else 1
                 x = apply_bottleneck_unit(x, mid, stride, unit_name(block, unit), initializer)
         x = GroupNormalization(name=PRE_HEAD_NORM)(x)
-        x = keras.layers.ReLU(name="pre_head-relu")(x)
+        x = keras.layers.ReLU(name=layer_name("pre_head", "relu"))(x)
         outputs = keras.layers.GlobalAveragePooling2D(name="pre_logits")(x)
         if include_top:
             outputs = keras.layers.Dense(int(num_classes), kernel_initializer="zeros",
@@ -154,7 +154,7 @@ def feature_maps(model: keras.Model, blocks=(1, 2, 3, 4)) -> keras.Model:
     outputs = {}
     for block in blocks:
         adds = [layer for layer in model.layers if layer.name.startswith(f"block{block}{SEPARATOR}")
-                and layer.name.endswith(f"{SEPARATOR}add")]
+                and layer.name.endswith(SEPARATOR + "add")]
         if not adds:
             raise ValueError(f"Model {model.name!r} has no block {block}; it has blocks "
                              f"{sorted({l.name.split(SEPARATOR)[0] for l in model.layers if l.name.startswith('block')})}.")
