@@ -46,7 +46,7 @@ def main():
             checkpoint = os.path.join(scratch, "random.npz")
             root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
             code = ("import sys; sys.path.insert(0, %r); import bit_keras; from tests import reference; "
-                    "a = bit_keras.resolve_architecture(%r); "
+                    "a = bit_keras.Architecture.parse(%r); "
                     "reference.write_checkpoint(%r, a.block_units, a.width, 1000)") % (root, args.variant, checkpoint)
             subprocess.run([sys.executable, "-c", code], check=True)
         result = measure(args.variant, checkpoint)

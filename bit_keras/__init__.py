@@ -1,27 +1,31 @@
 """bit_keras: Big Transfer (BiT) ResNet-v2 models for Keras 3.
 
-The pipeline, module by module: `layers` -> `resnet_v2` (builders) and `variants` (the
-registry) -> `checkpoint`/`download` (release .npz I/O) -> `hyperrule` -> data and
-fine-tuning -> upstream training -> export -> `cli`.
+The pipeline, module by module: `architecture` (the shape and its one walk) and `presets`
+(the releases, the name grammar) -> `layers` -> `backbone` (`BiTBackbone`) and `classifier`
+(`BiTImageClassifier`, the HyperRule head) -> `weights` (which weights a name means) with
+`checkpoint`/`download` (release .npz I/O) -> `hyperrule`/`schedules` -> data ->
+fine-tuning, upstream training, export -> `cli`.
 
 Heavy imports (Keras) happen on first use, so `bit_keras list` stays fast.
 """
 
-from bit_keras.variants import ARCHITECTURES, CHECKPOINTS, resolve_architecture, resolve_checkpoint
+from bit_keras.architecture import Architecture
+from bit_keras.errors import BiTError, CheckpointError, ConfigError, DownloadError
+from bit_keras.presets import PRESETS
 
 __version__ = "0.1.0"
 
 _LAZY = {
-    "create_model": "bit_keras.zoo",
-    "BiTResNetV2": "bit_keras.resnet_v2",
-    "feature_maps": "bit_keras.resnet_v2",
-    "freeze_up_to": "bit_keras.resnet_v2",
+    "BiTBackbone": "bit_keras.backbone",
+    "BiTImageClassifier": "bit_keras.classifier",
+    "create_model": "bit_keras.models",
+    "feature_maps": "bit_keras.backbone",
+    "freeze_up_to": "bit_keras.backbone",
     "StandardizedConv2D": "bit_keras.layers",
     "GroupNormalization": "bit_keras.layers",
     "fold_standardization": "bit_keras.inference",
     "load_weights": "bit_keras.checkpoint",
     "save_weights": "bit_keras.checkpoint",
-    "CheckpointError": "bit_keras.checkpoint",
     "load_source": "bit_keras.data",
     "from_arrays": "bit_keras.data",
     "few_shot": "bit_keras.data",
@@ -31,7 +35,7 @@ _LAZY = {
     "load_backbone": "bit_keras.export",
     "read_metadata": "bit_keras.export",
     "build_finetuner": "bit_keras.finetune",
-    "HyperRuleSchedule": "bit_keras.finetune",
+    "WarmupStepDecay": "bit_keras.schedules",
 }
 
 
@@ -43,4 +47,4 @@ def __getattr__(name):
     raise AttributeError(f"module 'bit_keras' has no attribute {name!r}")
 
 
-__all__ = ["ARCHITECTURES", "CHECKPOINTS", "resolve_architecture", "resolve_checkpoint", *_LAZY]
+__all__ = ["Architecture", "PRESETS", "BiTError", "CheckpointError", "ConfigError", "DownloadError", *_LAZY]

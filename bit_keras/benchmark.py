@@ -15,17 +15,16 @@ from __future__ import annotations
 import dataclasses
 import os
 import platform
-import re
 import resource
 import statistics
 import sys
 import tempfile
 import time
+from bit_keras.errors import ConfigError, SetupError
 
 MODES = ("infer", "train", "savedmodel")
 PRECISIONS = ("float32", "bfloat16")
 PEAK_MATMUL_SIZE = 2048
-_CUSTOM_VARIANT = re.compile(r"^(\d+),(\d+),(\d+),(\d+)x(\d+)$")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,26 +55,19 @@ class Config:
 
 
 def parse_variant(variant: str):
-    """(block_units, width) from a variant name ("r50x1", "BiT-M-R50x1") or "u1,u2,u3,u4xW"."""
-    match = _CUSTOM_VARIANT.match(str(variant).replace(" ", ""))
-    if match:
-        *units, width = (int(g) for g in match.groups())
-        if min(units) < 1 or width < 1:
-            raise ValueError(f"Custom variant {variant!r} needs positive unit counts and width.")
-        return tuple(units), width
-    from bit_keras import variants
+    """The `Architecture` of any model name (release or architecture); weights do not matter here."""
+    from bit_keras import presets
 
-    arch = variants.resolve_architecture(variant)
-    return tuple(arch.block_units), arch.width
+    return presets.resolve(variant)[0]
 
 
-def count_macs(block_units, width: int, image_size, num_classes: int | None = 1000) -> int:
+def count_macs(architecture, image_size, num_classes: int | None = 1000) -> int:
     """Multiply-accumulates of one forward pass: every convolution plus the head.
 
-    Follows `resnet_v2.py` exactly (7x7/2 root with padding 3, 3x3/2 max pool, stride in
-    the 3x3 convolution of each block's first unit, projection on the pre-activation).
-    Normalisation, ReLU and additions are not counted. R50x1 at 224 gives 4.09 G (the
-    4.23 G quoted for timm's `resnetv2_50x1_bit` also counts those elementwise layers).
+    Walks `Architecture.units()`, as the builder does (7x7/2 root with padding 3, 3x3/2 max
+    pool, stride in the 3x3 convolution of each block's first unit, projection on the
+    pre-activation). Normalisation, ReLU and additions are not counted. R50x1 at 224 gives
+    4.09 G (the 4.23 G quoted for timm's `resnetv2_50x1_bit` also counts those layers).
     """
     height, wide = (image_size, image_size) if isinstance(image_size, int) else image_size
 
@@ -83,21 +75,18 @@ def count_macs(block_units, width: int, image_size, num_classes: int | None = 10
         return (n + 2 * pad - kernel) // stride + 1
 
     h, w = out(height, 7, 2, 3), out(wide, 7, 2, 3)
-    macs = h * w * 49 * 3 * 64 * width
+    macs = h * w * 49 * 3 * architecture.root_channels
     h, w = out(h, 3, 2, 1), out(w, 3, 2, 1)
-    channels = 64 * width
-    for block, units in enumerate(block_units):
-        mid = 64 * width * 2 ** block
-        for unit in range(units):
-            stride = 2 if (unit == 0 and block > 0) else 1
-            macs += h * w * channels * mid  # a: 1x1
-            ho, wo = out(h, 3, stride, 1), out(w, 3, stride, 1)
-            if stride != 1 or channels != 4 * mid:
-                macs += out(h, 1, stride, 0) * out(w, 1, stride, 0) * channels * 4 * mid
-            macs += ho * wo * 9 * mid * mid + ho * wo * mid * 4 * mid  # b: 3x3, c: 1x1
-            h, w, channels = ho, wo, 4 * mid
+    for unit in architecture.units():
+        cin, mid, cout, stride = unit.in_channels, unit.mid_channels, unit.out_channels, unit.stride
+        macs += h * w * cin * mid  # a: 1x1
+        ho, wo = out(h, 3, stride, 1), out(w, 3, stride, 1)
+        if unit.projection:
+            macs += out(h, 1, stride, 0) * out(w, 1, stride, 0) * cin * cout
+        macs += ho * wo * 9 * mid * mid + ho * wo * mid * cout  # b: 3x3, c: 1x1
+        h, w = ho, wo
     if num_classes:
-        macs += channels * num_classes
+        macs += architecture.num_features * num_classes
     return macs
 
 
@@ -181,38 +170,30 @@ def _dtype_policy(precision):
 
 
 def _build_model(config: Config):
-    import keras
+    from bit_keras.backbone import BiTBackbone
+    from bit_keras.classifier import BiTImageClassifier
 
-    from bit_keras.resnet_v2 import BiTResNetV2
-
-    block_units, width = parse_variant(config.variant)
-    previous = keras.config.dtype_policy()
-    keras.config.set_dtype_policy(_dtype_policy(config.precision))
-    try:
-        # Random kernels: speed does not depend on the values, and nothing is downloaded.
-        return BiTResNetV2(block_units, width, num_classes=config.num_classes)
-    finally:
-        keras.config.set_dtype_policy(previous)
+    architecture = parse_variant(config.variant)
+    policy = _dtype_policy(config.precision)
+    # Random kernels: speed does not depend on the values, and nothing is downloaded.
+    backbone = BiTBackbone(architecture.block_units, architecture.width, dtype=policy)
+    return BiTImageClassifier(backbone, config.num_classes, dtype=policy)
 
 
 def with_keras_group_norm(model):
     """A copy of `model` whose GroupNormalization layers are Keras core's, weights copied."""
     import keras
 
+    from bit_keras.inference import rebuild
     from bit_keras.layers import GroupNormalization
 
-    def clone(layer):
+    def keras_group_norm(layer):
         if isinstance(layer, GroupNormalization):
             return keras.layers.GroupNormalization(groups=layer.groups, epsilon=layer.epsilon,
                                                    name=layer.name, dtype=layer.dtype_policy)
-        return layer.__class__.from_config(layer.get_config())
+        return None
 
-    copy = keras.models.clone_model(keras.Model(model.input, model.output, name=model.name),
-                                    clone_function=clone)
-    for layer in copy.layers:
-        if layer.weights:
-            layer.set_weights(model.get_layer(layer.name).get_weights())
-    return copy
+    return rebuild(model, keras_group_norm)
 
 
 def make_step(config: Config, *, workdir: str | None = None):
@@ -221,13 +202,13 @@ def make_step(config: Config, *, workdir: str | None = None):
     import numpy as np
 
     if config.mode not in MODES:
-        raise ValueError(f"mode must be one of {MODES}; received {config.mode!r}.")
+        raise ConfigError(f"mode must be one of {MODES}; received {config.mode!r}.")
     if config.precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}; received {config.precision!r}.")
+        raise ConfigError(f"precision must be one of {PRECISIONS}; received {config.precision!r}.")
     if config.size < 32 or config.batch < 1:
-        raise ValueError(f"Need size >= 32 and batch >= 1; received size={config.size}, batch={config.batch}.")
+        raise ConfigError(f"Need size >= 32 and batch >= 1; received size={config.size}, batch={config.batch}.")
     if config.fold and config.mode == "train":
-        raise ValueError("fold is for inference: a folded model has fixed kernels and cannot be fine-tuned.")
+        raise ConfigError("fold is for inference: a folded model has fixed kernels and cannot be fine-tuned.")
     rng = np.random.default_rng(0)
     images = rng.uniform(0, 1, (config.batch, config.size, config.size, 3)).astype("float32")
     model = _build_model(config)
@@ -257,7 +238,7 @@ def _savedmodel_step(model, served, config, images, workdir):
     import keras
 
     if keras.backend.backend() != "tensorflow":
-        raise RuntimeError("--mode savedmodel needs the TensorFlow backend (KERAS_BACKEND=tensorflow).")
+        raise SetupError("--mode savedmodel needs the TensorFlow backend (KERAS_BACKEND=tensorflow).")
     import tensorflow as tf
 
     from bit_keras.export import export_model
@@ -284,8 +265,7 @@ def _median(values):
 
 
 def _summarize(config, step_times, peak_times, compile_seconds, probe):
-    block_units, width = parse_variant(config.variant)
-    macs = count_macs(block_units, width, config.size, config.num_classes)
+    macs = count_macs(parse_variant(config.variant), config.size, config.num_classes)
     passes = 3 if config.mode == "train" else 1
     step = _median(step_times)
     peak = probe.flops / _median(peak_times)
@@ -320,7 +300,7 @@ def compare(configs, *, steps: int = 10, warmup: int = 1, probe_size: int = PEAK
     import keras
 
     if steps < 1:
-        raise ValueError(f"steps must be at least 1; received {steps}.")
+        raise ConfigError(f"steps must be at least 1; received {steps}.")
     configs = list(configs)
     probe = MatmulProbe(probe_size)
     with tempfile.TemporaryDirectory(prefix="bit_keras_bench_") as workdir:
@@ -366,7 +346,7 @@ def benchmark(config: Config, *, steps: int = 10, warmup: int = 1) -> dict:
 GROUP_NORM_SHAPES = ((16, 56, 56, 256), (16, 56, 56, 64), (16, 28, 28, 512), (16, 14, 14, 1024))
 
 
-def compare_group_norm(shapes=GROUP_NORM_SHAPES, *, rounds: int = 9, jit: bool = False) -> list:
+def compare_group_norm(shapes=GROUP_NORM_SHAPES, *, rounds: int = 9, jit: bool = False, log=None) -> list:
     """Keras core's GroupNormalization vs bit_keras's at R50x1's activation shapes.
 
     Both layers run in compiled graphs (`jit` adds XLA), interleaved round by round. Returns
@@ -399,8 +379,9 @@ def compare_group_norm(shapes=GROUP_NORM_SHAPES, *, rounds: int = 9, jit: bool =
         row = {"shape": list(shape), "keras_core_ms": 1e3 * _median(times[0]),
                "bit_keras_ms": 1e3 * _median(times[1]), "speedup": _median(ratios),
                "speedup_range": [min(ratios), max(ratios)]}
-        print(f"{shape}: Keras core {row['keras_core_ms']:.1f} ms, bit_keras {row['bit_keras_ms']:.1f} ms, "
-              f"{row['speedup']:.2f}x (rounds {min(ratios):.2f}-{max(ratios):.2f})", flush=True)
+        if log is not None:
+            log(f"{shape}: Keras core {row['keras_core_ms']:.1f} ms, bit_keras {row['bit_keras_ms']:.1f} ms, "
+                f"{row['speedup']:.2f}x (rounds {min(ratios):.2f}-{max(ratios):.2f})")
         rows.append(row)
     return rows
 

@@ -10,16 +10,13 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
-import tempfile
 import zipfile
 
 import numpy as np
 
-from bit_keras import layout, variants
-
-
-class CheckpointError(ValueError):
-    """A checkpoint file that is not a BiT checkpoint of the expected shape."""
+from bit_keras import files, layout
+from bit_keras.architecture import Architecture
+from bit_keras.errors import CheckpointError, ConfigError, MissingFileError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,21 +28,19 @@ class CheckpointInfo:
     num_classes: int | None  # None: no head in the file
 
     @property
-    def architecture(self):
-        return variants.architecture_for(self.block_units, self.width)
+    def architecture(self) -> Architecture:
+        return Architecture(self.block_units, self.width)
 
     def describe(self) -> str:
-        arch = self.architecture
-        name = arch.name if arch else f"custom ResNet-v2 units={self.block_units} width={self.width}"
         head = f"{self.num_classes}-class head" if self.num_classes else "no head"
-        return f"{name}, {head}"
+        return f"{self.architecture.name}, {head}"
 
 
 def read_headers(path) -> dict:
     """Maps each array name in an `.npz` to (shape, dtype) without reading the data."""
     path = os.fspath(path)
     if not os.path.exists(path):
-        raise FileNotFoundError(f"No checkpoint at {path!r}.")
+        raise MissingFileError(f"No checkpoint at {path!r}.")
     if not zipfile.is_zipfile(path):
         raise CheckpointError(f"{path!r} is not an .npz file (not a zip archive). BiT checkpoints are "
                               "the release's .npz files; the older .h5 files are not supported.")
@@ -84,6 +79,9 @@ def identify(headers: dict) -> CheckpointInfo:
         if match and 1 <= int(match.group(1)) <= 4:
             block = int(match.group(1)) - 1
             units[block] = max(units[block], int(match.group(2)))
+    if min(units) < 1:
+        raise CheckpointError(f"Not a whole BiT network: no units in block {units.index(0) + 1} "
+                              f"(found units per block {tuple(units)}).")
     head_key = layout.layer_to_key(layout.HEAD_LAYER, "kernel")
     num_classes = headers[head_key][0][-1] if head_key in headers else None
     return CheckpointInfo(tuple(units), root_shape[3] // 64, num_classes)
@@ -108,10 +106,7 @@ def _suggest(headers) -> str:
         info = identify(headers)
     except CheckpointError:
         return "The file does not look like a BiT checkpoint."
-    arch = info.architecture
-    if arch is None:
-        return f"The file holds {info.describe()}."
-    return f"The file holds {info.describe()}: build variant {arch.name!r} to load it."
+    return f"The file holds {info.describe()}: build {info.architecture.name!r} to load it."
 
 
 def load_weights(model, path, *, load_head: bool | None = None) -> CheckpointInfo:
@@ -124,10 +119,10 @@ def load_weights(model, path, *, load_head: bool | None = None) -> CheckpointInf
     path = os.fspath(path)
     headers = read_headers(path)
     info = identify(headers)
-    model_head = model.num_classes if model.include_top else None
+    model_head = getattr(model, "num_classes", None)
     if load_head is None:
         load_head = model_head is not None and model_head == info.num_classes
-    expected = layout.checkpoint_layout(model.block_units, model.width, model_head if load_head else None)
+    expected = layout.checkpoint_layout(_architecture(model), model_head if load_head else None)
     check_against_layout(headers, expected, path)
     with np.load(path) as arrays:
         for entry in expected:
@@ -138,33 +133,25 @@ def load_weights(model, path, *, load_head: bool | None = None) -> CheckpointInf
     return info
 
 
+def _architecture(model) -> Architecture:
+    architecture = getattr(model, "architecture", None)
+    if not isinstance(architecture, Architecture):
+        raise TypeError(f"{getattr(model, 'name', model)!r} is not a BiTBackbone or BiTImageClassifier.")
+    return architecture
+
+
 def save_weights(model, path) -> None:
-    """Writes a BiT model's weights as a release-layout `.npz`, atomically."""
+    """Writes a BiT model's weights as a release-layout `.npz`, atomically (local or gs://)."""
     path = os.fspath(path)
     if not path.endswith(".npz"):
-        raise ValueError(f"Checkpoint paths end in .npz; received {path!r}.")
-    entries = layout.checkpoint_layout(model.block_units, model.width,
-                                       model.num_classes if model.include_top else None)
+        raise ConfigError(f"Checkpoint paths end in .npz; received {path!r}.")
+    entries = layout.checkpoint_layout(_architecture(model), getattr(model, "num_classes", None))
     arrays = {}
     for entry in entries:
         value = getattr(model.get_layer(entry.layer), entry.weight)
         arrays[entry.key] = np.asarray(value, dtype="float32").reshape(entry.shape)
-    write_npz_atomically(path, arrays)
-
-
-def write_npz_atomically(path, arrays: dict) -> None:
-    """np.savez into a temporary file beside `path`, then rename: never a half-written file."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=directory)
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            np.savez(stream, **arrays)
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.remove(temporary)
-        raise
+    with files.staged_file(path, overwrite=True) as staging:
+        np.savez(staging, **arrays)
 
 
 def inspect_checkpoint(path) -> dict:
@@ -175,12 +162,12 @@ def inspect_checkpoint(path) -> dict:
               "parameters": int(sum(int(np.prod(s)) for s, _ in headers.values())),
               "block_units": list(info.block_units), "width": info.width,
               "num_classes": info.num_classes,
-              "architecture": info.architecture.name if info.architecture else None}
+              "architecture": info.architecture.name}
     try:
-        check_against_layout(headers, layout.checkpoint_layout(info.block_units, info.width, info.num_classes), path)
+        check_against_layout(headers, layout.checkpoint_layout(info.architecture, info.num_classes), path)
         report["loads"], report["problem"] = True, None
     except CheckpointError as error:
         report["loads"], report["problem"] = False, str(error)
-    known = set(e.key for e in layout.checkpoint_layout(info.block_units, info.width, info.num_classes))
+    known = set(e.key for e in layout.checkpoint_layout(info.architecture, info.num_classes))
     report["unexpected_keys"] = sorted(set(headers) - known)
     return report

@@ -1,26 +1,26 @@
 """Fetching released checkpoints into a local cache, safely.
 
-A download goes to a temporary file in the cache directory, is checked (complete, a zip
-archive with BiT keys), and only then renamed into place, so an interrupted download never
-leaves a cache entry that looks valid.
+A download goes to a hidden staging file in the cache directory (`files.staged_file`), is
+checked (complete, a zip archive with BiT keys), and only then renamed into place, so an
+interrupted download never leaves a cache entry that looks valid.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 import urllib.error
 import urllib.request
 import zipfile
 
 from absl import logging
 
+from bit_keras import files
+from bit_keras.errors import DownloadError
+
 CACHE_ENV = "BIT_KERAS_CACHE"
 
 
-class DownloadError(RuntimeError):
-    """A checkpoint could not be fetched; the message says where to put the file by hand."""
 
 
 def cache_dir(override=None) -> str:
@@ -38,11 +38,9 @@ def fetch(url: str, filename: str | None = None, *, directory=None, timeout: flo
     target = os.path.join(directory, filename)
     if os.path.exists(target):
         return target
-    os.makedirs(directory, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{filename}.", suffix=".part", dir=directory)
     logging.info("Downloading %s to %s", url, target)
-    try:
-        with os.fdopen(handle, "wb") as stream:
+    with files.staged_file(target, overwrite=True) as temporary:  # overwrite: a parallel fetch of the same file
+        with open(temporary, "wb") as stream:
             try:
                 with urllib.request.urlopen(url, timeout=timeout) as response:
                     expected = response.headers.get("Content-Length")
@@ -58,11 +56,7 @@ def fetch(url: str, filename: str | None = None, *, directory=None, timeout: flo
             raise DownloadError(f"Download of {url} stopped after {received} of {expected} bytes; try again.")
         if not zipfile.is_zipfile(temporary) or not _has_bit_keys(temporary):
             raise DownloadError(f"{url} did not return a BiT .npz checkpoint; nothing was cached.")
-        os.replace(temporary, target)
-        return target
-    finally:
-        if os.path.exists(temporary):
-            os.remove(temporary)
+    return target
 
 
 def _has_bit_keys(path) -> bool:
@@ -70,3 +64,15 @@ def _has_bit_keys(path) -> bool:
         if archive.testzip() is not None:
             return False
         return any(name.startswith("resnet/") for name in archive.namelist())
+
+
+def fetch_preset(preset, *, directory=None) -> str:
+    """The local path of a released checkpoint (`presets.Preset`), downloaded once."""
+    return fetch(preset.url, preset.filename, directory=directory)
+
+
+def cached_path(url: str, filename: str | None = None, *, directory=None) -> str | None:
+    """Where `url` is in the cache, or None when it has not been downloaded."""
+    filename = filename or url.rstrip("/").rsplit("/", 1)[-1]
+    path = os.path.join(cache_dir(directory), filename)
+    return path if os.path.exists(path) else None

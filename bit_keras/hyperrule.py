@@ -4,14 +4,18 @@ No framework imports: the rule can be printed, tested and reused by any trainer.
 Defaults follow the paper (BIT_SPEC.md section 4); `public_code_resolution=True` gives the
 public code's 512 -> 480 for every model, and `schedule="public"` the public code's decay
 boundaries ([100, 200, 300, 400, 500] etc.: warm-up, three decays, end) instead of the
-paper's 30/60/90% of the steps. Either way the warm-up starts above 0 (the public code's
-starts at exactly 0) and the learning rate drops at a boundary step itself (step >= b).
+paper's 30/60/90% of the steps. The learning rate is `bit_keras.schedules.learning_rate`:
+the warm-up starts above 0 (the public code's starts at exactly 0) and the rate drops at a
+boundary step itself (step >= b).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+
+from bit_keras.schedules import DECAY_FACTOR, learning_rate
+from bit_keras.errors import ConfigError
 
 BASE_BATCH = 512
 BASE_LEARNING_RATE = 0.003
@@ -21,7 +25,9 @@ LARGE_DATASET = 500_000
 SMALL_IMAGE_AREA = 96 * 96
 MIXUP_ALPHA = 0.1
 DECAY_FRACTIONS = (0.3, 0.6, 0.9)
-DECAY_FACTOR = 0.1
+SMALL_IMAGE_RESOLUTION = (160, 128)     # (resize, crop) below SMALL_IMAGE_AREA
+DEFAULT_LARGE_RESOLUTION = (448, 384)   # otherwise; a model's releases may ask for more (R152x4: 512 -> 480)
+PUBLIC_CODE_RESOLUTION = (512, 480)
 
 # The public code's step boundaries at batch 512: warm-up end, three decays, total steps.
 PUBLIC_SCHEDULES = {
@@ -52,10 +58,7 @@ class HyperRule:
 
     def learning_rate(self, step: int) -> float:
         """The rule's learning rate at a (0-based) step; never exactly 0 during warm-up."""
-        if step < self.warmup_steps:
-            return self.base_learning_rate * (step + 1) / self.warmup_steps
-        decays = sum(step >= boundary for boundary in self.decay_boundaries)
-        return self.base_learning_rate * DECAY_FACTOR ** decays
+        return learning_rate(step, self.base_learning_rate, self.warmup_steps, self.decay_boundaries, DECAY_FACTOR)
 
     def boundary_learning_rates(self) -> list:
         """[(step, learning rate)] where the rate changes: step 0, the warm-up end, every decay."""
@@ -75,17 +78,21 @@ def dataset_scale(train_size: int) -> str:
     return "medium" if train_size < LARGE_DATASET else "large"
 
 
-def resolution(image_size, *, variant: str | None = None, public_code_resolution: bool = False):
-    """(resize, crop) by image area: small images 160 -> 128, others 448 -> 384 (512 -> 480 for R152x4)."""
+def resolution(image_size, *, large_resolution=DEFAULT_LARGE_RESOLUTION, public_code_resolution: bool = False):
+    """(resize, crop) by image area: small images 160 -> 128, others `large_resolution`.
+
+    `large_resolution` is 448 -> 384 by default; a model's releases carry their own
+    (`presets.hyperrule_resolution`: 512 -> 480 for R152x4).
+    """
     height, width = image_size
     if height * width < SMALL_IMAGE_AREA:
-        return 160, 128
-    if public_code_resolution or (variant is not None and "r152x4" in variant.lower()):
-        return 512, 480
-    return 448, 384
+        return SMALL_IMAGE_RESOLUTION
+    if public_code_resolution:
+        return PUBLIC_CODE_RESOLUTION
+    return tuple(large_resolution)
 
 
-def hyperrule(train_size: int, image_size, *, variant: str | None = None, batch_size: int = BASE_BATCH,
+def hyperrule(train_size: int, image_size, *, large_resolution=DEFAULT_LARGE_RESOLUTION, batch_size: int = BASE_BATCH,
               public_code_resolution: bool = False, schedule: str = "paper") -> HyperRule:
     """The HyperRule for a dataset of `train_size` images of `image_size` (height, width).
 
@@ -93,19 +100,19 @@ def hyperrule(train_size: int, image_size, *, variant: str | None = None, batch_
     `schedule="public"` uses the public code's boundaries instead of the paper's 30/60/90%.
     """
     if train_size < 1:
-        raise ValueError(f"train_size must be positive. Received: train_size={train_size}")
+        raise ConfigError(f"train_size must be positive. Received: train_size={train_size}")
     if batch_size < 1:
-        raise ValueError(f"batch_size must be positive. Received: batch_size={batch_size}")
+        raise ConfigError(f"batch_size must be positive. Received: batch_size={batch_size}")
     if isinstance(image_size, int):
         image_size = (image_size, image_size)
     try:
         image_size = tuple(int(s) for s in image_size)
     except (TypeError, ValueError):
-        raise ValueError(f"image_size must be (height, width). Received: image_size={image_size!r}") from None
+        raise ConfigError(f"image_size must be (height, width). Received: image_size={image_size!r}") from None
     if len(image_size) != 2 or min(image_size) < 1:
-        raise ValueError(f"image_size must be (height, width). Received: image_size={image_size}")
+        raise ConfigError(f"image_size must be (height, width). Received: image_size={image_size}")
     if schedule not in SCHEDULES:
-        raise ValueError(f"schedule must be one of {SCHEDULES}. Received: schedule={schedule!r}")
+        raise ConfigError(f"schedule must be one of {SCHEDULES}. Received: schedule={schedule!r}")
     step_scale = BASE_BATCH / batch_size
     public = tuple(max(1, round(step * step_scale)) for step in PUBLIC_SCHEDULES[dataset_scale(train_size)])
     warmup_steps, total_steps = public[0], public[-1]
@@ -113,10 +120,27 @@ def hyperrule(train_size: int, image_size, *, variant: str | None = None, batch_
         boundaries = public[1:-1]
     else:
         boundaries = tuple(round(total_steps * fraction) for fraction in DECAY_FRACTIONS)
-    resize, crop = resolution(image_size, variant=variant, public_code_resolution=public_code_resolution)
+    resize, crop = resolution(image_size, large_resolution=large_resolution, public_code_resolution=public_code_resolution)
     return HyperRule(
         train_size=train_size, image_size=image_size, batch_size=batch_size,
         resize=resize, crop=crop, total_steps=total_steps, warmup_steps=warmup_steps,
         decay_boundaries=boundaries, base_learning_rate=BASE_LEARNING_RATE * batch_size / BASE_BATCH,
         mixup_alpha=MIXUP_ALPHA if train_size >= SMALL_DATASET else 0.0, schedule=schedule,
     )
+
+
+def shorten(rule: HyperRule, total_steps: int) -> HyperRule:
+    """The same rule compressed to `total_steps` updates: warm-up and decays keep their fractions."""
+    if int(total_steps) < 1:
+        raise ConfigError(f"steps must be a positive integer. Received: steps={total_steps}")
+    scale = int(total_steps) / rule.total_steps
+    return dataclasses.replace(
+        rule, total_steps=int(total_steps), warmup_steps=max(1, round(rule.warmup_steps * scale)),
+        decay_boundaries=tuple(max(1, round(b * scale)) for b in rule.decay_boundaries))
+
+
+def at_resolution(rule: HyperRule, crop: int) -> HyperRule:
+    """The rule with crop size `crop` and the resize scaled to keep the rule's resize/crop ratio."""
+    if int(crop) < 1:
+        raise ConfigError(f"resolution must be a positive integer. Received: resolution={crop}")
+    return dataclasses.replace(rule, crop=int(crop), resize=max(int(crop), round(crop * rule.resize / rule.crop)))

@@ -11,12 +11,53 @@ from __future__ import annotations
 import keras
 
 from bit_keras.layers import StandardizedConv2D, standardize_kernel
+from bit_keras.errors import ConfigError
 
 
 def _plain_conv(layer: StandardizedConv2D) -> keras.layers.Conv2D:
     config = layer.get_config()
     config.pop("epsilon", None)
     return keras.layers.Conv2D.from_config(config)
+
+
+def rebuild(model: keras.Model, replace, weights_of=None) -> keras.Model:
+    """A plain functional copy of a BiT model in which `replace(layer)` may swap layers.
+
+    A classifier's backbone is inlined, so the copy is one graph of named layers.
+    `replace(layer)` returns a new layer or None (keep a fresh copy of `layer`);
+    `weights_of(source_layer)` gives the weights the copy gets (default: the source's own).
+    The copy shares no variables with `model`.
+    """
+    if not isinstance(model, keras.Model) or not hasattr(model, "inputs") or model.inputs is None:
+        raise ConfigError(f"Need a built functional Keras model (such as BiTBackbone or BiTImageClassifier); "
+                         f"received {type(model).__name__}.")
+    graph = _flat_graph(model)
+    sources = {layer.name: layer for layer in graph.layers}
+
+    def clone(layer):
+        return replace(layer) or layer.__class__.from_config(layer.get_config())
+
+    copy = keras.models.clone_model(graph, clone_function=clone)
+    for layer in copy.layers:
+        source = sources[layer.name]
+        weights = weights_of(source) if weights_of else None
+        if weights is None and source.weights:
+            weights = source.get_weights()
+        if weights:
+            layer.set_weights(weights)
+    return copy
+
+
+def _flat_graph(model):
+    """`model` as a plain Functional graph (so clone_model copies layer by layer), backbone inlined."""
+    backbone = getattr(model, "backbone", None)
+    if not isinstance(backbone, keras.Model):
+        return keras.Model(model.input, model.output, name=model.name)
+    head = [layer for layer in model.layers if layer is not backbone and not isinstance(layer, keras.layers.InputLayer)]
+    x = backbone.output
+    for layer in head:  # the classifier's head is a chain: Dense, then the float32 logits
+        x = layer(x)
+    return keras.Model(backbone.input, x, name=model.name)
 
 
 def fold_standardization(model: keras.Model) -> keras.Model:
@@ -27,34 +68,18 @@ def fold_standardization(model: keras.Model) -> keras.Model:
     training of `model` does not reach it: fold again after changing weights.
 
     Args:
-        model: a functional Keras model, e.g. `BiTResNetV2` or `feature_maps(...)`.
-
-    Returns:
-        A plain functional `keras.Model` named like `model`.
+        model: a `BiTBackbone`, `BiTImageClassifier` or `feature_maps(...)` model.
     """
-    if not isinstance(model, keras.Model) or not hasattr(model, "inputs") or model.inputs is None:
-        raise ValueError(f"fold_standardization needs a built functional Keras model (such as "
-                         f"BiTResNetV2); received {type(model).__name__}.")
-    # A plain Functional view, so clone_model re-creates layers one by one instead of
-    # rebuilding the subclass from its config.
-    graph = keras.Model(model.input, model.output, name=model.name)
-    folded_layers = {}
 
-    def clone(layer):
-        if isinstance(layer, StandardizedConv2D):
-            conv = _plain_conv(layer)
-            folded_layers[layer.name] = layer
-            return conv
-        return layer.__class__.from_config(layer.get_config())
+    def fold(layer):
+        return _plain_conv(layer) if isinstance(layer, StandardizedConv2D) else None
 
-    folded = keras.models.clone_model(graph, clone_function=clone)
-    for layer in folded.layers:
-        source = model.get_layer(layer.name)
-        if layer.name in folded_layers:
-            weights = [keras.ops.convert_to_numpy(standardize_kernel(source.kernel, source.epsilon))]
-            if source.use_bias:
-                weights.append(keras.ops.convert_to_numpy(source.bias))
-            layer.set_weights(weights)
-        elif source.weights:
-            layer.set_weights(source.get_weights())
-    return folded
+    def folded_weights(layer):
+        if not isinstance(layer, StandardizedConv2D):
+            return None
+        weights = [keras.ops.convert_to_numpy(standardize_kernel(layer.kernel, layer.epsilon))]
+        if layer.use_bias:
+            weights.append(keras.ops.convert_to_numpy(layer.bias))
+        return weights
+
+    return rebuild(model, fold, folded_weights)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import keras
 from keras import ops
+from bit_keras.errors import ConfigError
 
 WS_EPSILON = 1e-10  # BiT's release uses 1e-10 inside the square root in all frameworks.
 GN_EPSILON = 1e-5   # Keras core's GroupNormalization defaults to 1e-3, which is not BiT's.
@@ -69,7 +70,7 @@ class GroupNormalization(keras.layers.Layer):
     def build(self, input_shape):
         channels = input_shape[-1]
         if channels is None or channels % self.groups:
-            raise ValueError(
+            raise ConfigError(
                 f"GroupNormalization {self.name!r} needs a channel count divisible by "
                 f"groups={self.groups}. Received input shape {tuple(input_shape)}."
             )

@@ -37,10 +37,6 @@ def layer_to_key(layer: str, weight: str) -> str:
     return PREFIX + layer.replace(SEPARATOR, "/") + "/" + weight
 
 
-def unit_name(block: int, unit: int) -> str:
-    return layer_name(f"block{block}", f"unit{unit:02d}")
-
-
 def _conv(layer, shape):
     return LayoutEntry(layer_to_key(layer, "kernel"), tuple(shape), layer, "kernel")
 
@@ -49,29 +45,30 @@ def _norm(layer, channels):
     return [LayoutEntry(layer_to_key(layer, w), (channels,), layer, w) for w in ("gamma", "beta")]
 
 
-def checkpoint_layout(block_units, width: int, num_classes: int | None):
-    """Every array of a BiT checkpoint for this architecture, in network order.
+def unit_layer(unit, *parts: str) -> str:
+    """The Keras layer name of a part of `unit` (an `architecture.Unit`)."""
+    return layer_name(*unit.name.split("/"), *parts)
+
+
+def checkpoint_layout(architecture, num_classes: int | None):
+    """Every array of a BiT checkpoint for `architecture`, in network order.
 
     `num_classes=None` leaves the head out (a feature extractor).
     """
-    entries = [_conv(ROOT_CONV, (7, 7, 3, 64 * width))]
-    in_channels = 64 * width
-    for block, units in enumerate(block_units, start=1):
-        mid = 64 * width * 2 ** (block - 1)
-        out = 4 * mid
-        for unit in range(1, units + 1):
-            name = unit_name(block, unit)
-            entries += _norm(layer_name(name, "a", "group_norm"), in_channels)
-            entries.append(_conv(layer_name(name, "a", "standardized_conv2d"), (1, 1, in_channels, mid)))
-            entries += _norm(layer_name(name, "b", "group_norm"), mid)
-            entries.append(_conv(layer_name(name, "b", "standardized_conv2d"), (3, 3, mid, mid)))
-            entries += _norm(layer_name(name, "c", "group_norm"), mid)
-            entries.append(_conv(layer_name(name, "c", "standardized_conv2d"), (1, 1, mid, out)))
-            if unit == 1:  # The first unit changes stride or channels in every block.
-                entries.append(_conv(layer_name(name, "a", "proj", "standardized_conv2d"), (1, 1, in_channels, out)))
-            in_channels = out
-    entries += _norm(PRE_HEAD_NORM, in_channels)
+    entries = [_conv(ROOT_CONV, (7, 7, 3, architecture.root_channels))]
+    for unit in architecture.units():
+        cin, mid, out = unit.in_channels, unit.mid_channels, unit.out_channels
+        entries += _norm(unit_layer(unit, "a", "group_norm"), cin)
+        entries.append(_conv(unit_layer(unit, "a", "standardized_conv2d"), (1, 1, cin, mid)))
+        entries += _norm(unit_layer(unit, "b", "group_norm"), mid)
+        entries.append(_conv(unit_layer(unit, "b", "standardized_conv2d"), (3, 3, mid, mid)))
+        entries += _norm(unit_layer(unit, "c", "group_norm"), mid)
+        entries.append(_conv(unit_layer(unit, "c", "standardized_conv2d"), (1, 1, mid, out)))
+        if unit.projection:
+            entries.append(_conv(unit_layer(unit, "a", "proj", "standardized_conv2d"), (1, 1, cin, out)))
+    features = architecture.num_features
+    entries += _norm(PRE_HEAD_NORM, features)
     if num_classes is not None:
-        entries.append(LayoutEntry(layer_to_key(HEAD_LAYER, "kernel"), (1, 1, in_channels, num_classes), HEAD_LAYER, "kernel"))
+        entries.append(LayoutEntry(layer_to_key(HEAD_LAYER, "kernel"), (1, 1, features, num_classes), HEAD_LAYER, "kernel"))
         entries.append(LayoutEntry(layer_to_key(HEAD_LAYER, "bias"), (num_classes,), HEAD_LAYER, "bias"))
     return entries

@@ -30,7 +30,7 @@ def export_tiny_random_backbone(directory):
     import bit_keras
     from bit_keras.export import export_model
 
-    model = bit_keras.BiTResNetV2(block_units=(1, 1, 1, 1), width=1, include_top=False)
+    model = bit_keras.BiTBackbone(block_units=(1, 1, 1, 1), width=1)
     export_model(model, directory, metadata={"variant": "tiny-random",
                                              "checkpoint": {"source": None, "random_weights": True}})
     return directory

@@ -10,7 +10,6 @@
 import argparse
 import os
 
-import bit_keras
 from bit_keras.data import load_source
 from bit_keras.finetune import build_finetuner
 
@@ -18,7 +17,7 @@ from bit_keras.finetune import build_finetuner
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--source", default=None, help="Export directory or variant name (default: a random r14x1).")
-    parser.add_argument("--weights", default=None, help="With a variant name: 'default', a path or a URL.")
+    parser.add_argument("--weights", default=None, help="A .npz path, a URL or a release name instead of the weights the model name means.")
     parser.add_argument("--dataset", default="digits")
     parser.add_argument("--eval-split", default="test")
     parser.add_argument("--batch", type=int, default=64, help="Effective batch (the HyperRule scales lr and steps).")
@@ -30,7 +29,7 @@ def main():
     train, info = load_source(args.dataset, "train")
     test, _ = load_source(args.dataset, args.eval_split)
     random_weights = args.source is None or (args.weights is None and not os.path.exists(args.source))
-    source = args.source or bit_keras.BiTResNetV2((1, 1, 1, 1), width=1, include_top=False, name="bit_r14x1")
+    source = args.source or "r14x1"  # an architecture name: random weights
 
     ft = build_finetuner(
         source, weights=args.weights, num_classes=info.num_classes, train_size=info.train_size,

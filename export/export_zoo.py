@@ -19,7 +19,7 @@ import os
 import sys
 import time
 
-from bit_keras import variants
+from bit_keras import presets
 
 KINDS = ("feature_vector", "classification")
 
@@ -31,10 +31,14 @@ def short_name(release) -> str:
 def select(names):
     """The releases named in `names` (any accepted spelling), or all of them for 'all'."""
     if names in (None, "", "all"):
-        return list(variants.CHECKPOINTS.values())
+        return list(presets.PRESETS.values())
     releases = []
     for name in names.split(","):
-        releases.append(variants.resolve_checkpoint(name.strip()))  # raises with the list of names
+        architecture, release = presets.resolve(name.strip())  # raises with the grammar
+        if release is None:
+            raise presets.ConfigError(f"{name.strip()!r} names no released BiT checkpoint; the zoo exports "
+                                      "releases only (`bit_keras list`).")
+        releases.append(release)
     return releases
 
 

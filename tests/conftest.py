@@ -1,6 +1,84 @@
-"""Shared test setup: quiet TensorFlow logs and keep each test's files under tmp_path."""
+"""Shared test setup and the model harness that every architecture goes through.
+
+`run_backbone_test` and `run_precision_test` play the part of keras-hub's
+`run_vision_backbone_test` / `run_precision_test`: build, call at two sizes, serialize
+round trip, and mixed precision checked where it matters (each sublayer's policy and the
+dtype the convolutions really compute in), not only at the float32 logits.
+"""
 
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("BIT_KERAS_CACHE", os.path.join(os.environ.get("TMPDIR", "/tmp"), "bit_keras_test_cache_unused"))
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def checkpoint_file(request, tmp_path_factory):
+    """(path, arrays) of a release-layout checkpoint with the test module's UNITS, WIDTH,
+    CLASSES and SEED, written once per module by the independent NumPy reference."""
+    from tests import reference
+
+    module = request.module
+    path = tmp_path_factory.mktemp("ckpt") / "tiny.npz"
+    params = reference.write_checkpoint(path, module.UNITS, module.WIDTH, module.CLASSES, seed=module.SEED)
+    return str(path), params
+
+
+def _dtype(tensor) -> str:
+    import keras
+
+    return keras.backend.standardize_dtype(tensor.dtype)
+
+
+def run_backbone_test(backbone, tmp_path, sizes=((64, 64), (45, 71))):
+    """Build, call at two sizes, `.keras` round trip with equal outputs, pyramid shapes."""
+    import keras
+
+    rng = np.random.default_rng(0)
+    for height, width in sizes:
+        images = rng.uniform(0, 1, (2, height, width, 3)).astype("float32")
+        features = backbone(images)
+        assert tuple(features.shape) == (2, backbone.num_features)
+    pyramid = keras.Model(backbone.input, backbone.pyramid_outputs)(images)
+    assert [tuple(pyramid[f"block{b}"].shape)[-1] for b in (1, 2, 3, 4)] == [
+        256 * backbone.width * 2 ** b for b in range(4)]
+    path = tmp_path / "backbone.keras"
+    backbone.save(path)
+    restored = keras.saving.load_model(path)
+    assert type(restored) is type(backbone) and restored.get_config() == backbone.get_config()
+    np.testing.assert_allclose(np.asarray(restored(images)), np.asarray(backbone(images)), rtol=1e-5, atol=1e-5)
+
+
+def run_precision_test(model, policy="mixed_bfloat16"):
+    """Every conv and GroupNorm of `model` (backbone or classifier) computes in the policy's
+    compute dtype with float32 variables, its convolutions really emit that dtype in a
+    training step, and the step updates the float32 weights."""
+    import keras
+
+    from bit_keras.layers import GroupNormalization, StandardizedConv2D
+
+    compute = keras.dtype_policies.get(policy).compute_dtype
+    backbone = getattr(model, "backbone", model)
+    layers = [layer for layer in backbone.layers if isinstance(layer, (StandardizedConv2D, GroupNormalization))]
+    assert layers
+    wrong = [layer.name for layer in layers if layer.dtype_policy.name != policy]
+    assert not wrong, f"layers not under {policy}: {wrong[:5]}"
+    assert all(_dtype(v) == "float32" for v in model.weights)
+    # What the layers emit, not what they are configured for.
+    probe = keras.Model(backbone.input, [layer.output for layer in layers])
+    images = np.random.default_rng(1).uniform(0, 1, (2, 32, 32, 3)).astype("float32")
+    assert {_dtype(out) for out in probe(images, training=True)} == {compute}
+    if getattr(model, "num_classes", None):
+        logits = model(images)
+        assert _dtype(logits) == "float32"
+        model.compile(optimizer=keras.optimizers.SGD(0.1), loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        kernel = model.get_layer("block1-unit01-a-standardized_conv2d").kernel
+        before = np.asarray(kernel).copy()
+        head = model.get_layer("head-conv2d").kernel
+        head.assign(np.random.default_rng(2).normal(0, 0.01, size=head.shape))
+        # The least likely class as the label: a loss that is surely not 0 in bfloat16.
+        loss = model.train_on_batch(images, np.argmin(np.asarray(model(images)), axis=1))
+        assert np.isfinite(loss) and _dtype(kernel) == "float32" and not np.array_equal(np.asarray(kernel), before)

@@ -16,9 +16,9 @@ import numpy as np, keras, bit_keras
 from tests import reference
 assert keras.backend.backend() == "{backend}", keras.backend.backend()
 params = reference.write_checkpoint("{path}", (1, 2, 1, 1), 1, num_classes=5, seed=7)
-model = bit_keras.BiTResNetV2((1, 2, 1, 1), 1, num_classes=5)
+model = bit_keras.BiTImageClassifier(bit_keras.BiTBackbone((1, 2, 1, 1), 1), 5)
 bit_keras.load_weights(model, "{path}")
-features = bit_keras.BiTResNetV2((1, 2, 1, 1), 1, include_top=False)
+features = bit_keras.BiTBackbone((1, 2, 1, 1), 1)
 bit_keras.load_weights(features, "{path}")
 for size in [(64, 64), (45, 71)]:
     images = np.random.default_rng(0).uniform(size=(2, *size, 3)).astype("float32")
@@ -36,7 +36,7 @@ from bit_keras.layers import GroupNormalization, StandardizedConv2D
 assert keras.backend.backend() == "{backend}", keras.backend.backend()
 rng = np.random.default_rng(0)
 x = rng.uniform(size=(2, 40, 40, 3)).astype("float32")
-model = bit_keras.BiTResNetV2((1, 1, 1, 1), 1, num_classes=5)
+model = bit_keras.BiTImageClassifier(bit_keras.BiTBackbone((1, 1, 1, 1), 1), 5)
 head = model.get_layer("head-conv2d")
 head.kernel.assign(rng.normal(size=head.kernel.shape).astype("float32"))
 want = keras.ops.convert_to_numpy(model(x))
@@ -47,7 +47,7 @@ restored = keras.saving.load_model("{tmp}/tiny.keras")
 assert isinstance(restored.get_layer("block1-unit01-a-standardized_conv2d"), StandardizedConv2D)
 np.testing.assert_allclose(keras.ops.convert_to_numpy(restored(x)), want, rtol=1e-5, atol=1e-5)
 bit_keras.save_weights(model, "{tmp}/tiny.npz")
-again = bit_keras.BiTResNetV2((1, 1, 1, 1), 1, num_classes=5)
+again = bit_keras.BiTImageClassifier(bit_keras.BiTBackbone((1, 1, 1, 1), 1), 5)
 bit_keras.load_weights(again, "{tmp}/tiny.npz")
 np.testing.assert_allclose(keras.ops.convert_to_numpy(again(x)), want, rtol=1e-6, atol=1e-6)
 
@@ -72,7 +72,7 @@ assert not any(p.startswith(("root_block", "block1", "block2")) for p in changed
 
 # Mixed precision: float32 variables and logits, bfloat16 math.
 keras.config.set_dtype_policy("mixed_bfloat16")
-mixed = bit_keras.BiTResNetV2((1, 1, 1, 1), 1, num_classes=5)
+mixed = bit_keras.BiTImageClassifier(bit_keras.BiTBackbone((1, 1, 1, 1), 1), 5)
 keras.config.set_dtype_policy("float32")
 assert keras.backend.standardize_dtype(mixed(x).dtype) == "float32"
 assert all(keras.backend.standardize_dtype(w.dtype) == "float32" for w in mixed.weights)
@@ -111,7 +111,7 @@ def test_model_features_on_backend(backend, tmp_path):
 @pytest.mark.parametrize("backend", ["jax", "torch"])
 def test_bench_runs_on_backend_without_tensorflow(backend):
     """`bit_keras bench` is how the JAX/PyTorch zoo is timed on a GPU machine without TensorFlow."""
-    script = ("import sys, json; sys.argv = ['bit_keras', 'bench', '--variant', '1,1,1,1x1', '--size', '32', "
+    script = ("import sys, json; sys.argv = ['bit_keras', 'bench', '--variant', 'r1-1-1-1x1', '--resolution', '32', "
               "'--batch', '2', '--steps', '1', '--mode', 'train', '--json']\n"
               "from bit_keras.cli.main import run\nrun()\n")
     result = _run_on(backend, script)

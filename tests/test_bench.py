@@ -12,14 +12,14 @@ import bit_keras
 from bit_keras import benchmark
 from bit_keras.cli import main as cli_main
 
-TINY = "1,1,1,1x1"
+TINY = "r1-1-1-1x1"  # the custom-architecture spelling every command takes
 
 
 def _conv_macs_from_model(block_units, width, size, classes):
     """Independent count: run the Keras model and multiply each conv's real output size."""
-    model = bit_keras.BiTResNetV2(block_units, width, num_classes=classes)
-    convs = [layer for layer in model.layers if isinstance(layer, keras.layers.Conv2D)]
-    probe = keras.Model(model.input, [conv.output for conv in convs])
+    backbone = bit_keras.BiTBackbone(block_units, width)
+    convs = [layer for layer in backbone.layers if isinstance(layer, keras.layers.Conv2D)]
+    probe = keras.Model(backbone.input, [conv.output for conv in convs])
     outputs = probe(np.zeros((1, size, size, 3), "float32"))
     total = 0
     for conv, out in zip(convs, outputs):
@@ -30,13 +30,13 @@ def _conv_macs_from_model(block_units, width, size, classes):
 
 @pytest.mark.parametrize("size", [64, 97])  # 97: odd sizes round like the padding does
 def test_mac_count_matches_the_built_model(size):
-    assert benchmark.count_macs((1, 2, 1, 1), 1, size, 10) == _conv_macs_from_model((1, 2, 1, 1), 1, size, 10)
+    assert benchmark.count_macs(bit_keras.Architecture((1, 2, 1, 1), 1), size, 10) == _conv_macs_from_model((1, 2, 1, 1), 1, size, 10)
 
 
 def test_r50x1_macs_are_resnet50s():
-    # ResNet-50's convolutions and head: 4.09 GMACs at 224 (torchvision's figure). BIT_SPEC's
+    # ResNet-50's convolutions and head: 4.09 GMACs at 224 (torchvision's figure). timm's
     # 4.23 also counts the elementwise layers, so it may only be a few percent higher.
-    macs = benchmark.count_macs((3, 4, 6, 3), 1, 224, 1000)
+    macs = benchmark.count_macs(bit_keras.Architecture.parse("r50x1"), 224, 1000)
     assert round(macs / 1e9, 2) == 4.09
     assert 1.0 < 4.23e9 / macs < 1.05
 
@@ -44,7 +44,7 @@ def test_r50x1_macs_are_resnet50s():
 def test_straightforward_baseline_computes_the_same_function():
     # The baseline swaps in Keras core's GroupNormalization; speed-ups are only fair if
     # both compute the same outputs.
-    model = bit_keras.BiTResNetV2((1, 1, 1, 1), 1, num_classes=5)
+    model = bit_keras.BiTImageClassifier(bit_keras.BiTBackbone((1, 1, 1, 1), 1), 5)
     rng = np.random.default_rng(0)
     for variable in model.variables:
         if variable.path.endswith(("gamma", "beta", "bias")) or "head" in variable.path:
@@ -57,15 +57,15 @@ def test_straightforward_baseline_computes_the_same_function():
 
 
 def test_parse_variant():
-    assert benchmark.parse_variant("BiT-M-R50x1") == ((3, 4, 6, 3), 1)
-    assert benchmark.parse_variant("1,2,1,1x2") == ((1, 2, 1, 1), 2)
-    with pytest.raises(ValueError, match="Unknown BiT variant"):
+    assert benchmark.parse_variant("BiT-M-R50x1") == bit_keras.Architecture((3, 4, 6, 3), 1)
+    assert benchmark.parse_variant("r1-2-1-1x2") == bit_keras.Architecture((1, 2, 1, 1), 2)
+    with pytest.raises(ValueError, match="Unknown BiT model"):
         benchmark.parse_variant("r51x1")
 
 
 def test_cli_json_report_with_baseline():
     result = subprocess.run(
-        [sys.executable, "-m", "bit_keras", "bench", "--variant", TINY, "--size", "64", "--batch", "2",
+        [sys.executable, "-m", "bit_keras", "bench", "--variant", TINY, "--resolution", "64", "--batch", "2",
          "--steps", "2", "--jit", "--fold", "--baseline", "--json"],
         capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
@@ -76,7 +76,7 @@ def test_cli_json_report_with_baseline():
     assert (baseline["jit"], baseline["fold"], tuned["jit"], tuned["fold"]) == (False, False, True, True)
     assert baseline["straightforward"] and not tuned["straightforward"]
     assert baseline["speedup_vs_first"] == 1.0
-    macs = benchmark.count_macs((1, 1, 1, 1), 1, 64, 1000)
+    macs = benchmark.count_macs(bit_keras.Architecture((1, 1, 1, 1), 1), 64, 1000)
     for entry in report["results"]:
         assert len(entry["step_seconds_all"]) == 2
         assert entry["images_per_second"] == pytest.approx(2 / entry["step_seconds"])
@@ -94,8 +94,8 @@ def _run_cli(*args):
 
 
 def test_cli_text_report_train_and_savedmodel(capsys):
-    assert _run_cli("--variant", TINY, "--size", "32", "--batch", "2", "--steps", "1", "--mode", "train") == 0
-    assert _run_cli("--variant", TINY, "--size", "32", "--batch", "1", "--steps", "1", "--serving", "--fold") == 0
+    assert _run_cli("--variant", TINY, "--resolution", "32", "--batch", "2", "--steps", "1", "--mode", "train") == 0
+    assert _run_cli("--variant", TINY, "--resolution", "32", "--batch", "1", "--steps", "1", "--serving", "--fold") == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith("machine: ") and "cores" in lines[0]
     train = next(line for line in lines if "train float32" in line)
@@ -108,7 +108,7 @@ def test_cli_text_report_train_and_savedmodel(capsys):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--variant", "r51x1"], "Unknown BiT variant"),
+    (["--variant", "r51x1"], "Unknown BiT model"),
     (["--variant", TINY, "--mode", "train", "--fold"], "fold is for inference"),
     (["--variant", TINY, "--steps", "0"], "--steps >= 1"),
 ])

@@ -17,7 +17,8 @@ def params_and_path(tmp_path_factory):
 
 
 def _model(num_classes=6, include_top=True):
-    return bit_keras.BiTResNetV2(UNITS, WIDTH, num_classes=num_classes, include_top=include_top)
+    backbone = bit_keras.BiTBackbone(UNITS, WIDTH)
+    return bit_keras.BiTImageClassifier(backbone, num_classes) if include_top else backbone
 
 
 def _rewrite(params, path, **changes):
@@ -78,8 +79,8 @@ def test_misshaped_key_names_both_shapes_and_the_fitting_variant(tmp_path):
     # An R50x1 file offered to an R101x1 model: the error says to build r50x1.
     path = tmp_path / "r50.npz"
     reference.write_checkpoint(path, (3, 4, 6, 3), 1, num_classes=None)
-    with pytest.raises(checkpoint.CheckpointError, match="missing key .*block3/unit07.*build variant 'r50x1'"):
-        bit_keras.load_weights(bit_keras.BiTResNetV2((3, 4, 23, 3), 1, include_top=False), path)
+    with pytest.raises(checkpoint.CheckpointError, match="missing key .*block3/unit07.*build 'r50x1'"):
+        bit_keras.load_weights(bit_keras.BiTBackbone((3, 4, 23, 3), 1), path)
     wide = tmp_path / "wide.npz"
     reference.write_checkpoint(wide, UNITS, 2, num_classes=None)
     with pytest.raises(checkpoint.CheckpointError, match=r"has shape \(7, 7, 3, 128\), the model expects \(7, 7, 3, 64\)"):
@@ -97,7 +98,7 @@ def test_not_an_npz_says_so(tmp_path):
 
 def test_create_model_checks_the_variant_against_the_file(params_and_path):
     _, path = params_and_path
-    with pytest.raises(checkpoint.CheckpointError, match="but variant 'm-r50x1' is r50x1"):
+    with pytest.raises(checkpoint.CheckpointError, match="but the model asked for is r50x1"):
         bit_keras.create_model("m-r50x1", weights=path)
 
 

@@ -351,7 +351,7 @@ def test_pipeline_argument_errors():
 @pytest.mark.parametrize("command", [
     ["finetune", "--variant", "r14x1", "--output", "{tmp}/run"],
     ["evaluate", "--model", "{tmp}/model.keras", "--resolution", "32"],  # the dataset loads before the model
-    ["train", "--units", "1,1,1,1", "--model-dir", "{tmp}/upstream", "--dry-run"],
+    ["train", "--variant", "r14x1", "--model-dir", "{tmp}/upstream", "--dry-run"],
 ])
 def test_no_download_fails_at_once_on_an_unprepared_dataset(command, tmp_path, capsys):
     """Offline users get one line naming the fix, not minutes of download retries."""

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import bit_keras
-from bit_keras import download, variants, zoo
+from bit_keras import download, presets, weights
 from tests import reference
 
 
@@ -74,15 +74,16 @@ def test_offline_error_says_where_to_put_the_file(tmp_path):
 
 def test_weights_default_fetches_the_release_file_by_name(server, tmp_path, monkeypatch):
     base, _ = server
-    monkeypatch.setattr(variants, "RELEASE_URL", base)
+    monkeypatch.setattr(presets, "RELEASE_URL", base)
     monkeypatch.setenv(download.CACHE_ENV, str(tmp_path))
     # The served file is a tiny architecture, so the variant check must refuse it by name...
-    with pytest.raises(bit_keras.CheckpointError, match="holds custom ResNet-v2"):
-        bit_keras.create_model("m-r50x1", weights="default")
+    with pytest.raises(bit_keras.CheckpointError, match="holds r14x1"):
+        bit_keras.BiTImageClassifier.from_preset("m-r50x1")  # a release name means its weights
     # ...after caching it under the release's file name.
     assert os.listdir(tmp_path) == ["BiT-M-R50x1.npz"]
     # A URL works the same way and loads when the architecture matches.
-    tiny = bit_keras.BiTResNetV2((1, 1, 1, 1), 1, num_classes=3)
-    path = zoo.resolve_weights("r50x1", f"{base}/good.npz")
-    bit_keras.load_weights(tiny, path)
+    tiny = bit_keras.BiTImageClassifier(bit_keras.BiTBackbone((1, 1, 1, 1), 1), 3)
+    choice = weights.resolve(None, f"{base}/good.npz")
+    assert choice.architecture == tiny.architecture and choice.source == f"{base}/good.npz"
+    bit_keras.load_weights(tiny, choice.path)
     assert np.any(np.asarray(tiny.get_layer("head-conv2d").kernel))

@@ -13,14 +13,7 @@ import pytest
 
 from tests import reference
 
-UNITS, WIDTH, CLASSES = (1, 1, 1, 1), 1, 5
-
-
-@pytest.fixture(scope="module")
-def checkpoint_file(tmp_path_factory):
-    path = tmp_path_factory.mktemp("ckpt") / "tiny.npz"
-    params = reference.write_checkpoint(path, UNITS, WIDTH, CLASSES, seed=3)
-    return str(path), params
+UNITS, WIDTH, CLASSES, SEED = (1, 1, 1, 1), 1, 5, 3  # read by conftest's checkpoint_file
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +30,7 @@ def exported(checkpoint_file, tmp_path_factory, images):
     path, params = checkpoint_file
     directory = str(tmp_path_factory.mktemp("exports") / "features")
     export_variant(None, directory, weights=path)
-    model = bit_keras.BiTResNetV2(UNITS, WIDTH, include_top=False)
+    model = bit_keras.BiTBackbone(UNITS, WIDTH)
     bit_keras.load_weights(model, path)
     keras_features = np.asarray(model(images))
     expected = reference.forward(params, images, head=False)
@@ -111,7 +104,7 @@ def test_keras3_tfsm_layer_and_load_backbone_fine_tune(exported, images):
     inputs = keras.Input((None, None, 3))
     model = keras.Model(inputs, keras.layers.Dense(3)(backbone(inputs)))
     assert _max_abs(backbone(images), expected) < 1e-5
-    assert backbone.variant == "custom-1-1-1-1x1" and backbone.compute_output_shape((None, 8, 8, 3)) == (None, 2048)
+    assert backbone.variant == "r14x1" and backbone.compute_output_shape((None, 8, 8, 3)) == (None, 2048)
     before = [w.numpy().copy() for w in backbone.trainable_weights]
     model.compile(optimizer=keras.optimizers.SGD(0.05), loss="mse")
     model.fit(images, np.ones((2, 3), "float32"), epochs=1, verbose=0)

@@ -14,14 +14,7 @@ import pytest
 from tests import reference
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-UNITS, WIDTH, CLASSES = (1, 1, 1, 1), 1, 4
-
-
-@pytest.fixture(scope="module")
-def checkpoint_file(tmp_path_factory):
-    path = tmp_path_factory.mktemp("ckpt") / "tiny.npz"
-    params = reference.write_checkpoint(path, UNITS, WIDTH, CLASSES, seed=7)
-    return str(path), params
+UNITS, WIDTH, CLASSES, SEED = (1, 1, 1, 1), 1, 4, 7  # read by conftest's checkpoint_file
 
 
 def run_cli(*argv):
@@ -65,7 +58,7 @@ def test_cli_exports_the_classifier(checkpoint_file, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--variant", "r77x9"], "Unknown BiT variant 'r77x9'"),
+    (["--variant", "r77x9"], "Unknown BiT model 'r77x9'"),
     (["--variant", "r50x1"], "--random-weights"),
     (["--variant", "r50x1", "--weights", "missing.npz"], "neither a file"),
 ])
@@ -101,7 +94,7 @@ def test_failure_mid_export_leaves_nothing(checkpoint_file, tmp_path, monkeypatc
     import bit_keras
     from bit_keras.export import export_model, savedmodel
 
-    model = bit_keras.BiTResNetV2(UNITS, WIDTH, include_top=False)
+    model = bit_keras.BiTBackbone(UNITS, WIDTH)
 
     def fail(directory, metadata):
         assert os.path.exists(os.path.join(directory, "saved_model.pb"))  # the SavedModel was written
@@ -143,7 +136,7 @@ def test_serving_model_drives_only_the_serving_signature(tmp_path):
     import bit_keras
     from bit_keras.export import export_model
 
-    model = bit_keras.BiTResNetV2(UNITS, WIDTH, include_top=False)
+    model = bit_keras.BiTBackbone(UNITS, WIDTH)
     images = np.random.default_rng(9).uniform(0, 1, (1, 32, 32, 3)).astype("float32")
     expected = np.asarray(model(images))
     # A distinguishable serving model shows which function each endpoint runs (an equal one,
@@ -166,7 +159,7 @@ def test_a_fine_tuned_classifier_exports_its_logits(tmp_path):
     from bit_keras.export import export_model, load_backbone, read_metadata
 
     inputs = keras.Input((None, None, 3))
-    model = keras.Model(inputs, keras.layers.Dense(3)(bit_keras.BiTResNetV2(UNITS, WIDTH, include_top=False)(inputs)))
+    model = keras.Model(inputs, keras.layers.Dense(3)(bit_keras.BiTBackbone(UNITS, WIDTH)(inputs)))
     export_model(model, tmp_path / "classifier", metadata={"outputs": "logits", "fine_tuned_on": "digits"})
     meta = read_metadata(tmp_path / "classifier")
     assert (meta["outputs"], meta["num_classes"], meta["block_units"], meta["num_features"]) == (
@@ -180,14 +173,14 @@ def test_a_fine_tuned_classifier_exports_its_logits(tmp_path):
         export_model(model, tmp_path / "bad", metadata={"outputs": "probabilities"})
 
 
-def test_random_weights_only_on_request():
-    from bit_keras.export.variant import resolve_export_weights
+def test_random_weights_only_on_request(tmp_path):
+    from bit_keras.export.variant import export_variant
 
     with pytest.raises(ValueError, match="random_weights=True"):
-        resolve_export_weights("r50x1")
-    assert resolve_export_weights("r50x1", random_weights=True)[0] is None
+        export_variant("r50x1", tmp_path / "a")
     with pytest.raises(ValueError, match="not both"):
-        resolve_export_weights("r50x1", "x.npz", random_weights=True)
+        export_variant("r50x1", tmp_path / "b", weights="x.npz", random_weights=True)
+    assert not any(tmp_path.iterdir())
 
 
 def test_keras_format_keeps_named_blocks_for_partial_fine_tuning(checkpoint_file, tmp_path, capsys):
@@ -202,7 +195,7 @@ def test_keras_format_keeps_named_blocks_for_partial_fine_tuning(checkpoint_file
     images = np.random.default_rng(10).uniform(0, 1, (2, 32, 32, 3)).astype("float32")
     features, logits = reference.forward(params, images)
     reloaded = keras.saving.load_model(output)
-    assert isinstance(reloaded, bit_keras.BiTResNetV2) and reloaded.num_classes == CLASSES
+    assert isinstance(reloaded, bit_keras.BiTImageClassifier) and reloaded.num_classes == CLASSES
     assert np.abs(np.asarray(reloaded(images)) - logits).max() / np.abs(logits).max() < 1e-4
 
     backbone = load_backbone(output)  # cut at the pooled features, blocks still named

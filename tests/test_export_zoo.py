@@ -16,13 +16,13 @@ def run_script(*argv):
 
 
 def test_zoo_plan_covers_every_release_and_skips_existing(tmp_path):
-    from bit_keras import variants
+    from bit_keras import presets
 
     os.makedirs(tmp_path / "m-r50x1" / "feature_vector")
     result = run_script("--output-root", str(tmp_path), "--dry-run", "--kinds", "feature_vector,classification")
     assert result.returncode == 0, result.stderr
     lines = result.stdout.strip().splitlines()
-    assert len(lines) == 2 * len(variants.CHECKPOINTS) == 40
+    assert len(lines) == 2 * len(presets.PRESETS) == 40
     assert f"BiT-M-R50x1 feature_vector -> {tmp_path}/m-r50x1/feature_vector: exists, skipped" in result.stdout
     assert f"-> {tmp_path}/m-r152x4-ilsvrc2012/classification: weights https://" in result.stdout
 

@@ -14,7 +14,7 @@ from tests.tensorboard_events import read_scalars
 
 
 def _tiny_backbone():
-    return bit_keras.BiTResNetV2((1, 1, 1, 1), width=1, include_top=False, name="tiny")
+    return bit_keras.BiTBackbone((1, 1, 1, 1), width=1, name="tiny")
 
 
 def test_a_short_finetune_of_a_tiny_bit_learns_digits(tmp_path):
@@ -93,12 +93,14 @@ def test_a_killed_run_resumes_at_the_right_step_and_learning_rate(tmp_path):
     assert sorted(learning_rates) == [5, 10, 15]
     assert learning_rates[15] == pytest.approx(0.02 * 0.001, rel=1e-5)
 
-    with pytest.raises(ValueError, match="different run"):
-        # A checkpoint of another configuration is not silently mixed in.
-        (tmp_path / "metrics.json").unlink()
-        os.makedirs(tmp_path / "checkpoint")
-        (tmp_path / "checkpoint" / "training_metadata.json").write_text('{"epoch": 1}')
+    # A checkpoint of another configuration is not silently mixed in, and its run.json stays.
+    (tmp_path / "metrics.json").unlink()
+    os.makedirs(tmp_path / "checkpoint")
+    (tmp_path / "checkpoint" / "training_metadata.json").write_text('{"epoch": 1}')
+    recorded = (tmp_path / "run.json").read_text()
+    with pytest.raises(ValueError, match=r"different run \(hyperrule: .*\"total_steps\": 15.* -> .*--overwrite"):
         finetune(_tiny_backbone(), **{**options, "steps": 20})
+    assert (tmp_path / "run.json").read_text() == recorded
 
 
 def _cli(*argv):
@@ -130,6 +132,30 @@ def test_cli_finetune_and_evaluate(tmp_path, capsys):
                 "--batch", "8", "--micro-batch", "3") == 2
     assert "must divide" in capsys.readouterr().err
     assert _cli("evaluate", "--model", str(tmp_path / "missing.keras"), "--dataset", "digits") == 2
+
+
+def test_the_weights_rule_on_the_command_line(tmp_path, capsys, monkeypatch):
+    """A released name offline fails at once, before data or folders; an architecture says "random weights" first."""
+    import time
+
+    from bit_keras import presets
+
+    monkeypatch.setenv("BIT_KERAS_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(presets, "RELEASE_URL", "http://127.0.0.1:9")  # nothing listens there: offline
+    output = tmp_path / "run"
+    started = time.monotonic()
+    # The dataset does not exist either: the weights must be what fails, first.
+    assert _cli("finetune", "--variant", "m-r50x1", "--dataset", "folder:/nonexistent", "--output", str(output)) == 2
+    error = capsys.readouterr().err
+    assert time.monotonic() - started < 10 and len(error.strip().splitlines()) == 1
+    assert f"put it at {tmp_path}/cache/BiT-M-R50x1.npz" in error and "http://127.0.0.1:9/BiT-M-R50x1.npz" in error
+    assert "--weights" in error and "weights=" not in error     # the CLI speaks in flags
+    assert not output.exists() and not any((tmp_path / "cache").glob("*"))
+
+    assert _cli("finetune", "--variant", "r14x1", "--dataset", "digits", "--output", str(output), "--batch", "8",
+                "--steps", "1", "--resolution", "16", "--eval-split", "none", "--quiet") == 0
+    first = capsys.readouterr().out.splitlines()[0]
+    assert first.startswith("Model r14x1: random weights"), first
 
 
 def test_a_sigkilled_cli_run_resumes_and_writes_a_savedmodel(tmp_path):

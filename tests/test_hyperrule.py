@@ -1,4 +1,4 @@
-"""BiT-HyperRule against the table in BIT_SPEC.md section 4, and the `bit_keras hyperrule` command.
+"""BiT-HyperRule against the paper's table, and the `bit_keras hyperrule` command.
 
 Expected values are written out from the spec, never computed by the code under test.
 """
@@ -51,10 +51,13 @@ def test_resolution_by_image_area(image_size, expected):
 
 @pytest.mark.parametrize("variant", ["BiT-M-R152x4", "r152x4", "s-r152x4", "BiT-M-R152x4-ILSVRC2012"])
 def test_r152x4_uses_512_480(variant):
-    rule = hyperrule(1000, (224, 224), variant=variant)
+    from bit_keras import presets
+
+    large = presets.hyperrule_resolution(presets.resolve(variant)[0])
+    rule = hyperrule(1000, (224, 224), large_resolution=large)
     assert (rule.resize, rule.crop) == (512, 480)
-    assert (hyperrule(1000, (32, 32), variant=variant).resize, hyperrule(1000, (32, 32), variant=variant).crop) \
-        == (160, 128)
+    small = hyperrule(1000, (32, 32), large_resolution=large)
+    assert (small.resize, small.crop) == (160, 128)
 
 
 def test_square_size_as_one_number():
@@ -62,10 +65,10 @@ def test_square_size_as_one_number():
 
 
 def test_public_code_resolution_is_512_480_for_every_model():
-    for variant in (None, "BiT-M-R50x1", "r101x3"):
-        rule = hyperrule(50_000, (224, 224), variant=variant, public_code_resolution=True)
+    for large in ((448, 384), (512, 480)):
+        rule = hyperrule(50_000, (224, 224), large_resolution=large, public_code_resolution=True)
         assert (rule.resize, rule.crop) == (512, 480)
-    assert (hyperrule(50_000, (224, 224), variant="BiT-M-R50x1").crop) == 384
+    assert hyperrule(50_000, (224, 224)).crop == 384
 
 
 @pytest.mark.parametrize("batch, lr, total, warmup, paper, public", [

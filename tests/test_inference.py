@@ -16,7 +16,7 @@ UNITS, WIDTH, CLASSES = (1, 2, 1, 1), 1, 7
 def loaded(tmp_path_factory):
     path = tmp_path_factory.mktemp("ckpt") / "tiny.npz"
     params = reference.write_checkpoint(path, UNITS, WIDTH, CLASSES, seed=3)
-    model = bit_keras.BiTResNetV2(UNITS, WIDTH, num_classes=CLASSES)
+    model = bit_keras.BiTImageClassifier(bit_keras.BiTBackbone(UNITS, WIDTH), CLASSES)
     bit_keras.load_weights(model, path)
     return model, params, path
 
@@ -38,7 +38,9 @@ def test_folded_model_matches_the_model_and_numpy(loaded):
 def test_folded_layers_are_plain_convs_with_standardized_kernels(loaded):
     model, params, _ = loaded
     folded = fold_standardization(model)
-    assert [layer.name for layer in folded.layers] == [layer.name for layer in model.layers]
+    # One flat graph: the backbone's layers, then the classifier's head, names kept.
+    inner = [layer.name for layer in model.backbone.layers] + [layer.name for layer in model.layers[2:]]
+    assert [layer.name for layer in folded.layers] == inner
     assert folded.name == model.name
     assert not any(isinstance(layer, StandardizedConv2D) for layer in folded.layers)
     conv = folded.get_layer("block2-unit01-b-standardized_conv2d")
@@ -57,7 +59,7 @@ def test_folded_layers_are_plain_convs_with_standardized_kernels(loaded):
 def test_folding_backbones_feature_maps_and_bfloat16(loaded):
     _, _, path = loaded
     images = np.random.default_rng(1).uniform(0, 1, (1, 64, 64, 3)).astype("float32")
-    backbone = bit_keras.BiTResNetV2(UNITS, WIDTH, include_top=False)
+    backbone = bit_keras.BiTBackbone(UNITS, WIDTH)
     bit_keras.load_weights(backbone, path)
     assert _rel(fold_standardization(backbone)(images), backbone(images)) < 1e-5
     maps = bit_keras.feature_maps(backbone, (2, 4))
@@ -67,7 +69,7 @@ def test_folding_backbones_feature_maps_and_bfloat16(loaded):
     previous = keras.config.dtype_policy()
     keras.config.set_dtype_policy("mixed_bfloat16")
     try:
-        mixed = bit_keras.BiTResNetV2(UNITS, WIDTH, include_top=False)
+        mixed = bit_keras.BiTBackbone(UNITS, WIDTH)
     finally:
         keras.config.set_dtype_policy(previous)
     bit_keras.load_weights(mixed, path)

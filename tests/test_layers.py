@@ -75,7 +75,7 @@ def test_mixed_bfloat16_keeps_float32_weights_and_statistics():
 
 
 def _tiny_model(**kwargs):
-    return bit_keras.BiTResNetV2((1, 1, 1, 1), width=1, num_classes=5, **kwargs)
+    return bit_keras.BiTImageClassifier(bit_keras.BiTBackbone((1, 1, 1, 1), 1, **kwargs), 5, **kwargs)
 
 
 def test_model_round_trips_through_keras_file(tmp_path):
@@ -86,7 +86,7 @@ def test_model_round_trips_through_keras_file(tmp_path):
     head.kernel.assign(np.random.default_rng(4).normal(size=head.kernel.shape))
     model.save(tmp_path / "tiny.keras")
     restored = keras.saving.load_model(tmp_path / "tiny.keras")
-    assert isinstance(restored, bit_keras.BiTResNetV2)
+    assert isinstance(restored, bit_keras.BiTImageClassifier) and isinstance(restored.backbone, bit_keras.BiTBackbone)
     assert restored.block_units == (1, 1, 1, 1) and restored.num_classes == 5
     assert isinstance(restored.get_layer("block1-unit01-a-standardized_conv2d"), StandardizedConv2D)
     np.testing.assert_allclose(restored(x), model(x), rtol=1e-5, atol=1e-5)
@@ -108,7 +108,7 @@ def test_mixed_precision_model_outputs_float32_logits():
 
 
 def test_feature_maps_and_partial_freezing():
-    model = bit_keras.BiTResNetV2((1, 2, 1, 1), width=1, num_classes=5)
+    model = bit_keras.BiTImageClassifier(bit_keras.BiTBackbone((1, 2, 1, 1), 1), 5)
     maps = bit_keras.feature_maps(model, blocks=(1, 2, 4))
     out = maps(np.zeros((1, 64, 64, 3), "float32"))
     # Stride 4 after the root, then 2 per block; channels 256 * 2**(block-1).
@@ -132,7 +132,7 @@ def test_bad_images_are_refused_with_a_clear_error(images, message):
 
 
 def test_bad_architecture_arguments():
-    with pytest.raises(ValueError, match="block_units must be four"):
-        bit_keras.BiTResNetV2((3, 4, 6), width=1)
+    with pytest.raises(ValueError, match="four positive unit counts"):
+        bit_keras.BiTBackbone((3, 4, 6), width=1)
     with pytest.raises(ValueError, match="num_classes must be a positive"):
-        bit_keras.BiTResNetV2((1, 1, 1, 1), width=1, num_classes=0)
+        bit_keras.BiTImageClassifier(bit_keras.BiTBackbone((1, 1, 1, 1), 1), 0)

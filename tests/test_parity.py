@@ -26,9 +26,9 @@ def test_features_and_logits_match_numpy(checkpoint_file, size):
     images = np.random.default_rng(2).uniform(0, 1, (2, *size, 3)).astype("float32")
     expected_features, expected_logits = reference.forward(params, images)
 
-    classifier = bit_keras.BiTResNetV2(UNITS, WIDTH, num_classes=CLASSES)
+    classifier = bit_keras.BiTImageClassifier(bit_keras.BiTBackbone(UNITS, WIDTH), CLASSES)
     bit_keras.load_weights(classifier, path)
-    backbone = bit_keras.BiTResNetV2(UNITS, WIDTH, include_top=False)
+    backbone = bit_keras.BiTBackbone(UNITS, WIDTH)
     bit_keras.load_weights(backbone, path)
 
     assert _max_rel_error(classifier(images), expected_logits) < 1e-4

@@ -98,7 +98,7 @@ def test_mirrored_over_two_cpus_and_default_agree_with_numpy(tmp_path):
 # ------------------------------------------------------------------ fault tolerance
 
 TOTAL = 24
-TRAIN_ARGS = ["--units", "1,1,1,1", "--width", "1", "--dataset", "digits", "--batch", "8", "--image-size", "32",
+TRAIN_ARGS = ["--variant", "r14x1", "--dataset", "digits", "--batch", "8", "--resolution", "32",
               "--epochs", str(TOTAL * 8 / 1437), "--warmup-steps", "5", "--decay-epochs", f"{9 * 8 / 1437},{18 * 8 / 1437}",
               "--checkpoint-every", "4", "--keep", "3", "--log-every", "1", "--shuffle-buffer", "300",
               "--strategy", "default"]
@@ -209,7 +209,7 @@ def test_final_npz_is_a_release_checkpoint(interrupted_runs):
     path = interrupted_runs["dirs"][0] / "bit_final.npz"
     report = inspect_checkpoint(path)
     assert report["loads"] and report["block_units"] == list(UNITS) and report["num_classes"] == 10
-    model = bit_keras.BiTResNetV2(UNITS, 1, num_classes=10)
+    model = bit_keras.BiTImageClassifier(bit_keras.BiTBackbone(UNITS, 1), 10)
     bit_keras.load_weights(model, path)
     images = np.random.default_rng(2).random((2, 32, 32, 3)).astype("float32")
     _, expected = reference.forward(dict(np.load(path)), images)
@@ -249,12 +249,28 @@ def test_global_batch_not_divisible_by_replicas_is_refused(tmp_path):
               source=_tiny_source())
 
 
-def test_resuming_with_other_data_settings_is_refused(tmp_path):
+def test_resuming_with_other_settings_is_refused(tmp_path):
     from bit_keras.train.loop import train
 
-    (tmp_path / "run.json").write_text(json.dumps({"dataset": "arrays", "batch_size": 16, "seed": 0}))
-    with pytest.raises(ValueError, match="batch_size: 16 -> 8.*new --model-dir"):
-        train(_tiny_config(tmp_path), strategy=types.SimpleNamespace(num_replicas_in_sync=1), source=_tiny_source())
+    train(_tiny_config(tmp_path, max_steps=0), source=_tiny_source(), log=lambda line: None)
+    recorded = (tmp_path / "run.json").read_text()
+    fake = types.SimpleNamespace(num_replicas_in_sync=1)
+    with pytest.raises(ValueError, match=r"batch_size: 8 -> 16; .*plan: .*new --model-dir"):
+        train(_tiny_config(tmp_path, batch=16), strategy=fake, source=_tiny_source())
+    with pytest.raises(ValueError, match=r"different run \(precision: \"float32\" -> \"bfloat16\"\)"):
+        train(_tiny_config(tmp_path, precision="bfloat16"), strategy=fake, source=_tiny_source())
+    assert (tmp_path / "run.json").read_text() == recorded
+
+
+def test_bfloat16_training_computes_in_bfloat16(tmp_path):
+    """`--precision bfloat16` must reach every conv and GroupNorm, not only the log line."""
+    from bit_keras.train.loop import train
+    from tests.conftest import run_precision_test
+
+    result = train(_tiny_config(tmp_path, precision="bfloat16", max_steps=2, log_every=1), source=_tiny_source(),
+                   log=lambda line: None)
+    assert result.step == 2 and np.isfinite(result.last_loss)
+    run_precision_test(result.model.backbone)
 
 
 def test_dry_run_prints_the_plan(capsys):

@@ -1,6 +1,6 @@
 """Upstream schedules, strategy selection and the `train` flags: pure Python or mocks, fast.
 
-Expected numbers are worked out here from the paper (BIT_SPEC.md section 3), not read
+Expected numbers are worked out here from the paper , not read
 back from the code under test.
 """
 
@@ -8,7 +8,7 @@ import types
 
 import pytest
 
-from bit_keras.train import schedules
+from bit_keras.schedules import learning_rate
 from bit_keras.train.schedules import SCHEDULES, resolve_schedule
 from bit_keras.train.strategy import choose_strategy_name, per_replica_batch
 
@@ -54,15 +54,14 @@ def test_other_batches_follow_the_linear_scaling_rule():
 
 
 def test_keras_schedule_matches_the_pure_python_one():
-    from bit_keras.train.lr import UpstreamLearningRate
+    from bit_keras.schedules import WarmupStepDecay
 
     for name in SCHEDULES:
         plan = SCHEDULES[name].plan(IMAGENET)
-        keras_rate = UpstreamLearningRate.from_plan(plan)
+        keras_rate = WarmupStepDecay.from_plan(plan)
         for step, rate in plan.milestones():
             assert float(keras_rate(step)) == pytest.approx(rate, rel=1e-6), (name, step)
-        config = keras_rate.get_config()
-        assert UpstreamLearningRate(**config).decay_steps == plan.decay_steps
+        assert WarmupStepDecay(**keras_rate.get_config()).boundaries == plan.decay_steps
 
 
 def test_overrides_and_bad_values():
@@ -81,7 +80,7 @@ def test_overrides_and_bad_values():
 
 
 def test_warmup_and_decay_compose_when_warmup_outlasts_a_boundary():
-    assert schedules.learning_rate(9, 1.0, 20, (5,)) == pytest.approx(0.5 * 0.1)
+    assert learning_rate(9, 1.0, 20, (5,)) == pytest.approx(0.5 * 0.1)
 
 
 def test_global_batch_must_divide_over_replicas():
@@ -156,7 +155,7 @@ def test_cli_flags_override_every_schedule_number():
         (50, 2, "local", "bfloat16", True)
     default = build_config(_parse("--dataset", "digits", "--model-dir", "d", "--schedule", "bit-l"))
     assert default.schedule == SCHEDULES["bit-l"] and default.schedule.multi_label
-    tiny = build_config(_parse("--dataset", "digits", "--model-dir", "d", "--units", "1,1,1,1", "--width", "1"))
+    tiny = build_config(_parse("--dataset", "digits", "--model-dir", "d", "--variant", "r1-1-1-1x1"))
     assert (tiny.block_units, tiny.width) == ((1, 1, 1, 1), 1)
 
 

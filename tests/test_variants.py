@@ -1,4 +1,4 @@
-"""The variant registry: names, parameter counts (BIT_SPEC.md's table) and the CLI that lists them."""
+"""Presets and the name grammar: names, parameter counts (the paper's table) and the CLI that lists them."""
 
 import json
 import subprocess
@@ -8,17 +8,18 @@ import numpy as np
 import pytest
 
 import bit_keras
-from bit_keras import variants
+from bit_keras import presets
+from bit_keras.architecture import Architecture
 from tests import reference
 
-# BIT_SPEC.md section 1, parameters with a 1000-class head, as printed there.
+# The paper's table of with a 1000-class head, as printed there.
 SPEC_PARAMS = {"r50x1": 25.55e6, "r50x3": 217.3e6, "r101x1": 44.5e6, "r101x3": 387.9e6,
                "r152x2": 236.3e6, "r152x4": 936.5e6}
 
 
 @pytest.mark.parametrize("name", sorted(SPEC_PARAMS))
 def test_parameter_counts_match_the_spec(name):
-    arch = bit_keras.ARCHITECTURES[name]
+    arch = Architecture.parse(name)
     # Independent count: the reference layout is written from the spec, not from bit_keras.
     counted = sum(int(np.prod(s)) for s in reference.release_shapes(arch.block_units, arch.width, 1000).values())
     digits = 2 if name == "r50x1" else 1
@@ -28,7 +29,7 @@ def test_parameter_counts_match_the_spec(name):
 
 def test_keras_model_has_the_counted_parameters():
     model = bit_keras.create_model("r50x1")
-    assert model.count_params() == bit_keras.ARCHITECTURES["r50x1"].num_params(1000) == 25_549_352
+    assert model.count_params() == Architecture.parse("r50x1").num_params(1000) == 25_549_352
 
 
 @pytest.mark.parametrize("name, arch, release", [
@@ -38,25 +39,42 @@ def test_keras_model_has_the_counted_parameters():
     ("bit-m-r152x4-ilsvrc2012", "r152x4", "BiT-M-R152x4-ILSVRC2012"),
     ("BiT-M-R50x1-distilled-160", "r50x1", "BiT-M-R50x1-distilled-160"),
     ("r152x2", "r152x2", None),
+    ("R50x2", "r50x2", None),                # any width of a standard depth
+    ("r14x1", "r14x1", None),
+    ("r2-3-4-1x2", "r2-3-4-1x2", None),      # any units per block
+    ("r3-4-6-3x1", "r50x1", None),           # one canonical spelling
 ])
 def test_names_resolve_case_insensitively(name, arch, release):
-    assert variants.resolve_architecture(name).name == arch
-    found = variants.resolve_checkpoint(name, required=False)
+    architecture, found = presets.resolve(name)
+    assert architecture.name == arch and Architecture.parse(architecture.name) == architecture
     assert (found.name if found else None) == release
 
 
-@pytest.mark.parametrize("bad", ["r50x2", "resnet50", "x-r50x1", "m-r50x1-imagenet"])
+@pytest.mark.parametrize("bad", ["r51x1", "resnet50", "x-r50x1", "m-r50x1-imagenet", "m-r14x1", "r1-1-1x1",
+                                 "r0-1-1-1x1", "r50x0"])
 def test_unknown_names_are_refused_with_the_choices(bad):
-    with pytest.raises(ValueError, match="bit_keras list"):
-        variants.resolve_architecture(bad)
+    with pytest.raises(bit_keras.ConfigError, match="bit_keras list"):
+        presets.resolve(bad)
+
+
+def test_the_walk_gives_projections_where_channels_or_strides_change():
+    units = Architecture.parse("r2-1-1-1x1").units()
+    assert [(u.name, u.stride, u.projection) for u in units] == [
+        ("block1/unit01", 1, True), ("block1/unit02", 1, False), ("block2/unit01", 2, True),
+        ("block3/unit01", 2, True), ("block4/unit01", 2, True)]
+    assert [(u.in_channels, u.mid_channels, u.out_channels) for u in units[:3]] == [
+        (64, 64, 256), (256, 64, 256), (256, 128, 512)]
 
 
 def test_release_urls_and_head_sizes():
-    assert variants.CHECKPOINTS["BiT-M-R101x3"].url == "https://storage.googleapis.com/bit_models/BiT-M-R101x3.npz"
-    assert variants.CHECKPOINTS["BiT-M-R50x1-distilled-224"].url.endswith("/distill/R50x1_224.npz")
-    assert variants.CHECKPOINTS["BiT-M-R50x1"].num_classes == 21843
-    assert variants.CHECKPOINTS["BiT-S-R50x1"].num_classes == 1000
-    assert len(variants.CHECKPOINTS) == 6 * 3 + 2
+    assert presets.PRESETS["BiT-M-R101x3"].url == "https://storage.googleapis.com/bit_models/BiT-M-R101x3.npz"
+    assert presets.PRESETS["BiT-M-R50x1-distilled-224"].url.endswith("/distill/R50x1_224.npz")
+    assert presets.PRESETS["BiT-M-R50x1"].num_classes == 21843 and presets.PRESETS["BiT-M-R50x1"].multi_label
+    assert presets.PRESETS["BiT-S-R50x1"].num_classes == 1000
+    assert len(presets.PRESETS) == 6 * 3 + 2
+    # The HyperRule's resolution is the release's data, not a test of the name.
+    assert presets.PRESETS["BiT-S-R152x4"].hyperrule_resolution == (512, 480)
+    assert presets.PRESETS["BiT-M-R101x3"].hyperrule_resolution == (448, 384)
 
 
 def _cli(*args):
@@ -65,7 +83,7 @@ def _cli(*args):
 
 def test_cli_list_and_inspect(tmp_path):
     listed = json.loads(_cli("list", "--json").stdout)
-    assert {row["name"] for row in listed} == set(variants.CHECKPOINTS)
+    assert {row["name"] for row in listed} == set(presets.PRESETS)
     assert next(r for r in listed if r["name"] == "BiT-S-R50x1")["parameters"] == 25_549_352
     path = tmp_path / "tiny.npz"
     reference.write_checkpoint(path, (3, 4, 6, 3), 1, num_classes=None)

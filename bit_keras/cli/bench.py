@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from bit_keras.errors import ConfigError
 
 _EPILOG = """\
 Figures are medians over --steps timed batches; after every batch a float32 matmul is
@@ -12,9 +13,9 @@ folding, Keras core's GroupNormalization) interleaved with yours, and reports th
 speed-up measured in the same run.
 
 examples:
-  bit_keras bench --variant r50x1 --size 224 --batch 16 --jit --fold
-  bit_keras bench --variant r50x1 --size 224 --batch 16 --mode savedmodel --fold --jit --baseline
-  bit_keras bench --variant r50x1 --size 128 --batch 32 --mode train --jit --json
+  bit_keras bench --variant r50x1 --resolution 224 --batch 16 --jit --fold
+  bit_keras bench --variant r50x1 --resolution 224 --batch 16 --mode savedmodel --fold --jit --baseline
+  bit_keras bench --variant r50x1 --resolution 128 --batch 32 --mode train --jit --json
 """
 
 
@@ -25,8 +26,9 @@ def register(subparsers):
         "bench", help="Measure images/s against the machine's own matmul peak.",
         epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--variant", default="r50x1",
-                        help="Architecture or release name (r50x1, BiT-M-R101x3, ...) or custom 'u1,u2,u3,u4xW'.")
-    parser.add_argument("--size", type=int, default=224, help="Image side in pixels.")
+                        help="Any model name (r50x1, r14x1, r2-3-4-1x2, BiT-M-R101x3, ...); only its "
+                             "architecture matters, the weights are random.")
+    parser.add_argument("--resolution", type=int, default=224, help="Image side in pixels.")
     parser.add_argument("--batch", type=int, default=16, help="Images per step.")
     parser.add_argument("--mode", choices=("infer", "train", "savedmodel"), default="infer",
                         help="infer: the Keras model; train: one SGD-momentum step; "
@@ -46,17 +48,17 @@ def register(subparsers):
 
 
 def bench(args) -> int:
-    if args.steps < 1 or args.batch < 1 or args.size < 32:
-        raise ValueError(f"Need --steps >= 1, --batch >= 1 and --size >= 32; received "
-                         f"--steps {args.steps} --batch {args.batch} --size {args.size}.")
+    if args.steps < 1 or args.batch < 1 or args.resolution < 32:
+        raise ConfigError(f"Need --steps >= 1, --batch >= 1 and --resolution >= 32; received "
+                         f"--steps {args.steps} --batch {args.batch} --resolution {args.resolution}.")
     from bit_keras import benchmark
 
     benchmark.parse_variant(args.variant)  # a bad name fails before TensorFlow loads
-    config = benchmark.Config(variant=args.variant, size=args.size, batch=args.batch, mode=args.mode,
+    config = benchmark.Config(variant=args.variant, size=args.resolution, batch=args.batch, mode=args.mode,
                               precision=args.precision, jit=args.jit, fold=args.fold)
     configs = [config]
     if args.baseline:
-        configs.insert(0, benchmark.Config(variant=args.variant, size=args.size, batch=args.batch,
+        configs.insert(0, benchmark.Config(variant=args.variant, size=args.resolution, batch=args.batch,
                                            mode=args.mode, straightforward=True))
     report = benchmark.compare(configs, steps=args.steps)
     if args.json:

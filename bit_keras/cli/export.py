@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from bit_keras.cli.common import MODEL_HELP, add_model_flags
+from bit_keras.errors import ConfigError
+
 
 def register(subparsers):
     parser = subparsers.add_parser(
@@ -10,13 +13,9 @@ def register(subparsers):
                     "[0, 1], shape [batch, height, width, 3], to features [batch, 2048*width] (or logits with "
                     "--classifier). Load it with hub.KerasLayer(DIR, trainable=True) in tf-keras or "
                     "bit_keras.export.load_backbone(DIR) in Keras 3.")
-    parser.add_argument("--variant", default=None,
-                        help="Released name (m-r50x1, BiT-S-R101x3, ...; `bit_keras list`), or a bare "
-                             "architecture (r50x1) with --weights or --random-weights. Left out: the "
-                             "architecture the --weights file holds (any depth and width).")
-    parser.add_argument("--weights", default=None,
-                        help="Local .npz, URL or release name. Default: the variant's released checkpoint "
-                             "(downloaded once into $BIT_KERAS_CACHE).")
+    add_model_flags(parser, variant_help=MODEL_HELP + " An architecture needs --weights or --random-weights "
+                    "(untrained weights are never exported by accident). Left out: the architecture the "
+                    "--weights file holds.")
     parser.add_argument("--output", required=True, help="The SavedModel directory (or .keras file) to write.")
     parser.add_argument("--classifier", action="store_true",
                         help="Export the logits of the checkpoint's head instead of the feature vector.")
@@ -24,12 +23,9 @@ def register(subparsers):
                         help="savedmodel (TF Hub, default) or keras (a .keras file with named blocks, for "
                              "partial fine-tuning with bit_keras.freeze_up_to).")
     parser.add_argument("--overwrite", action="store_true", help="Replace an existing output.")
-    parser.add_argument("--random-weights", action="store_true",
-                        help="Allow exporting an untrained model when no checkpoint is given.")
     parser.add_argument("--fold-standardization", action="store_true",
                         help="Serve `serving_default` from a copy with pre-standardized kernels (faster "
                              "inference in TF Serving). The export then holds the weights twice.")
-    parser.add_argument("--cache-dir", default=None, help="Download cache (default $BIT_KERAS_CACHE).")
     parser.set_defaults(handler=export)
 
 
@@ -37,7 +33,7 @@ def _folder(args):
     if not args.fold_standardization:
         return None
     if args.format == "keras":
-        raise ValueError("--fold-standardization applies to SavedModels only; drop it with --format keras.")
+        raise ConfigError("--fold-standardization applies to SavedModels only; drop it with --format keras.")
     from bit_keras.inference import fold_standardization
 
     return fold_standardization
@@ -47,12 +43,13 @@ def export(args):
     import json
     import os
 
+    from bit_keras import files
     from bit_keras.cli.main import UsageError
-    from bit_keras.export import atomic, variant
+    from bit_keras.export import variant
 
     try:
         # Cheap refusals first, before TensorFlow is imported or anything is downloaded.
-        atomic.check_target(args.output, overwrite=args.overwrite)
+        files.check_target(args.output, overwrite=args.overwrite)
         from bit_keras.export.metadata import read_metadata
 
         path = variant.export_variant(args.variant, args.output, weights=args.weights,

@@ -7,17 +7,16 @@ from __future__ import annotations
 
 import json
 
+from bit_keras.cli.common import MODEL_HELP, add_model_flags, resolve_model
+
 
 def register(subparsers):
     parser = subparsers.add_parser(
         "finetune", help="Fine-tune a BiT model on a dataset with the BiT-HyperRule (model.fit, resumable).",
         description="Fine-tunes with the BiT-HyperRule through model.fit. Running the same command again "
                     "after an interruption resumes from the last checkpoint in --output.")
-    parser.add_argument("--variant", required=True,
-                        help="A variant name (m-r50x1, s-r101x3, r50x1, ...) or a directory written by `bit_keras export`.")
-    parser.add_argument("--weights", default=None,
-                        help="'default' (the released checkpoint, cached), a release name, a URL or a .npz path. "
-                             "Omitted: random weights (or the export's own weights).")
+    add_model_flags(parser, variant_help=MODEL_HELP + " Or a directory (or .keras file) written by "
+                    "`bit_keras export`, with its own weights. Required.")
     parser.add_argument("--dataset", required=True, help="tfds:NAME[/CONFIG], folder:PATH or digits.")
     parser.add_argument("--output", required=True, help="Run directory: checkpoint/, logs/, model.keras, metrics.json.")
     parser.add_argument("--examples-per-class", type=int, default=None, help="Few-shot: k training examples per class.")
@@ -60,8 +59,9 @@ def register(subparsers):
         "demo", help="Offline end to end: build BiT, export it, reload it, fine-tune on digits, print the accuracy.")
     parser.add_argument("--output", default="demo_output", help="Where the export and the run go (default ./demo_output).")
     parser.add_argument("--variant", default=None,
-                        help="Default: r50x1 when a released R50x1 checkpoint is cached, else r14x1 (one unit per block, random weights).")
-    parser.add_argument("--weights", default=None, help="A release .npz to use instead of looking in the cache.")
+                        help="Default: r50x1 when a released R50x1 checkpoint is cached, else r14x1 (one unit per "
+                             "block, random weights). " + MODEL_HELP)
+    parser.add_argument("--weights", default=None, help="A release .npz, URL or release name to fine-tune instead.")
     parser.add_argument("--steps", type=int, default=None, help="Fine-tuning updates (default 100).")
     parser.add_argument("--batch", type=int, default=None, help="Batch size (default 64).")
     parser.add_argument("--resolution", type=int, default=None, help="Crop size (default 32).")
@@ -69,15 +69,27 @@ def register(subparsers):
 
 
 def run_finetune(args):
-    from bit_keras.finetune.runner import finetune
+    import os
+
+    from bit_keras.cli.main import UsageError
+
+    if args.variant is None:
+        raise UsageError("--variant is required: a model name (m-r50x1, r50x1, ...) or an export directory.")
+    source = args.variant
+    if not (os.path.isdir(source) or source.endswith(".keras")):
+        source = resolve_model(args)  # first line: which weights; offline, a release fails here
+    elif args.weights or args.random_weights:
+        raise UsageError(f"{source} is an export with its own weights; drop --weights / --random-weights.")
+    from bit_keras.finetune.runner import finetune  # Keras loads only now, after the weights are found
 
     metrics = finetune(
-        args.variant, dataset=args.dataset, output=args.output, weights=args.weights,
+        source, dataset=args.dataset, output=args.output,
         examples_per_class=args.examples_per_class, batch_size=args.batch, micro_batch_size=args.micro_batch,
         steps=args.steps, eval_every=args.eval_every, flip=args.flip, crop=args.crop, resolution=args.resolution,
         base_learning_rate=args.learning_rate, train_split=args.train_split,
         eval_split=None if args.eval_split.lower() == "none" else args.eval_split, data_dir=args.data_dir,
-        download=args.download, seed=args.seed, overwrite=args.overwrite, savedmodel=args.savedmodel, verbose=2 if args.quiet else 1)
+        download=args.download, seed=args.seed, overwrite=args.overwrite, savedmodel=args.savedmodel, verbose=2 if args.quiet else 1,
+        log=print)
     summary = {k: v for k, v in metrics.items() if k != "hyperrule"}
     print(json.dumps(summary, indent=2))
     print(f"Wrote {args.output}/model.keras and {args.output}/metrics.json")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from bit_keras.errors import ConfigError
 
 
 def register(subparsers):
@@ -11,7 +12,9 @@ def register(subparsers):
         "hyperrule", help="Print the BiT-HyperRule (resolution, schedule, learning rate, MixUp) for a dataset.")
     parser.add_argument("--train-size", type=int, required=True, help="Number of training examples.")
     parser.add_argument("--image-size", required=True, help="Typical image size as HxW (e.g. 32x32) or one number.")
-    parser.add_argument("--variant", default=None, help="Model variant (R152x4 uses 512 -> 480).")
+    parser.add_argument("--variant", default=None,
+                        help="The model to fine-tune (any name `bit_keras list` knows, or an architecture): "
+                             "its releases' resolution for large images (R152x4: 512 -> 480).")
     parser.add_argument("--batch", type=int, default=512, help="Global batch size (default 512).")
     parser.add_argument("--public-code-resolution", action="store_true",
                         help="Use the public code's 512 -> 480 for every model.")
@@ -27,14 +30,16 @@ def parse_image_size(text: str):
     if len(numbers) == 1:
         numbers = numbers * 2
     if len(numbers) != 2 or not all(n.strip().isdigit() and int(n) > 0 for n in numbers):
-        raise ValueError(f"--image-size must be HxW with positive integers, e.g. 224x224. Received: {text!r}")
+        raise ConfigError(f"--image-size must be HxW with positive integers, e.g. 224x224. Received: {text!r}")
     return int(numbers[0]), int(numbers[1])
 
 
 def show_rule(args):
-    from bit_keras.hyperrule import hyperrule
+    from bit_keras import presets
+    from bit_keras.hyperrule import DEFAULT_LARGE_RESOLUTION, hyperrule
 
-    rule = hyperrule(args.train_size, parse_image_size(args.image_size), variant=args.variant,
+    large = presets.hyperrule_resolution(presets.resolve(args.variant)[0]) if args.variant else DEFAULT_LARGE_RESOLUTION
+    rule = hyperrule(args.train_size, parse_image_size(args.image_size), large_resolution=large,
                      batch_size=args.batch, public_code_resolution=args.public_code_resolution,
                      schedule=args.schedule)
     steps = rule.boundary_learning_rates()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import re
 import sys
 
 from absl import app, logging
@@ -25,7 +26,7 @@ COMMAND_MODULES = (
 
 
 class UsageError(Exception):
-    """A problem with what the user asked for; printed as one line, exit status 2."""
+    """A problem with the flags themselves; printed as one line, exit status 2."""
 
 
 def build_parser():
@@ -36,17 +37,30 @@ def build_parser():
     for module_name in COMMAND_MODULES:
         if importlib.util.find_spec(module_name) is not None:
             importlib.import_module(module_name).register(subparsers)
+    for command in subparsers.choices.values():
+        flags = {action.dest: action.option_strings[-1] for action in command._actions
+                 if action.option_strings and action.option_strings[-1].startswith("--")}
+        command.set_defaults(flag_names=flags)
     return parser
 
 
 def _main(args):
+    from bit_keras.errors import BiTError
+
     try:
         return args.handler(args) or 0
-    except (UsageError, ValueError, OSError, RuntimeError) as error:
-        # Errors we raise on purpose name the problem; a traceback would bury it.
+    except (UsageError, BiTError, OSError) as error:
+        # Our own errors (and the system's: disk full, permissions) name the problem; a
+        # traceback would bury it. Anything else is a bug and keeps its traceback.
         logging.debug("Failed", exc_info=True)
-        print(f"bit_keras {args.command}: error: {error}", file=sys.stderr)
+        print(f"bit_keras {args.command}: error: {_as_flags(str(error), args)}", file=sys.stderr)
         return 2
+
+
+def _as_flags(message: str, args) -> str:
+    """Library messages name arguments (`weights=`); on the command line they are flags (`--weights `)."""
+    flags = getattr(args, "flag_names", {})
+    return re.sub(r"\b([a-z_]+)=", lambda m: f"{flags[m.group(1)]} " if m.group(1) in flags else m.group(0), message)
 
 
 def run(argv=None):

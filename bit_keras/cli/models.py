@@ -17,11 +17,11 @@ def register(subparsers):
 
 
 def _rows():
-    from bit_keras import variants
+    from bit_keras import presets
 
-    for release in variants.CHECKPOINTS.values():
+    for release in presets.PRESETS.values():
         arch = release.architecture
-        yield {"name": release.name, "short_name": release.name.lower().replace("bit-", "", 1),
+        yield {"name": release.name, "short_name": release.short_name,
                "architecture": arch.name, "block_units": list(arch.block_units), "width": arch.width,
                "features": arch.num_features, "classes": release.num_classes,
                "parameters": arch.num_params(release.num_classes), "upstream": release.upstream,
@@ -37,8 +37,10 @@ def list_variants(args):
     for row in rows:
         print(f"{row['name']:<28} {row['short_name']:<24} {row['architecture']:<7} {row['features']:>8} "
               f"{row['classes']:>7} {row['parameters'] / 1e6:>8.1f}M  {row['upstream']}")
-    print("\nAny name above works as `variant` (case-insensitive); bare architectures (r50x1, ...) build "
-          "without weights. Custom depth/width: bit_keras.BiTResNetV2(block_units, width).")
+    from bit_keras.architecture import GRAMMAR
+
+    print("\nAny name above (case-insensitive) means its released weights, in Python (from_preset) and in "
+          f"every command. An architecture means random weights: {GRAMMAR}.")
     return 0
 
 

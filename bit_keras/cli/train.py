@@ -9,20 +9,15 @@ from __future__ import annotations
 
 import json
 
-
-def _ints(text):
-    try:
-        values = tuple(int(v) for v in text.replace(" ", "").split(",") if v)
-    except ValueError:
-        raise ValueError(f"expected comma-separated integers, e.g. 3,4,6,3. Received: {text!r}") from None
-    return values
+from bit_keras.cli.common import MODEL_HELP, add_model_flags, resolve_model
+from bit_keras.errors import ConfigError
 
 
 def _floats(text):
     try:
         return tuple(float(v) for v in text.replace(" ", "").split(",") if v)
     except ValueError:
-        raise ValueError(f"expected comma-separated numbers, e.g. 30,60,80. Received: {text!r}") from None
+        raise ConfigError(f"expected comma-separated numbers, e.g. 30,60,80. Received: {text!r}") from None
 
 
 def register(subparsers):
@@ -30,9 +25,8 @@ def register(subparsers):
         "train", help="Pre-train a BiT backbone upstream (BiT-S/M/L schedules) on TPU, GPUs or CPU; resumable.",
         description=__doc__)
     what = p.add_argument_group("model and data")
-    what.add_argument("--variant", default="r50x1", help="Architecture, e.g. r50x1, r101x3 (default r50x1).")
-    what.add_argument("--units", default=None, help="Custom units per block, e.g. 1,1,1,1 (overrides --variant).")
-    what.add_argument("--width", type=int, default=None, help="Custom width multiplier (overrides --variant).")
+    add_model_flags(what, variant_help=MODEL_HELP + " The weights initialise a fresh run "
+                    "(a resumed run continues from its checkpoint). Default r50x1 (random weights).")
     what.add_argument("--dataset", required=True, help="tfds:NAME[/CONFIG], folder:PATH or digits.")
     what.add_argument("--split", default="train", help="Split to train on (default train).")
     what.add_argument("--data-dir", default=None, help="TFDS data directory (a gs:// path on Cloud TPU).")
@@ -40,7 +34,6 @@ def register(subparsers):
                       help="Fail at once if a tfds dataset is not prepared in --data-dir, instead of downloading it.")
     what.add_argument("--model-dir", required=True, help="Checkpoints, TensorBoard logs and bit_final.npz "
                       "(local or gs://). Reuse it to resume.")
-    what.add_argument("--init-weights", default=None, help="Start from a release-layout .npz (fresh runs only).")
 
     run = p.add_argument_group("hardware")
     run.add_argument("--tpu", default=None, help="TPU name or address for TPUClusterResolver "
@@ -57,7 +50,7 @@ def register(subparsers):
     sched = p.add_argument_group("schedule (defaults from --schedule)")
     sched.add_argument("--schedule", default="bit-s", help="bit-s, bit-m or bit-l (default bit-s).")
     sched.add_argument("--batch", type=int, default=None, help="Global batch (default 4096).")
-    sched.add_argument("--image-size", type=int, default=None, help="Crop resolution (default 224).")
+    sched.add_argument("--resolution", type=int, default=None, help="Training crop size in pixels (default 224).")
     sched.add_argument("--base-lr", type=float, default=None, help="Learning rate per 256 images (default 0.03).")
     sched.add_argument("--warmup-steps", type=int, default=None, help="Linear warm-up updates (default 5000).")
     sched.add_argument("--epochs", type=float, default=None, help="Training epochs (90 for S/M, 40 for L).")
@@ -86,34 +79,32 @@ def register(subparsers):
     p.set_defaults(handler=run_training)
 
 
-def build_config(args):
-    """A TrainConfig from parsed flags (no TensorFlow needed)."""
+def build_config(args, choice=None):
+    """A TrainConfig from parsed flags and the resolved weights (`common.resolve_model`); no TensorFlow."""
+    from bit_keras import presets
     from bit_keras.train.loop import TrainConfig
     from bit_keras.train.schedules import resolve_schedule
-    from bit_keras.variants import resolve_architecture
 
-    if args.units is not None or args.width is not None:
-        base = resolve_architecture(args.variant) if args.variant else None
-        units = _ints(args.units) if args.units is not None else base.block_units
-        width = args.width if args.width is not None else base.width
-    else:
-        architecture = resolve_architecture(args.variant)
-        units, width = architecture.block_units, architecture.width
+    architecture = choice.architecture if choice is not None else presets.resolve(args.variant or "r50x1")[0]
     schedule = resolve_schedule(args.schedule).replace(
-        batch_size=args.batch, image_size=args.image_size, base_learning_rate=args.base_lr,
+        batch_size=args.batch, image_size=args.resolution, base_learning_rate=args.base_lr,
         warmup_steps=args.warmup_steps, epochs=args.epochs, decay_epochs=args.decay_epochs,
         weight_decay=args.weight_decay, momentum=args.momentum, multi_label=args.multi_label)
     return TrainConfig(
-        model_dir=args.model_dir, dataset=args.dataset, schedule=schedule, block_units=tuple(units), width=int(width),
-        split=args.split, data_dir=args.data_dir, download=args.download, strategy=args.strategy, tpu=args.tpu, precision=args.precision,
-        jit_compile=args.jit, seed=args.seed, checkpoint_every=args.checkpoint_every, keep_checkpoints=args.keep,
-        log_every=args.log_every, steps_per_loop=args.steps_per_loop, max_steps=args.max_steps,
-        shuffle_buffer=args.shuffle_buffer, crop_area_min=args.crop_area_min, flip=args.flip,
-        init_weights=args.init_weights)
+        model_dir=args.model_dir, dataset=args.dataset, schedule=schedule, block_units=architecture.block_units,
+        width=architecture.width, split=args.split, data_dir=args.data_dir, download=args.download,
+        strategy=args.strategy, tpu=args.tpu, precision=args.precision, jit_compile=args.jit, seed=args.seed,
+        checkpoint_every=args.checkpoint_every, keep_checkpoints=args.keep, log_every=args.log_every,
+        steps_per_loop=args.steps_per_loop, max_steps=args.max_steps, shuffle_buffer=args.shuffle_buffer,
+        crop_area_min=args.crop_area_min, flip=args.flip, init_weights=choice.path if choice is not None else None)
 
 
 def run_training(args):
-    config = build_config(args)
+    if args.variant is None and args.weights is None:
+        args.variant = "r50x1"
+    # A dry run downloads nothing: it needs the architecture only (a --weights file names its own).
+    choice = resolve_model(args) if not args.dry_run or args.variant is None else None
+    config = build_config(args, choice)
     if args.cpu_devices:
         from bit_keras.train.strategy import split_cpu
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import tensorflow as tf
 
 from bit_keras.data.mixup import mixup
+from bit_keras.errors import ConfigError
 
 DEFAULT_SHUFFLE_BUFFER = 10_000
 
@@ -23,10 +24,10 @@ def train_pipeline(ds, rule, *, batch_size, num_classes, flip=True, crop=True, m
     label), then MixUp with alpha `mixup_alpha` (None: rule.mixup_alpha; 0: off).
     Incomplete final batches are dropped so every step sees `batch_size` examples.
     """
-    _check_sizes(batch_size, num_classes)
+    _check_inputs(ds, batch_size, num_classes)
     alpha = float(rule.mixup_alpha if mixup_alpha is None else mixup_alpha)
     if alpha < 0:
-        raise ValueError(f"mixup_alpha must be >= 0 (0 turns MixUp off). Received: mixup_alpha={alpha}")
+        raise ConfigError(f"mixup_alpha must be >= 0 (0 turns MixUp off). Received: mixup_alpha={alpha}")
     if shuffle_buffer:
         ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
     if repeat:
@@ -64,7 +65,7 @@ def eval_pipeline(ds, rule, *, batch_size, num_classes):
 
     Keeps the final partial batch so every example is scored.
     """
-    _check_sizes(batch_size, num_classes)
+    _check_inputs(ds, batch_size, num_classes)
 
     def prepare(image, label):
         image = tf.image.resize(_to_float(image), [rule.crop, rule.crop])
@@ -74,16 +75,18 @@ def eval_pipeline(ds, rule, *, batch_size, num_classes):
     return ds.batch(batch_size, drop_remainder=False).prefetch(tf.data.AUTOTUNE)
 
 
-def _check_sizes(batch_size, num_classes):
+def _check_inputs(ds, batch_size, num_classes):
+    # Checked before tracing: an error raised inside `map` comes back wrapped by autograph.
+    image_spec = ds.element_spec[0] if isinstance(ds.element_spec, tuple) else None
+    if image_spec is not None and image_spec.dtype != tf.uint8:
+        raise ConfigError(f"Pipelines take uint8 images (what load_source yields). Received: {image_spec.dtype}")
     if not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer. Received: batch_size={batch_size!r}")
+        raise ConfigError(f"batch_size must be a positive integer. Received: batch_size={batch_size!r}")
     if not isinstance(num_classes, int) or num_classes < 1:
-        raise ValueError(f"num_classes must be a positive integer. Received: num_classes={num_classes!r}")
+        raise ConfigError(f"num_classes must be a positive integer. Received: num_classes={num_classes!r}")
 
 
 def _to_float(image):
-    if image.dtype != tf.uint8:
-        raise ValueError(f"Pipelines take uint8 images (what load_source yields). Received: {image.dtype}")
     return tf.cast(image, tf.float32) / 255.0
 
 

@@ -13,6 +13,7 @@ import re
 import numpy as np
 import tensorflow as tf
 from absl import logging
+from bit_keras.errors import ConfigError, MissingFileError, SetupError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
 ACCEPTED_SPECS = ("tfds:NAME", "tfds:NAME/CONFIG", "folder:PATH", "digits")
@@ -41,7 +42,7 @@ def load_source(spec: str, split: str = "train", *, data_dir=None, download=True
     in `data_dir` is downloaded and prepared first unless `download=False`.
     """
     if not isinstance(spec, str) or not spec:
-        raise ValueError(f"A dataset spec must be a non-empty string, one of {', '.join(ACCEPTED_SPECS)}. "
+        raise ConfigError(f"A dataset spec must be a non-empty string, one of {', '.join(ACCEPTED_SPECS)}. "
                          f"Received: {spec!r}")
     scheme, _, rest = spec.partition(":")
     if scheme == "tfds" and rest:
@@ -50,7 +51,7 @@ def load_source(spec: str, split: str = "train", *, data_dir=None, download=True
         return _load_folder(rest, split)
     if spec == "digits":
         return _load_digits(split)
-    raise ValueError(f"Unknown dataset spec {spec!r}. Accepted forms: {', '.join(ACCEPTED_SPECS)} "
+    raise ConfigError(f"Unknown dataset spec {spec!r}. Accepted forms: {', '.join(ACCEPTED_SPECS)} "
                      "(e.g. tfds:cifar10, tfds:oxford_iiit_pet, folder:/data/flowers, digits).")
 
 
@@ -61,23 +62,23 @@ def from_arrays(images, labels, *, num_classes=None, name="arrays"):
     if images.ndim == 3:
         images = images[..., None]
     if images.ndim != 4 or images.shape[-1] not in (1, 3):
-        raise ValueError("images must have shape [N, height, width], [N, height, width, 1] or "
+        raise ConfigError("images must have shape [N, height, width], [N, height, width, 1] or "
                          f"[N, height, width, 3]. Received: shape {images.shape}")
     if images.dtype != np.uint8:
-        raise ValueError(f"images must be uint8 in [0, 255]. Received: dtype {images.dtype}; convert floats "
+        raise ConfigError(f"images must be uint8 in [0, 255]. Received: dtype {images.dtype}; convert floats "
                          "in [0, 1] with (images * 255).round().astype('uint8')")
     if labels.ndim != 1 or labels.shape[0] != images.shape[0]:
-        raise ValueError(f"labels must have shape [N] with N = {images.shape[0]} (one per image). "
+        raise ConfigError(f"labels must have shape [N] with N = {images.shape[0]} (one per image). "
                          f"Received: shape {labels.shape}")
     if not np.issubdtype(labels.dtype, np.integer):
-        raise ValueError(f"labels must be integer class indices. Received: dtype {labels.dtype}")
+        raise ConfigError(f"labels must be integer class indices. Received: dtype {labels.dtype}")
     if images.shape[0] == 0:
-        raise ValueError("images is empty: need at least one example.")
+        raise ConfigError("images is empty: need at least one example.")
     if labels.min() < 0:
-        raise ValueError(f"labels must be >= 0. Received: min label {labels.min()}")
+        raise ConfigError(f"labels must be >= 0. Received: min label {labels.min()}")
     num_classes = int(labels.max()) + 1 if num_classes is None else int(num_classes)
     if labels.max() >= num_classes:
-        raise ValueError(f"labels must be < num_classes={num_classes}. Received: max label {labels.max()}")
+        raise ConfigError(f"labels must be < num_classes={num_classes}. Received: max label {labels.max()}")
     if images.shape[-1] == 1:
         images = np.repeat(images, 3, axis=-1)
     ds = tf.data.Dataset.from_tensor_slices((images, labels.astype(np.int64)))
@@ -96,7 +97,7 @@ def _parse_split(split: str):
     """(name, start, stop) for "train", "train[:90%]", "train[100:]"... (the subset of tfds slicing we need)."""
     match = _SLICE.match(split.replace(" ", "")) if isinstance(split, str) else None
     if not match:
-        raise ValueError(f"Bad split {split!r}: use a name with an optional slice, e.g. 'train', "
+        raise ConfigError(f"Bad split {split!r}: use a name with an optional slice, e.g. 'train', "
                          "'train[:90%]', 'train[90%:]', 'test[:100]'.")
     return match["base"], match["start"], match["stop"]
 
@@ -123,7 +124,7 @@ def _load_tfds(name, split, data_dir, download):
         builder = tfds.builder(name, data_dir=data_dir)
     except Exception as error:  # tfds raises its own not-found types, with every dataset name listed
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise ValueError(f"tensorflow-datasets cannot build {name!r}: {first_line} See tfds.list_builders() "
+        raise ConfigError(f"tensorflow-datasets cannot build {name!r}: {first_line} See tfds.list_builders() "
                          "for names; a config goes after a slash: tfds:NAME/CONFIG.") from None
     if download and not builder.is_prepared():
         logging.info("tfds:%s is not in %s: downloading and preparing it (needs the network).", name,
@@ -131,23 +132,23 @@ def _load_tfds(name, split, data_dir, download):
         try:
             builder.download_and_prepare()
         except Exception as error:
-            raise RuntimeError(f"Could not download and prepare tfds:{name} into {builder.data_dir} ({error}). "
+            raise SetupError(f"Could not download and prepare tfds:{name} into {builder.data_dir} ({error}). "
                                "Offline? Prepare it elsewhere and pass data_dir, or use folder:PATH or digits.") from None
     info = builder.info
     image_key, label_key = info.supervised_keys or ("image", "label")
     if image_key not in info.features or label_key not in info.features:
-        raise ValueError(f"tfds:{name} has no (image, label) pair of features; found {list(info.features)}.")
+        raise ConfigError(f"tfds:{name} has no (image, label) pair of features; found {list(info.features)}.")
     label_feature = info.features[label_key]
     num_classes = getattr(label_feature, "num_classes", None)
     if not num_classes:
-        raise ValueError(f"tfds:{name} feature {label_key!r} is not a class label; cannot classify.")
+        raise ConfigError(f"tfds:{name} feature {label_key!r} is not a class label; cannot classify.")
     try:
         ds = builder.as_dataset(split=split, shuffle_files=False)
     except AssertionError:  # tfds signals "not prepared" with an assertion
-        raise FileNotFoundError(f"tfds:{name} is not prepared in {builder.data_dir}. Run `tfds build {name}` "
+        raise MissingFileError(f"tfds:{name} is not prepared in {builder.data_dir}. Run `tfds build {name}` "
                                 "(needs the network), pass download=True, or pass data_dir.") from None
     except ValueError as error:  # e.g. an unknown split name
-        raise ValueError(f"tfds:{name}: bad split {split!r}: {error}") from None
+        raise ConfigError(f"tfds:{name}: bad split {split!r}: {error}") from None
     ds = ds.map(lambda example: (_to_rgb(example[image_key]), tf.cast(example[label_key], tf.int64)),
                 num_parallel_calls=tf.data.AUTOTUNE)
     try:
@@ -185,7 +186,7 @@ def _typical_size(ds, samples=32):
     """Median (height, width) of the first few images: enough to pick the HyperRule's resolution."""
     shapes = np.array([tf.shape(image)[:2].numpy() for image, _ in ds.take(samples)])
     if len(shapes) == 0:
-        raise ValueError("The dataset split is empty.")
+        raise ConfigError("The dataset split is empty.")
     return tuple(int(s) for s in np.median(shapes, axis=0))
 
 
@@ -203,7 +204,7 @@ def _images_in(directory):
 def _load_folder(path, split):
     path = os.path.expanduser(path)
     if not os.path.isdir(path):
-        raise FileNotFoundError(f"Image folder {path!r} does not exist. Expected PATH/<class>/*.jpg "
+        raise MissingFileError(f"Image folder {path!r} does not exist. Expected PATH/<class>/*.jpg "
                                 "or PATH/<split>/<class>/*.jpg.")
     base, start, stop = _parse_split(split)
     top = _class_dirs(path)
@@ -211,24 +212,24 @@ def _load_folder(path, split):
         # PATH/<split>/<class>/...: labels are the union of class folders over all splits,
         # so train and test agree on every class index.
         if base not in top:
-            raise FileNotFoundError(f"{path!r} has split folders {top} but no {base!r}.")
+            raise MissingFileError(f"{path!r} has split folders {top} but no {base!r}.")
         class_names = sorted({c for d in top for c in _class_dirs(os.path.join(path, d))})
         root = os.path.join(path, base)
     else:
         if base != "train":
-            raise ValueError(f"{path!r} has no split sub-folders, so its only split is 'train' (all images); "
+            raise ConfigError(f"{path!r} has no split sub-folders, so its only split is 'train' (all images); "
                              f"slice it for evaluation, e.g. 'train[90%:]'. Received: split={split!r}")
         class_names = top
         root = path
     items = [(file, label) for label, name in enumerate(class_names)
              if os.path.isdir(os.path.join(root, name)) for file in _images_in(os.path.join(root, name))]
     if not class_names or not items:
-        raise FileNotFoundError(f"No images ({', '.join(IMAGE_EXTENSIONS)}) found under {root!r} in "
+        raise MissingFileError(f"No images ({', '.join(IMAGE_EXTENSIONS)}) found under {root!r} in "
                                 "one sub-folder per class.")
     order = np.random.default_rng(SPLIT_SEED).permutation(len(items))
     items = _slice_items([items[i] for i in order], start, stop)
     if not items:
-        raise ValueError(f"Split {split!r} of {path!r} is empty.")
+        raise ConfigError(f"Split {split!r} of {path!r} is empty.")
     files, labels = zip(*items)
     ds = tf.data.Dataset.from_tensor_slices((list(files), np.array(labels, np.int64)))
     ds = ds.map(lambda file, label: (_decode(file), label), num_parallel_calls=tf.data.AUTOTUNE)
@@ -249,16 +250,16 @@ def _load_digits(split):
     try:
         from sklearn.datasets import load_digits
     except ImportError:
-        raise RuntimeError("The 'digits' dataset needs scikit-learn: pip install scikit-learn") from None
+        raise SetupError("The 'digits' dataset needs scikit-learn: pip install scikit-learn") from None
     base, start, stop = _parse_split(split)
     digits = load_digits()
     order = np.random.default_rng(SPLIT_SEED).permutation(len(digits.target))
     parts = {"train": order[DIGITS_TEST_SIZE:], "test": order[:DIGITS_TEST_SIZE], "all": order}
     if base not in parts:
-        raise ValueError(f"digits has splits 'train' (1437), 'test' (360) and 'all'. Received: split={split!r}")
+        raise ConfigError(f"digits has splits 'train' (1437), 'test' (360) and 'all'. Received: split={split!r}")
     index = _slice_items(parts[base], start, stop)
     if len(index) == 0:
-        raise ValueError(f"Split {split!r} of digits is empty.")
+        raise ConfigError(f"Split {split!r} of digits is empty.")
     gray = np.round(digits.images[index] * (255.0 / 16.0)).astype(np.uint8)
     images = np.repeat(gray[..., None], 3, axis=-1)
     ds, _ = from_arrays(images, digits.target[index], num_classes=10)

@@ -16,7 +16,7 @@ def __getattr__(name):
         from bit_keras.export import backbone
 
         return getattr(backbone, name)
-    if name in ("export_variant", "resolve_export_weights"):
+    if name == "export_variant":
         from bit_keras.export import variant
 
         return getattr(variant, name)

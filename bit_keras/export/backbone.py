@@ -14,6 +14,7 @@ import keras
 
 from bit_keras.export.metadata import read_metadata
 from bit_keras.export.savedmodel import SERVE_ENDPOINT, TRAINING_ENDPOINT
+from bit_keras.errors import SetupError
 
 
 @keras.saving.register_keras_serializable(package="bit_keras")
@@ -87,6 +88,6 @@ def load_backbone(directory, trainable=True) -> keras.layers.Layer:
 
         return load_keras_backbone(path, trainable=trainable)
     if keras.backend.backend() != "tensorflow":
-        raise RuntimeError(f"A SavedModel loads into Keras 3 only on the TensorFlow backend (KERAS_BACKEND is "
+        raise SetupError(f"A SavedModel loads into Keras 3 only on the TensorFlow backend (KERAS_BACKEND is "
                            f"{keras.backend.backend()!r}); export with --format keras for other backends.")
     return ExportedBackbone(path, trainable=trainable)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+from bit_keras.errors import ConfigError, MissingFileError
 
 METADATA_PATH = os.path.join("assets", "bit_keras.json")
 FORMAT = "bit_keras.savedmodel"
@@ -25,9 +26,13 @@ INPUT_CONVENTION = {
 }
 
 
-def hyperrule_parameters() -> dict:
-    """The BiT-HyperRule's constants, read from `bit_keras.hyperrule` (pure Python)."""
+def hyperrule_parameters(architecture=None) -> dict:
+    """The BiT-HyperRule's constants for fine-tuning `architecture`, read from `bit_keras.hyperrule`
+    and the releases' own data (`presets`), not repeated here."""
     from bit_keras import hyperrule as rule
+    from bit_keras import presets
+
+    large = presets.hyperrule_resolution(architecture)
 
     return {
         "base_learning_rate": rule.BASE_LEARNING_RATE,
@@ -47,23 +52,27 @@ def hyperrule_parameters() -> dict:
         "mixup_from_train_size": rule.SMALL_DATASET,
         "resolution": {
             "small_images_below_area": rule.SMALL_IMAGE_AREA,
-            "small": {"resize": 160, "crop": 128},
-            "default": {"resize": 448, "crop": 384},
-            "r152x4": {"resize": 512, "crop": 480},
+            "small": dict(zip(("resize", "crop"), rule.SMALL_IMAGE_RESOLUTION)),
+            "default": dict(zip(("resize", "crop"), large)),
         },
     }
 
 
 def describe_model(model, *, serving_outputs: str) -> dict:
     """Metadata that follows from a BiTResNetV2 (or any model with its attributes)."""
-    from bit_keras import __version__, variants
+    from bit_keras import __version__
 
-    # A model built around a BiT backbone (backbone + new head) describes its backbone.
-    bit = model if hasattr(model, "block_units") else next(
-        (layer for layer in getattr(model, "layers", []) if hasattr(layer, "block_units")), model)
+    # A classifier (ours, or any model around a BiT backbone) describes its backbone; an
+    # export's ExportedBackbone knows its own.
+    bit = getattr(model, "backbone", None) or (model if hasattr(model, "block_units") else next(
+        (layer for layer in getattr(model, "layers", []) if hasattr(layer, "block_units")), model))
     block_units = getattr(bit, "block_units", None)
     width = getattr(bit, "width", None)
-    architecture = variants.architecture_for(block_units, width) if block_units and width else None
+    architecture = getattr(bit, "architecture", None)
+    if architecture is None and block_units and width:
+        from bit_keras.architecture import Architecture
+
+        architecture = Architecture(tuple(block_units), width)
     return {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -81,7 +90,7 @@ def describe_model(model, *, serving_outputs: str) -> dict:
         "input": dict(INPUT_CONVENTION),
         "signatures": {"serving_default": {"inputs": {"images": "float32 [batch, height, width, 3]"},
                                            "outputs": {serving_outputs: "float32 [batch, n]"}}},
-        "hyperrule": hyperrule_parameters(),
+        "hyperrule": hyperrule_parameters(architecture),
         "bit_keras_version": __version__,
         "tensorflow_version": _version("tensorflow"),
         "keras_version": _version("keras"),
@@ -127,12 +136,12 @@ def read_metadata(directory) -> dict:
     """
     directory = os.fspath(directory)
     if not os.path.isdir(directory):
-        raise FileNotFoundError(f"{directory} is not a directory; expected a SavedModel written by "
+        raise MissingFileError(f"{directory} is not a directory; expected a SavedModel written by "
                                 "`bit_keras export`.")
     path = os.path.join(directory, METADATA_PATH)
     if not os.path.exists(path):
         saved_model = os.path.exists(os.path.join(directory, "saved_model.pb"))
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"{directory} has no {METADATA_PATH}: " + (
                 "it is a SavedModel, but not one written by `bit_keras export`." if saved_model else
                 "it is not a SavedModel directory (an interrupted export leaves only a hidden "
@@ -141,4 +150,4 @@ def read_metadata(directory) -> dict:
         try:
             return json.load(stream)
         except json.JSONDecodeError as error:
-            raise ValueError(f"{path} is not valid JSON ({error}); export the model again.") from None
+            raise ConfigError(f"{path} is not valid JSON ({error}); export the model again.") from None

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import contextlib
 
-from bit_keras.export import atomic
+from bit_keras import files
 from bit_keras.export.metadata import describe_model, write_metadata
+from bit_keras.errors import ConfigError, SetupError
 
 SERVE_ENDPOINT = "serve"
 TRAINING_ENDPOINT = "serve_training"
@@ -102,18 +103,18 @@ def export_model(model, directory, *, overwrite=False, metadata=None, serving_mo
     import tensorflow as tf
 
     if keras.backend.backend() != "tensorflow":
-        raise RuntimeError(f"Exporting SavedModels needs the TensorFlow backend; KERAS_BACKEND is "
+        raise SetupError(f"Exporting SavedModels needs the TensorFlow backend; KERAS_BACKEND is "
                            f"{keras.backend.backend()!r}. Run with KERAS_BACKEND=tensorflow.")
-    directory = atomic.check_target(directory, overwrite=overwrite)
-    outputs = (metadata or {}).get("outputs") or ("logits" if getattr(model, "include_top", False) else "features")
+    directory = files.check_target(directory, overwrite=overwrite)
+    outputs = (metadata or {}).get("outputs") or ("logits" if getattr(model, "num_classes", None) else "features")
     if outputs not in ("features", "logits"):
-        raise ValueError(f"metadata['outputs'] must be 'features' or 'logits'. Received: {outputs!r}")
+        raise ConfigError(f"metadata['outputs'] must be 'features' or 'logits'. Received: {outputs!r}")
     info = describe_model(model, serving_outputs=outputs)
     if serving_model is not None and serving_model is not model:
         info["signatures"]["serving_default"]["serving_model"] = serving_model.name
     info.update(metadata or {})
     root, signatures = build_reusable_module(model, serving_model=serving_model, output_name=outputs)
-    with atomic.staged_directory(directory, overwrite=overwrite) as staging, _quiet_tensorflow():
+    with files.staged_directory(directory, overwrite=overwrite) as staging, _quiet_tensorflow():
         tf.saved_model.save(root, staging, signatures=signatures)
         # Written last: a directory with metadata is a finished export.
         write_metadata(staging, info)

@@ -13,36 +13,19 @@ the same fractions, and images are cropped to `resolution` px instead of 128.
 
 from __future__ import annotations
 
-import json
 import os
 import time
 
 import numpy as np
 
+from bit_keras import files
+
 DEFAULT_VARIANT = "r50x1"   # used whenever one of its released checkpoints is in the cache
 TINY_VARIANT = "r14x1"      # BiT's ResNet-v2 (GN + WS) with one unit per block: the random-weights default
-TINY_BLOCK_UNITS = (1, 1, 1, 1)
 DEFAULT_STEPS = 100
 DEFAULT_BATCH = 64
 DEFAULT_RESOLUTION = 32
 RANDOM_WEIGHTS_LEARNING_RATE = 0.01  # the HyperRule's rate (0.003 x 64/512) is tuned for BiT features
-
-
-def cached_release(variant, cache_dir=None):
-    """The path of a released checkpoint of `variant`'s architecture already in the cache, else None."""
-    from bit_keras import download, variants
-
-    architecture = variants.resolve_architecture(variant)
-    directory = download.cache_dir(cache_dir)
-    preferred = variants.resolve_checkpoint(variant, required=False)
-    candidates = [preferred] if preferred else []
-    candidates += [c for c in variants.CHECKPOINTS.values()
-                   if c.architecture.name == architecture.name and c not in candidates]
-    for release in candidates:
-        path = os.path.join(directory, release.filename)
-        if os.path.exists(path):
-            return path
-    return None
 
 
 def run_demo(output="demo_output", *, variant=None, weights=None, steps=DEFAULT_STEPS,
@@ -52,41 +35,38 @@ def run_demo(output="demo_output", *, variant=None, weights=None, steps=DEFAULT_
     `variant=None` picks R50x1 when a released R50x1 checkpoint is cached (real transfer, the
     HyperRule's own learning rate) and otherwise "r14x1", BiT's architecture with one unit per
     block, from random weights: R50x1 from scratch needs ~1-2 s per update here and learns
-    little in a few minutes (47.5% after 100 updates, 6 minutes, measured).
+    little in a few minutes (47.5% after 100 updates, 6 minutes, measured). A named variant
+    follows the weights rule of `bit_keras.weights` (a release means its weights).
     """
-    from bit_keras import download, variants
+    from bit_keras import download, presets
+    from bit_keras import weights as weights_rule
+    from bit_keras.architecture import Architecture
     from bit_keras.data import load_source
     from bit_keras.export import export_model, load_backbone
     from bit_keras.finetune.wrapper import build_finetuner
-    from bit_keras.resnet_v2 import BiTResNetV2
-    from bit_keras.zoo import create_model
 
     started = time.time()
-    path = weights or cached_release(variant or DEFAULT_VARIANT) if variant != TINY_VARIANT else weights
-    variant = variant or (DEFAULT_VARIANT if path else TINY_VARIANT)
-    if variant == TINY_VARIANT:
-        if path:
-            raise ValueError(f"{TINY_VARIANT} has no released weights; use --variant r50x1 (or another) with --weights.")
-        name = TINY_VARIANT
-        backbone = BiTResNetV2(TINY_BLOCK_UNITS, 1, include_top=False, name=f"bit_{TINY_VARIANT}")
+    if variant is None and weights is None:
+        weights = weights_rule.cached_release(DEFAULT_VARIANT)
+        variant = DEFAULT_VARIANT if weights else TINY_VARIANT
+    choice = weights_rule.resolve(variant, weights)
+    print_fn(f"BiT demo: BiT-{choice.architecture.name.upper()} fine-tuned with the BiT-HyperRule on scikit-learn's "
+             f"8x8 digits, offline.")
+    if not choice.random:
+        print_fn(f"[1/4] Weights: {choice.source}")
     else:
-        name = variants.resolve_architecture(variant).name
-    print_fn(f"BiT demo: BiT-{name.upper()} fine-tuned with the BiT-HyperRule on scikit-learn's 8x8 digits, offline.")
-    if path:
-        print_fn(f"[1/4] Weights: released checkpoint {path}")
-    else:
-        print_fn(f"[1/4] Weights: NO released BiT checkpoint in {download.cache_dir()} (looked for "
-                 f"{', '.join(c.filename for c in variants.CHECKPOINTS.values() if c.architecture.name == DEFAULT_VARIANT)}).\n"
+        looked_for = ", ".join(p.filename for p in presets.presets_for(Architecture.parse(DEFAULT_VARIANT)))
+        print_fn(f"[1/4] Weights: NO released BiT checkpoint in {download.cache_dir()} (looked for {looked_for}).\n"
                  f"      Falling back to RANDOM weights: this shows the pipeline working, not BiT's transfer. Put a "
                  f"release .npz there (or pass --weights) for real transfer with R50x1.")
-    if variant != TINY_VARIANT:
-        backbone = create_model(name, weights=path, include_top=False)
-        if not path:
-            print_fn(f"      {name} from random weights needs ~1-2 s per update on 2 CPU cores; "
-                     f"without --variant the demo uses {TINY_VARIANT}.")
-    elif not weights:
-        print_fn(f"      Model: {TINY_VARIANT}, BiT's ResNet-v2 (GroupNorm + weight standardization) with one unit "
-                 f"per block ({backbone.count_params() / 1e6:.1f}M parameters), fast enough to train from scratch here.")
+    backbone = choice.build_backbone()
+    if choice.random:
+        print_fn(f"      Model: {choice.architecture.name}, BiT's ResNet-v2 (GroupNorm + weight standardization), "
+                 f"{backbone.count_params() / 1e6:.1f}M parameters"
+                 + (", fast enough to train from scratch here." if choice.architecture.name == TINY_VARIANT else
+                    f"; from random weights it needs long on 2 CPU cores (without --variant the demo uses {TINY_VARIANT})."))
+    path = choice.path
+    name = choice.name
 
     os.makedirs(output, exist_ok=True)
     export_dir = os.path.join(output, "export")
@@ -124,8 +104,7 @@ def run_demo(output="demo_output", *, variant=None, weights=None, steps=DEFAULT_
               "test_accuracy": float(scores["accuracy"]), "chance_accuracy": 1.0 / info.num_classes,
               "train_seconds": round(train_seconds, 1), "total_seconds": round(time.time() - started, 1),
               "hub_check": hub_note, "load_backbone_max_abs_diff": reload_diff}
-    with open(os.path.join(output, "demo_metrics.json"), "w") as stream:
-        json.dump(result, stream, indent=2)
+    files.write_json(os.path.join(output, "demo_metrics.json"), result)
     print_fn(f"Result: test accuracy {result['test_accuracy']:.1%} on {test_info.train_size} held-out digits "
              f"(chance {result['chance_accuracy']:.0%}) after {rule.total_steps} updates; fine-tuning "
              f"{train_seconds:.0f} s, whole demo {result['total_seconds']:.0f} s. Details: {output}/demo_metrics.json")

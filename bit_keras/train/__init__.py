@@ -3,9 +3,9 @@
 `schedules` is pure Python; the other modules import TensorFlow when used.
 """
 
-from bit_keras.train.schedules import SCHEDULES, RunPlan, UpstreamSchedule, learning_rate, resolve_schedule
+from bit_keras.train.schedules import SCHEDULES, RunPlan, UpstreamSchedule, resolve_schedule
 
-__all__ = ["SCHEDULES", "RunPlan", "UpstreamSchedule", "learning_rate", "resolve_schedule", "TrainConfig", "train"]
+__all__ = ["SCHEDULES", "RunPlan", "UpstreamSchedule", "resolve_schedule", "TrainConfig", "train"]
 
 
 def __getattr__(name):

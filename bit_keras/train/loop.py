@@ -24,20 +24,16 @@ checkpoint and a run killed at any moment restarts from the last complete one.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import signal
-import tempfile
 import time
 
+from bit_keras import files, runs
 from bit_keras.train.schedules import UpstreamSchedule
+from bit_keras.errors import ConfigError
 
-RUN_FILE = "run.json"
 FINAL_WEIGHTS = "bit_final.npz"
 PREEMPTED_EXIT_CODE = 143  # 128 + SIGTERM, what schedulers expect from a terminated job
-# A restart must agree on these, or the restored data position and weights would mean something else.
-RESUME_KEYS = ("dataset", "split", "block_units", "width", "num_classes", "train_size", "batch_size",
-               "image_size", "seed", "multi_label")
 
 
 @dataclasses.dataclass
@@ -77,6 +73,7 @@ class TrainResult:
     final_weights: str | None
     last_loss: float | None
     history: list                    # (step, loss, top1, learning rate, images per second)
+    model: object = None             # the trained BiTImageClassifier (for notebooks and checks)
 
 
 class _StopFlag:
@@ -102,10 +99,11 @@ def train(config: TrainConfig, *, strategy=None, source=None, log=print) -> Trai
     import tensorflow as tf
 
     from bit_keras import checkpoint as release_checkpoint
-    from bit_keras.resnet_v2 import BiTResNetV2
+    from bit_keras.backbone import BiTBackbone
+    from bit_keras.classifier import BiTImageClassifier
+    from bit_keras.schedules import WarmupStepDecay
     from bit_keras.summaries import write_scalar
     from bit_keras.train import input as upstream_input
-    from bit_keras.train.lr import UpstreamLearningRate
     from bit_keras.train.strategy import make_strategy, per_replica_batch
 
     _check_config(config)
@@ -128,7 +126,9 @@ def train(config: TrainConfig, *, strategy=None, source=None, log=print) -> Trai
            "width": int(config.width), "num_classes": int(info.num_classes), "train_size": int(info.train_size),
            "batch_size": batch, "image_size": int(schedule.image_size), "seed": int(config.seed),
            "multi_label": bool(schedule.multi_label), "plan": plan.to_dict(), "precision": precision}
-    _check_or_write_run(config.model_dir, run)
+    # A restart must match all of it, or the restored data position and weights would mean something else.
+    runs.check_resume(config.model_dir, run, restart="use a new --model-dir")
+    runs.write_run(config.model_dir, run)
 
     # Same initial weights for every strategy. Keras' initializers draw from its own seed
     # generator; TensorFlow's global seed is cleared again because the input stream seeds
@@ -136,13 +136,14 @@ def train(config: TrainConfig, *, strategy=None, source=None, log=print) -> Trai
     keras.utils.set_random_seed(config.seed)
     tf.random.set_seed(None)
     with strategy.scope():
-        model = BiTResNetV2(config.block_units, config.width, num_classes=info.num_classes,
-                            dtype="mixed_bfloat16" if precision == "bfloat16" else "float32")
-        optimizer = keras.optimizers.SGD(learning_rate=UpstreamLearningRate.from_plan(plan),
+        policy = "mixed_bfloat16" if precision == "bfloat16" else "float32"
+        model = BiTImageClassifier(BiTBackbone(config.block_units, config.width, dtype=policy),
+                                   info.num_classes, multi_label=schedule.multi_label, dtype=policy)
+        optimizer = keras.optimizers.SGD(learning_rate=WarmupStepDecay.from_plan(plan),
                                          momentum=schedule.momentum)
         optimizer.build(model.trainable_variables)
         state = tf.train.Checkpoint(model=model, optimizer=optimizer)
-        manager = tf.train.CheckpointManager(state, _join(config.model_dir, "checkpoints"),
+        manager = tf.train.CheckpointManager(state, files.join(config.model_dir, "checkpoints"),
                                              max_to_keep=config.keep_checkpoints, checkpoint_name="ckpt")
         if manager.latest_checkpoint:
             state.restore(manager.latest_checkpoint).assert_existing_objects_matched()
@@ -209,7 +210,7 @@ def train(config: TrainConfig, *, strategy=None, source=None, log=print) -> Trai
     try:
         if step < stop_step:
             iterator = iter(strategy.distribute_datasets_from_function(make_dataset))
-        writer = tf.summary.create_file_writer(_join(config.model_dir, "train"))
+        writer = tf.summary.create_file_writer(files.join(config.model_dir, "train"))
         window = {"steps": 0, "loss": 0.0, "hits": 0.0, "start": time.perf_counter()}
         while step < stop_step:
             if stop.signal is not None:
@@ -251,58 +252,23 @@ def train(config: TrainConfig, *, strategy=None, source=None, log=print) -> Trai
 
     final = None
     if not preempted:
-        final = _join(config.model_dir, FINAL_WEIGHTS)
-        _save_release_npz(model, final, release_checkpoint.save_weights)
+        final = files.join(config.model_dir, FINAL_WEIGHTS)
+        release_checkpoint.save_weights(model, final)  # atomic, also on gs://
         log(f"wrote {final} (release .npz layout) at step {step}")
     return TrainResult(step=step, total_steps=plan.total_steps, start_step=start_step, preempted=preempted,
-                       final_weights=final, last_loss=last_loss, history=history)
+                       final_weights=final, last_loss=last_loss, history=history, model=model)
 
 
 def _check_config(config):
     for name in ("checkpoint_every", "keep_checkpoints", "log_every", "steps_per_loop"):
         if int(getattr(config, name)) < 1:
-            raise ValueError(f"{name.replace('_', '-')} must be >= 1. Received: {getattr(config, name)}")
+            raise ConfigError(f"{name.replace('_', '-')} must be >= 1. Received: {getattr(config, name)}")
     if config.max_steps is not None and int(config.max_steps) < 0:
-        raise ValueError(f"max-steps must be >= 0. Received: {config.max_steps}")
+        raise ConfigError(f"max-steps must be >= 0. Received: {config.max_steps}")
     if config.precision not in ("auto", "float32", "bfloat16"):
-        raise ValueError(f"precision must be auto, float32 or bfloat16. Received: {config.precision!r}")
+        raise ConfigError(f"precision must be auto, float32 or bfloat16. Received: {config.precision!r}")
     if not 0 < config.crop_area_min <= 1:
-        raise ValueError(f"crop-area-min must be in (0, 1]. Received: {config.crop_area_min}")
-
-
-def _join(directory, name):
-    return directory.rstrip("/") + "/" + name if "://" in directory else os.path.join(directory, name)
-
-
-def _check_or_write_run(model_dir, run):
-    """Refuses to resume a run whose data position or weights would mean something else."""
-    import tensorflow as tf
-
-    path = _join(model_dir, RUN_FILE)
-    if tf.io.gfile.exists(path):
-        with tf.io.gfile.GFile(path) as stream:
-            previous = json.load(stream)
-        changed = [f"{key}: {previous.get(key)!r} -> {run[key]!r}" for key in RESUME_KEYS if previous.get(key) != run[key]]
-        if changed:
-            raise ValueError(f"{model_dir} holds a run with different settings ({'; '.join(changed)}). "
-                             "Resume with the original flags or use a new --model-dir.")
-    tf.io.gfile.makedirs(model_dir)
-    temporary = path + ".tmp"
-    with tf.io.gfile.GFile(temporary, "w") as stream:
-        json.dump(run, stream, indent=2)
-    tf.io.gfile.rename(temporary, path, overwrite=True)
-
-
-def _save_release_npz(model, path, save_weights):
-    """The release layout, atomically; written locally first when the model dir is remote (gs://)."""
-    import tensorflow as tf
-
-    if "://" not in path:
-        save_weights(model, path)
-        return
-    with tempfile.TemporaryDirectory() as local:
-        save_weights(model, os.path.join(local, FINAL_WEIGHTS))
-        tf.io.gfile.copy(os.path.join(local, FINAL_WEIGHTS), path, overwrite=True)
+        raise ConfigError(f"crop-area-min must be in (0, 1]. Received: {config.crop_area_min}")
 
 
 def _strategy_label(strategy):

@@ -1,14 +1,14 @@
-"""The BiT upstream schedules (BIT_SPEC.md section 3) as data, and the learning rate they give.
+"""The BiT upstream schedules (BIT_SPEC.md section 3) as data, resolved into update counts.
 
-Pure Python, no TensorFlow: `bit_keras train --print-schedule` and the tests read it, and
-`lr.UpstreamLearningRate` is the same function in `keras.ops`.
+Pure Python, no TensorFlow: `bit_keras train --print-schedule` and the tests read it. The
+learning rate itself is `bit_keras.schedules` (`WarmupStepDecay.from_plan` for Keras).
 
 Conventions:
 - The base learning rate is given per 256 images and scaled linearly with the global
   batch: 0.03 * 4096 / 256 = 0.48 for the paper's batch.
 - Warm-up is linear over `warmup_steps` updates; update `s` (0-based) uses
   base * (s + 1) / warmup_steps, so the first update is not wasted at exactly 0 (the same
-  convention as bit_keras' HyperRule schedule) and update `warmup_steps - 1` reaches base.
+  function as the HyperRule's) and update `warmup_steps - 1` reaches base.
 - Decays happen at epoch boundaries converted to updates with the real training-set
   size: boundary = round(epoch * train_size / global_batch). From that update on the rate
   is divided by 10 once more. Warm-up and decays multiply, so a (test-sized) run whose
@@ -19,8 +19,10 @@ from __future__ import annotations
 
 import dataclasses
 
+from bit_keras.schedules import learning_rate
+from bit_keras.errors import ConfigError
+
 REFERENCE_BATCH = 256
-DECAY_FACTOR = 0.1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,20 +43,20 @@ class UpstreamSchedule:
 
     def __post_init__(self):
         if self.epochs <= 0:
-            raise ValueError(f"epochs must be positive. Received: epochs={self.epochs}")
+            raise ConfigError(f"epochs must be positive. Received: epochs={self.epochs}")
         decays = tuple(float(e) for e in self.decay_epochs)
         if list(decays) != sorted(decays) or any(e <= 0 for e in decays):
-            raise ValueError(f"decay epochs must be positive and increasing. Received: {self.decay_epochs}")
+            raise ConfigError(f"decay epochs must be positive and increasing. Received: {self.decay_epochs}")
         if self.base_learning_rate <= 0:
-            raise ValueError(f"base learning rate must be positive. Received: {self.base_learning_rate}")
+            raise ConfigError(f"base learning rate must be positive. Received: {self.base_learning_rate}")
         if int(self.warmup_steps) < 0:
-            raise ValueError(f"warmup_steps must be >= 0. Received: {self.warmup_steps}")
+            raise ConfigError(f"warmup_steps must be >= 0. Received: {self.warmup_steps}")
         if not 0 <= self.momentum < 1:
-            raise ValueError(f"momentum must be in [0, 1). Received: {self.momentum}")
+            raise ConfigError(f"momentum must be in [0, 1). Received: {self.momentum}")
         if self.weight_decay < 0:
-            raise ValueError(f"weight decay must be >= 0. Received: {self.weight_decay}")
+            raise ConfigError(f"weight decay must be >= 0. Received: {self.weight_decay}")
         if int(self.batch_size) < 1 or int(self.image_size) < 8:
-            raise ValueError(f"batch size must be >= 1 and image size >= 8. Received: batch_size="
+            raise ConfigError(f"batch size must be >= 1 and image size >= 8. Received: batch_size="
                              f"{self.batch_size}, image_size={self.image_size}")
         object.__setattr__(self, "decay_epochs", decays)
 
@@ -65,7 +67,7 @@ class UpstreamSchedule:
     def plan(self, train_size: int) -> "RunPlan":
         """The schedule in updates for a training set of `train_size` examples."""
         if int(train_size) < 1:
-            raise ValueError(f"train_size must be positive. Received: {train_size}")
+            raise ConfigError(f"train_size must be positive. Received: {train_size}")
         steps_per_epoch = train_size / self.batch_size
         return RunPlan(
             schedule=self, train_size=int(train_size), steps_per_epoch=steps_per_epoch,
@@ -114,12 +116,6 @@ class RunPlan:
         return [(s, self.learning_rate(s)) for s in sorted(set(points)) if s < self.total_steps]
 
 
-def learning_rate(step, peak, warmup_steps, decay_steps, decay_factor=DECAY_FACTOR) -> float:
-    """Linear warm-up to `peak`, times `decay_factor` per decay boundary already reached."""
-    warmup = min(1.0, (step + 1) / warmup_steps) if warmup_steps > 0 else 1.0
-    return peak * warmup * decay_factor ** sum(1 for boundary in decay_steps if step >= boundary)
-
-
 SCHEDULES = {
     "bit-s": UpstreamSchedule(
         "bit-s", epochs=90, decay_epochs=(30, 60, 80),
@@ -138,5 +134,5 @@ def resolve_schedule(name: str) -> UpstreamSchedule:
     if key in ("s", "m", "l"):
         key = f"bit-{key}"
     if key not in SCHEDULES:
-        raise ValueError(f"Unknown schedule {name!r}; choose one of {', '.join(SCHEDULES)}.")
+        raise ConfigError(f"Unknown schedule {name!r}; choose one of {', '.join(SCHEDULES)}.")
     return SCHEDULES[key]

@@ -6,6 +6,7 @@ MirroredStrategy runs with more than one replica on a machine without accelerato
 """
 
 from __future__ import annotations
+from bit_keras.errors import ConfigError, SetupError
 
 STRATEGIES = ("auto", "default", "mirrored", "tpu")
 
@@ -15,23 +16,23 @@ def split_cpu(count: int) -> None:
     import tensorflow as tf
 
     if int(count) < 1:
-        raise ValueError(f"cpu device count must be >= 1. Received: {count}")
+        raise ConfigError(f"cpu device count must be >= 1. Received: {count}")
     cpu = tf.config.list_physical_devices("CPU")[0]
     try:
         tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * int(count))
     except RuntimeError:
         current = len(tf.config.list_logical_devices("CPU"))
         if current != int(count):
-            raise RuntimeError(f"Cannot split the CPU into {count} devices: TensorFlow is already "
+            raise SetupError(f"Cannot split the CPU into {count} devices: TensorFlow is already "
                                f"initialised with {current}. Split it before building any model.") from None
 
 
 def choose_strategy_name(strategy: str = "auto", tpu: str | None = None, *, num_gpus: int | None = None) -> str:
     """Which strategy a run gets: --tpu means TPU; "auto" takes mirrored with GPUs, else default."""
     if strategy not in STRATEGIES:
-        raise ValueError(f"Unknown strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}.")
+        raise ConfigError(f"Unknown strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}.")
     if tpu and strategy not in ("auto", "tpu"):
-        raise ValueError(f"--tpu {tpu!r} asks for a TPU but --strategy is {strategy!r}; drop one of them.")
+        raise ConfigError(f"--tpu {tpu!r} asks for a TPU but --strategy is {strategy!r}; drop one of them.")
     if tpu or strategy == "tpu":
         return "tpu"
     if strategy != "auto":
@@ -76,7 +77,7 @@ def tpu_strategy(address: str, *, resolver_factory=None):
         tf.tpu.experimental.initialize_tpu_system(resolver)
     except (ValueError, RuntimeError, tf.errors.OpError) as error:
         first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
-        raise RuntimeError(f"Cannot reach a TPU at {address!r} ({first_line}). On a TPU VM use --tpu local; "
+        raise SetupError(f"Cannot reach a TPU at {address!r} ({first_line}). On a TPU VM use --tpu local; "
                            "otherwise the TPU node's name or grpc://HOST:8470, from the same project and zone.") from None
     return tf.distribute.TPUStrategy(resolver)
 
@@ -84,9 +85,9 @@ def tpu_strategy(address: str, *, resolver_factory=None):
 def per_replica_batch(global_batch: int, replicas: int) -> int:
     """The batch each replica sees; the global batch must split evenly."""
     if int(global_batch) < 1:
-        raise ValueError(f"--batch must be a positive integer. Received: {global_batch}")
+        raise ConfigError(f"--batch must be a positive integer. Received: {global_batch}")
     if global_batch % replicas:
         lower = max(replicas, global_batch // replicas * replicas)
-        raise ValueError(f"Global batch {global_batch} does not divide over {replicas} replicas; "
+        raise ConfigError(f"Global batch {global_batch} does not divide over {replicas} replicas; "
                          f"use a multiple of {replicas}, e.g. {lower} or {lower + replicas}.")
     return global_batch // replicas

@@ -1,0 +1,203 @@
+"""`BiTBackbone`: the BiT ResNet-v2 as a functional Keras model, images in [0, 1] -> features.
+
+Every weighted layer is named after its checkpoint key (`layout.py`), so weights map by
+name; every unit ends in a named `Add` (`block3-unit06-add`) and the four block outputs
+are `pyramid_outputs`. `dtype` is handed to every layer: Keras' functional constructor
+drops a model-level `dtype`, which would leave a "bfloat16" model computing in float32.
+"""
+
+from __future__ import annotations
+
+import keras
+from keras import ops
+
+from bit_keras.architecture import Architecture
+from bit_keras.layers import GroupNormalization, StandardizedConv2D
+from bit_keras.layout import PRE_HEAD_NORM, ROOT_CONV, SEPARATOR, layer_name, unit_layer
+from bit_keras.errors import ConfigError
+
+
+@keras.saving.register_keras_serializable(package="bit_keras")
+class ImageRescaling(keras.layers.Layer):
+    """Checks that images are float [0, 1] RGB and maps them to BiT's [-1, 1] range.
+
+    Integer images are refused rather than silently treated as [0, 1] floats, because a
+    uint8 image in [0, 255] would give a confidently wrong model.
+    """
+
+    def call(self, images):
+        if images.shape[-1] != 3:
+            raise ConfigError(f"BiT models take RGB images of shape [batch, height, width, 3]; "
+                             f"received shape {tuple(images.shape)}.")
+        return ops.cast(images, self.compute_dtype) * 2.0 - 1.0
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+
+def policy_name(dtype) -> str:
+    """The dtype policy every layer gets: the one asked for, else Keras' global policy now."""
+    return (keras.dtype_policies.get(dtype) if dtype is not None else keras.config.dtype_policy()).name
+
+
+def check_image_dtype(images):
+    dtype = keras.backend.standardize_dtype(getattr(images, "dtype", "float32"))
+    if not dtype.startswith(("float", "bfloat")):
+        raise ConfigError(f"BiT models take float images in [0, 1]; received dtype {dtype}. "
+                         f"Convert with `images.astype('float32') / 255`.")
+
+
+class _Layers:
+    """Makes the named layers of one network with one dtype policy and initializer."""
+
+    def __init__(self, dtype, initializer):
+        self.dtype, self.initializer = dtype, initializer
+
+    def conv(self, filters, kernel_size, name, stride=1):
+        return StandardizedConv2D(filters, kernel_size, strides=stride, padding="valid",
+                                  kernel_initializer=self.initializer, dtype=self.dtype, name=name)
+
+    def norm_relu(self, x, *name):
+        x = GroupNormalization(dtype=self.dtype, name=layer_name(*name, "group_norm"))(x)
+        return keras.layers.ReLU(dtype=self.dtype, name=layer_name(*name, "relu"))(x)
+
+    def pad(self, x, amount, name):
+        return keras.layers.ZeroPadding2D(amount, dtype=self.dtype, name=name)(x)
+
+    def root(self, x, channels):
+        x = self.pad(x, 3, layer_name("root_block", "pad_conv"))
+        x = self.conv(channels, 7, ROOT_CONV, stride=2)(x)
+        # Zeros, not -inf: the release pads the pool input with zeros although it can be negative.
+        x = self.pad(x, 1, layer_name("root_block", "pad_pool"))
+        return keras.layers.MaxPooling2D(3, strides=2, padding="valid", dtype=self.dtype,
+                                         name=layer_name("root_block", "pool"))(x)
+
+    def unit(self, x, unit):
+        """One pre-activation bottleneck; the projection takes the pre-activated input."""
+        h = self.norm_relu(x, unit_layer(unit, "a"))
+        shortcut = x
+        if unit.projection:
+            shortcut = self.conv(unit.out_channels, 1, unit_layer(unit, "a", "proj", "standardized_conv2d"),
+                                 unit.stride)(h)
+        h = self.conv(unit.mid_channels, 1, unit_layer(unit, "a", "standardized_conv2d"))(h)
+        h = self.norm_relu(h, unit_layer(unit, "b"))
+        h = self.pad(h, 1, unit_layer(unit, "b", "pad"))
+        h = self.conv(unit.mid_channels, 3, unit_layer(unit, "b", "standardized_conv2d"), unit.stride)(h)
+        h = self.norm_relu(h, unit_layer(unit, "c"))
+        h = self.conv(unit.out_channels, 1, unit_layer(unit, "c", "standardized_conv2d"))(h)
+        return keras.layers.Add(dtype=self.dtype, name=unit_layer(unit, "add"))([h, shortcut])
+
+
+@keras.saving.register_keras_serializable(package="bit_keras")
+class BiTBackbone(keras.Model):
+    """A BiT ResNet-v2 feature extractor: float images in [0, 1] of any size -> [batch, 2048*width].
+
+    Args:
+        block_units: units in each of the four blocks, e.g. (3, 4, 6, 3) for R50.
+        width: width multiplier (1, 2, 3, 4 in the release).
+        initializer: kernel initializer; "zeros" is much faster when weights are loaded next.
+        dtype: a dtype policy for every layer, e.g. "mixed_bfloat16" (bfloat16 compute,
+            float32 variables and GroupNorm statistics). None: Keras' global policy.
+
+    Attributes:
+        pyramid_outputs: {"block1": ..., "block4": ...}, the block outputs (pre-activation,
+            as in the release), for `keras.Model(backbone.input, backbone.pyramid_outputs)`.
+
+    Example:
+        >>> backbone = BiTBackbone.from_preset("r14x1")          # random weights
+        >>> backbone(np.zeros((2, 64, 64, 3), "float32")).shape
+        (2, 2048)
+        >>> backbone = BiTBackbone.from_preset("m-r50x1")        # the released weights
+    """
+
+    def __init__(self, block_units=(3, 4, 6, 3), width=1, *, initializer="he_normal", dtype=None,
+                 name=None, **kwargs):
+        architecture = Architecture(tuple(block_units), width)
+        layers = _Layers(dtype, initializer)
+        images = keras.Input(shape=(None, None, 3), name="images")
+        x = ImageRescaling(dtype=dtype, name="rescale")(images)
+        x = layers.root(x, architecture.root_channels)
+        pyramid = {}
+        for unit in architecture.units():
+            x = pyramid[f"block{unit.block}"] = layers.unit(x, unit)
+        x = GroupNormalization(dtype=dtype, name=PRE_HEAD_NORM)(x)
+        x = keras.layers.ReLU(dtype=dtype, name=layer_name("pre_head", "relu"))(x)
+        features = keras.layers.GlobalAveragePooling2D(dtype=dtype, name="pre_logits")(x)
+        super().__init__(inputs=images, outputs=features, name=name or f"bit_{architecture.name}", **kwargs)
+        self.architecture = architecture
+        self.initializer = initializer
+        self.pyramid_outputs = pyramid
+        self._policy_name = policy_name(dtype)
+
+    @property
+    def block_units(self) -> tuple:
+        return self.architecture.block_units
+
+    @property
+    def width(self) -> int:
+        return self.architecture.width
+
+    @property
+    def num_features(self) -> int:
+        return self.architecture.num_features
+
+    def call(self, inputs, training=None, mask=None):
+        check_image_dtype(inputs)
+        return super().call(inputs, training=training, mask=mask)
+
+    def get_config(self):
+        # Not Functional.get_config (a layer graph, which the constructor cannot take):
+        # the base layer's name/trainable/dtype plus our own arguments, as keras-hub does.
+        config = {**keras.layers.Layer.get_config(self), "dtype": self._policy_name}
+        return {**config, "block_units": list(self.block_units), "width": self.width,
+                "initializer": self.initializer}
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
+
+    @classmethod
+    def from_preset(cls, preset, *, load_weights: bool = True, weights=None, dtype=None, cache_dir=None,
+                    **kwargs) -> "BiTBackbone":
+        """A backbone by name: a release (`m-r50x1`) comes with its weights, an architecture
+        (`r50x1`, `r2-3-4-1x2`) with random ones. `weights=` (file, URL or release name)
+        overrides; `load_weights=False` gives random weights for a release name."""
+        from bit_keras import weights as weights_rule
+
+        choice = weights_rule.resolve(preset, weights, random_weights=not load_weights, cache_dir=cache_dir)
+        return choice.build_backbone(dtype=dtype, **kwargs)
+
+
+def feature_maps(model: keras.Model, blocks=(1, 2, 3, 4)) -> keras.Model:
+    """A model from images to the output maps of the given blocks (a dict keyed "block{b}")."""
+    backbone = getattr(model, "backbone", model)
+    pyramid = getattr(backbone, "pyramid_outputs", None)
+    if pyramid is None:
+        raise ConfigError(f"{model.name!r} is not a BiT backbone or classifier; feature maps need one.")
+    missing = [b for b in blocks if f"block{b}" not in pyramid]
+    if missing:
+        raise ConfigError(f"Model {model.name!r} has no block {missing[0]}; it has blocks {sorted(pyramid)}.")
+    return keras.Model(backbone.input, {f"block{b}": pyramid[f"block{b}"] for b in blocks},
+                       name=f"{backbone.name}_feature_maps")
+
+
+def freeze_up_to(model: keras.Model, block: str | int) -> list:
+    """Freezes the root and every block up to and including `block` (e.g. 2 or "block2").
+
+    Returns the names of the frozen layers. Partial fine-tuning of this kind is what the
+    old TF-Hub models (one opaque layer) could not do.
+    """
+    text = str(block)
+    if text != "root" and not text.replace("block", "").isdigit():
+        raise ConfigError(f"Nothing to freeze up to {block!r}; use 'root' or a block number 1-4.")
+    last = 0 if text == "root" else int(text.replace("block", ""))
+    frozen = []
+    for layer in getattr(model, "backbone", model).layers:
+        prefix = layer.name.split(SEPARATOR)[0]
+        index = 0 if prefix == "root_block" else int(prefix[5:]) if prefix.startswith("block") and prefix[5:].isdigit() else None
+        if index is not None and index <= last:
+            layer.trainable = False
+            frozen.append(layer.name)
+    if not frozen:
+        raise ConfigError(f"Nothing to freeze up to {block!r}; use 'root' or a block number 1-4.")
+    return frozen

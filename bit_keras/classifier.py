@@ -1,0 +1,175 @@
+"""`BiTImageClassifier`: a backbone plus BiT's zero-initialised head, compiled by the HyperRule.
+
+This is the fine-tuning head wrapper: `compile_hyperrule(train_size=..., image_size=...,
+batch_size=...)` picks the schedule, resolution and MixUp from the dataset alone (BiT's
+"no hyper-parameter search") and compiles SGD with momentum and the warm-up/step-decay
+learning rate, so fine-tuning is a plain `model.fit`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import keras
+
+from bit_keras.backbone import BiTBackbone, check_image_dtype, policy_name  # noqa: F401  (registers BiTBackbone)
+from bit_keras.layout import HEAD_LAYER
+from bit_keras.errors import ConfigError
+
+
+def _image_shape(backbone):
+    """The backbone's own image shape when it fixes one (any Keras model), else any height and width."""
+    try:
+        shape = backbone.input_shape
+    except (AttributeError, ValueError):
+        return (None, None, 3)
+    return tuple(shape[1:]) if isinstance(shape, tuple) and len(shape) == 4 else (None, None, 3)
+
+
+@keras.saving.register_keras_serializable(package="bit_keras")
+class BiTImageClassifier(keras.Model):
+    """Images in [0, 1] -> float32 logits [batch, num_classes].
+
+    Args:
+        backbone: a `BiTBackbone`, or any Keras layer mapping images to features (e.g. an
+            export loaded with `bit_keras.export.load_backbone`).
+        num_classes: classes of the head. BiT initialises it to zeros, so fine-tuning starts
+            from uniform predictions and the backbone's features stay intact at first.
+        multi_label: the head is read with sigmoids (BiT-M's ImageNet-21k head) rather than
+            a softmax; `compile_hyperrule` picks the matching loss.
+        dtype: dtype policy of the head (default: the backbone's). Logits are float32.
+
+    Example:
+        >>> model = BiTImageClassifier.from_preset("m-r50x1", num_classes=37)   # released backbone, zero head
+        >>> rule = model.compile_hyperrule(train_size=3680, image_size=(500, 375), batch_size=64)
+        >>> model.fit(train_batches, steps_per_epoch=rule.total_steps)
+    """
+
+    def __init__(self, backbone, num_classes, *, multi_label=False, dtype=None, name=None, **kwargs):
+        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+            raise ConfigError(f"num_classes must be a positive integer. Received: num_classes={num_classes!r}")
+        dtype = policy_name(dtype if dtype is not None else getattr(backbone, "_policy_name", None))
+        images = keras.Input(shape=_image_shape(backbone), name="images")
+        features = backbone(images)
+        logits = keras.layers.Dense(num_classes, kernel_initializer="zeros", dtype=dtype, name=HEAD_LAYER)(features)
+        # Logits stay float32 under mixed precision, as Keras recommends for the loss.
+        logits = keras.layers.Activation("linear", dtype="float32", name="logits")(logits)
+        super().__init__(inputs=images, outputs=logits, name=name or f"{backbone.name}_classifier", **kwargs)
+        self.backbone = backbone
+        self.num_classes = num_classes
+        self.multi_label = bool(multi_label)
+        self._policy_name = dtype
+        self.hyperrule = None
+
+    @property
+    def architecture(self):
+        return getattr(self.backbone, "architecture", None)
+
+    @property
+    def block_units(self):
+        return getattr(self.backbone, "block_units", None)
+
+    @property
+    def width(self):
+        return getattr(self.backbone, "width", None)
+
+    @property
+    def num_features(self):
+        return getattr(self.backbone, "num_features", None)
+
+    def get_layer(self, name=None, index=None):
+        """Also finds the backbone's layers by name (`block3-unit01-b-standardized_conv2d`)."""
+        try:
+            return super().get_layer(name, index)
+        except ValueError:
+            if name is None or not isinstance(self.backbone, keras.Model):
+                raise
+            return self.backbone.get_layer(name)
+
+    def call(self, inputs, training=None, mask=None):
+        check_image_dtype(inputs)
+        return super().call(inputs, training=training, mask=mask)
+
+    def get_config(self):
+        config = {**keras.layers.Layer.get_config(self), "dtype": self._policy_name}
+        return {**config, "backbone": keras.layers.serialize(self.backbone), "num_classes": self.num_classes,
+                "multi_label": self.multi_label}
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        backbone = keras.layers.deserialize(config.pop("backbone"))
+        return cls(backbone, **config)
+
+    @classmethod
+    def from_preset(cls, preset, *, num_classes=None, load_weights: bool = True, weights=None, dtype=None,
+                    cache_dir=None, name=None) -> "BiTImageClassifier":
+        """A classifier by model name, with the weights rule of `bit_keras.weights`.
+
+        A release (`m-r50x1`) comes with its weights; its head is loaded when `num_classes`
+        is the release's (the default), otherwise the head starts at zero. An architecture
+        (`r50x1`) gets random weights. `weights=` overrides; `load_weights=False` gives
+        random weights for a release name.
+        """
+        from bit_keras import weights as weights_rule
+
+        choice = weights_rule.resolve(preset, weights, random_weights=not load_weights, cache_dir=cache_dir)
+        return choice.build_classifier(num_classes, dtype=dtype, name=name)
+
+    def compile_hyperrule(self, *, train_size=None, image_size=None, batch_size=512, rule=None,
+                          micro_batch_size=None, steps=None, resolution=None, base_learning_rate=None,
+                          jit_compile="auto"):
+        """Compiles with the BiT-HyperRule for a dataset and returns the rule (also `self.hyperrule`).
+
+        Args:
+            train_size, image_size: training-set size and (height, width): all the rule needs.
+            batch_size: images per update (512 in the paper); the learning rate and step
+                counts scale with it as the HyperRule says.
+            rule: a ready `bit_keras.hyperrule.HyperRule` instead (its batch size wins).
+            micro_batch_size: images per forward/backward pass when `batch_size` does not fit
+                in memory; `batch_size // micro_batch_size` are accumulated into one update.
+            steps: shorten the schedule to this many updates (warm-up and decays keep their
+                fractions); resolution: crop size instead of the rule's.
+            base_learning_rate: replaces the rule's peak (sensible only without pre-trained
+                weights: the rule's 0.003 x batch/512 is tuned for BiT features).
+        """
+        from bit_keras import hyperrule as rules
+        from bit_keras import presets
+        from bit_keras.schedules import WarmupStepDecay
+
+        if rule is None:
+            if train_size is None or image_size is None:
+                raise ConfigError("compile_hyperrule needs train_size and image_size (the HyperRule's inputs), "
+                                 "or a ready rule=bit_keras.hyperrule.hyperrule(...).")
+            rule = rules.hyperrule(train_size, image_size, batch_size=batch_size,
+                                   large_resolution=presets.hyperrule_resolution(self.architecture))
+        batch_size = rule.batch_size
+        micro_batch_size = micro_batch_size or batch_size
+        if micro_batch_size < 1 or batch_size % micro_batch_size:
+            raise ConfigError(f"micro_batch_size must divide batch_size. Received: batch_size={batch_size}, "
+                             f"micro_batch_size={micro_batch_size}")
+        if steps is not None:
+            rule = rules.shorten(rule, steps)
+        if resolution is not None:
+            rule = rules.at_resolution(rule, resolution)
+        if base_learning_rate is not None:
+            if base_learning_rate <= 0:
+                raise ConfigError(f"base_learning_rate must be positive. Received: {base_learning_rate}")
+            rule = dataclasses.replace(rule, base_learning_rate=float(base_learning_rate))
+        accumulation = batch_size // micro_batch_size
+        optimizer = keras.optimizers.SGD(
+            learning_rate=WarmupStepDecay.from_rule(rule, steps_per_update=accumulation), momentum=rule.momentum,
+            gradient_accumulation_steps=accumulation if accumulation > 1 else None)
+        if self.multi_label:
+            loss = keras.losses.BinaryCrossentropy(from_logits=True)
+            metrics = [keras.metrics.BinaryAccuracy(threshold=0.0, name="accuracy")]
+        else:
+            loss = keras.losses.CategoricalCrossentropy(from_logits=True)
+            metrics = [keras.metrics.CategoricalAccuracy(name="accuracy")]
+        self.compile(optimizer=optimizer, loss=loss, metrics=metrics, jit_compile=jit_compile)
+        # Built eagerly: inside fit's graph, TFSMLayer variables (names ending ":0") make invalid
+        # name scopes for the momentum slots; eagerly they are fine.
+        optimizer.build(self.trainable_variables)
+        self.hyperrule = rule
+        self.micro_batch_size = micro_batch_size
+        return rule

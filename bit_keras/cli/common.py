@@ -1,0 +1,28 @@
+"""Flags that mean the same in every command, and the first line each command prints."""
+
+from __future__ import annotations
+
+MODEL_HELP = ("A released name (m-r50x1, BiT-S-R101x3, BiT-M-R50x1-ILSVRC2012, ...; `bit_keras list`), which "
+              "means its released weights, or an architecture (r50x1, r14x1, or r{u1}-{u2}-{u3}-{u4}x{width} for "
+              "any units per block, e.g. r2-3-4-1x2), which means random weights.")
+
+
+def add_model_flags(parser, *, default=None, variant_help=MODEL_HELP):
+    """--variant, --weights, --random-weights and --cache-dir, as every command spells them."""
+    parser.add_argument("--variant", default=default, required=False, help=variant_help)
+    parser.add_argument("--weights", default=None,
+                        help="A local .npz, a URL or a release name, instead of the weights --variant means.")
+    parser.add_argument("--random-weights", action="store_true",
+                        help="Random (untrained) weights even for a released name.")
+    parser.add_argument("--cache-dir", default=None, help="Download cache (default $BIT_KERAS_CACHE or "
+                        "~/.cache/bit_keras).")
+
+
+def resolve_model(args):
+    """Applies the weights rule to the model flags and says the outcome first (downloads if needed)."""
+    from bit_keras import weights
+
+    choice = weights.resolve(args.variant, args.weights, random_weights=args.random_weights,
+                             cache_dir=args.cache_dir)
+    print(f"Model {choice.describe()}", flush=True)
+    return choice

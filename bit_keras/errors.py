@@ -1,0 +1,34 @@
+"""bit_keras's own error types.
+
+Every error raised on purpose (bad argument, bad file, missing download) derives from
+`BiTError`, so the command line can print exactly these as one line and let a real bug
+keep its traceback. Each also derives from the built-in type callers would expect.
+"""
+
+
+class BiTError(Exception):
+    """A problem with what was asked for, named in the message."""
+
+
+class ConfigError(BiTError, ValueError):
+    """A bad argument or flag value; the message names the argument (`weights=`)."""
+
+
+class CheckpointError(BiTError, ValueError):
+    """A checkpoint file that is not a BiT checkpoint of the expected shape."""
+
+
+class DownloadError(BiTError, RuntimeError):
+    """A checkpoint could not be fetched; the message says where to put the file by hand."""
+
+
+class MissingFileError(BiTError, FileNotFoundError):
+    """A file or folder the user named does not exist."""
+
+
+class TargetExistsError(BiTError, FileExistsError):
+    """An output would replace something that must not be replaced without being asked."""
+
+
+class SetupError(BiTError, RuntimeError):
+    """The environment cannot do what was asked (backend, device, dataset preparation, a missing package)."""

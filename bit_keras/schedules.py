@@ -1,0 +1,83 @@
+"""Warm-up + step-decay learning rates: the one formula for fine-tuning and pre-training.
+
+The BiT-HyperRule and the upstream schedules are two parameterisations of it. Update `s`
+(0-based) gets peak * min(1, (s + 1) / warmup_steps), never exactly 0 (the public BiT
+code starts at 0; warmup_steps=0 means no warm-up), times `decay_factor` for every
+boundary already reached (s >= boundary). The factors multiply, so a boundary inside the
+warm-up (only in test-sized runs) lowers the warm-up too; with boundaries after the
+warm-up, as in every paper recipe, that is the usual "warm up, then /10 at each boundary".
+
+Pure Python at import, so `bit_keras hyperrule` and `bit_keras list` never load
+TensorFlow; `WarmupStepDecay`, the same formula as a Keras schedule, imports Keras on
+first access.
+"""
+
+from __future__ import annotations
+from bit_keras.errors import ConfigError
+
+DECAY_FACTOR = 0.1
+
+
+def _where(condition, x, y):
+    return x if condition else y
+
+
+def learning_rate(step, peak, warmup_steps, boundaries, decay_factor=DECAY_FACTOR, *, minimum=min, where=_where):
+    """The rate of update `step`. `minimum`/`where` let `WarmupStepDecay` run this on tensors."""
+    rate = peak * minimum(1.0, (step + 1) / warmup_steps) if warmup_steps > 0 else peak
+    for boundary in boundaries:
+        rate = where(step >= boundary, rate * decay_factor, rate)
+    return rate
+
+
+def _define_keras_schedule():
+    import keras
+    from keras import ops
+
+    @keras.saving.register_keras_serializable(package="bit_keras")
+    class WarmupStepDecay(keras.optimizers.schedules.LearningRateSchedule):
+        """`learning_rate` in `keras.ops`, evaluated by the optimizer inside the compiled step.
+
+        `steps_per_update`: micro-batches per update under gradient accumulation. Keras passes
+        schedules the raw micro-step counter, so this divides it back into real updates.
+        """
+
+        def __init__(self, peak, warmup_steps, boundaries, decay_factor=DECAY_FACTOR, steps_per_update=1):
+            if peak <= 0 or int(warmup_steps) < 0 or int(steps_per_update) < 1:
+                raise ConfigError(f"Need peak > 0, warmup_steps >= 0 and steps_per_update >= 1. Received: "
+                                 f"peak={peak}, warmup_steps={warmup_steps}, steps_per_update={steps_per_update}")
+            self.peak = float(peak)
+            self.warmup_steps = int(warmup_steps)
+            self.boundaries = tuple(int(b) for b in boundaries)
+            self.decay_factor = float(decay_factor)
+            self.steps_per_update = int(steps_per_update)
+
+        @classmethod
+        def from_rule(cls, rule, *, steps_per_update=1):
+            """The schedule of a `bit_keras.hyperrule.HyperRule`."""
+            return cls(rule.base_learning_rate, rule.warmup_steps, rule.decay_boundaries,
+                       steps_per_update=steps_per_update)
+
+        @classmethod
+        def from_plan(cls, plan):
+            """The schedule of an upstream `bit_keras.train.schedules.RunPlan`."""
+            return cls(plan.learning_rate_peak, plan.warmup_steps, plan.decay_steps)
+
+        def __call__(self, step):
+            update = ops.floor_divide(ops.cast(step, "int64"), self.steps_per_update)
+            rate = learning_rate(ops.cast(update, "float32"), self.peak, self.warmup_steps, self.boundaries,
+                                 self.decay_factor, minimum=ops.minimum, where=ops.where)
+            return ops.cast(rate, "float32")
+
+        def get_config(self):
+            return {"peak": self.peak, "warmup_steps": self.warmup_steps, "boundaries": list(self.boundaries),
+                    "decay_factor": self.decay_factor, "steps_per_update": self.steps_per_update}
+
+    return WarmupStepDecay
+
+
+def __getattr__(name):
+    if name == "WarmupStepDecay":
+        globals()[name] = _define_keras_schedule()
+        return globals()[name]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

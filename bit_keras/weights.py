@@ -1,0 +1,124 @@
+"""The one rule for which weights a model gets, used by Python and by every command.
+
+- a released name (`m-r50x1`, `BiT-S-R101x3`, `BiT-M-R50x1-ILSVRC2012`) means the released
+  weights, downloaded once into the cache; offline with an empty cache that fails at once,
+  naming the cache path and the URL;
+- an architecture (`r50x1`, `r2-3-4-1x2`) means random weights (`WeightsChoice.random`);
+- `weights=` (a local `.npz`, a URL or a release name) overrides either;
+- `random_weights=True` asks for random weights on a released name.
+
+`resolve` only finds (and if needed downloads) the file and checks that it fits; nothing
+here imports Keras until a model is built, so a bad name or a missing file fails fast.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+from bit_keras import checkpoint, download, presets
+from bit_keras.architecture import Architecture
+from bit_keras.errors import CheckpointError, ConfigError
+
+
+@dataclasses.dataclass(frozen=True)
+class WeightsChoice:
+    """What `resolve` decided: the architecture, the weights file (None: random) and where it came from."""
+
+    architecture: Architecture
+    path: str | None
+    source: str                          # "random", a URL, or a local path
+    preset: presets.Preset | None        # the release whose facts apply (None for other files)
+    checkpoint_classes: int | None = None  # the head in the file, if any
+
+    @property
+    def random(self) -> bool:
+        return self.path is None
+
+    @property
+    def name(self) -> str:
+        return self.preset.name if self.preset else self.architecture.name
+
+    def describe(self) -> str:
+        """One line for the top of a command's output."""
+        if not self.random:
+            return f"{self.name}: weights from {self.source}"
+        releases = presets.presets_for(self.architecture)
+        hint = f"; a released name such as {releases[0].short_name} brings BiT's" if releases and not self.preset else ""
+        return f"{self.name}: random weights (untrained{hint})"
+
+    def default_num_classes(self) -> int:
+        """The head a classifier gets by default: the file's, else the release's, else 1000."""
+        return self.checkpoint_classes or (self.preset.num_classes if self.preset else 1000)
+
+    def build_backbone(self, *, dtype=None, load: bool = True, **kwargs):
+        """A `BiTBackbone` of this architecture, with the weights loaded (unless `load=False`)."""
+        from bit_keras.backbone import BiTBackbone
+
+        backbone = BiTBackbone(self.architecture.block_units, self.architecture.width, dtype=dtype,
+                               initializer="zeros" if self.path else "he_normal", **kwargs)
+        if self.path and load:
+            checkpoint.load_weights(backbone, self.path)
+        return backbone
+
+    def build_classifier(self, num_classes=None, *, dtype=None, name=None):
+        """A `BiTImageClassifier`; the file's head is loaded when its class count is `num_classes`."""
+        from bit_keras.classifier import BiTImageClassifier
+
+        num_classes = self.default_num_classes() if num_classes is None else num_classes
+        same_head = self.preset is not None and num_classes == self.preset.num_classes
+        model = BiTImageClassifier(self.build_backbone(dtype=dtype, load=False), num_classes, dtype=dtype,
+                                   multi_label=same_head and self.preset.multi_label, name=name)
+        if self.path:
+            checkpoint.load_weights(model, self.path)
+        return model
+
+
+def resolve(name=None, weights=None, *, random_weights: bool = False, cache_dir=None) -> WeightsChoice:
+    """Applies the weights rule to a model name and an optional `weights=` override.
+
+    `name=None` takes the architecture from the `weights` file (any depth and width).
+    """
+    if weights is not None and random_weights:
+        raise ConfigError("Pass either weights=... or random_weights=True (--random-weights), not both.")
+    if name is None and weights is None:
+        raise ConfigError("Name a model (e.g. 'm-r50x1') or a checkpoint (weights=FILE.npz).")
+    architecture, preset = presets.resolve(name) if name is not None else (None, None)
+    if weights is None:
+        if preset is None or random_weights:
+            return WeightsChoice(architecture, None, "random", preset)
+        return _checked(architecture, preset, download.fetch_preset(preset, directory=cache_dir), preset.url)
+    weights = os.fspath(weights)
+    weights_preset = presets.find_preset(weights)
+    if download.is_url(weights):
+        path, source = download.fetch(weights, directory=cache_dir), weights
+    elif os.path.exists(weights):
+        path, source = weights, os.path.abspath(weights)
+    elif weights_preset is not None:
+        path, source = download.fetch_preset(weights_preset, directory=cache_dir), weights_preset.url
+        preset = preset or weights_preset
+    else:
+        raise ConfigError(f"weights={weights!r} is neither a file, a URL nor a released checkpoint name "
+                          "(`bit_keras list` shows them).")
+    return _checked(architecture, preset, path, source)
+
+
+def _checked(architecture, preset, path, source) -> WeightsChoice:
+    """The file must hold the named architecture; a release's facts apply only to its own head."""
+    info = checkpoint.identify(checkpoint.read_headers(path))
+    held = Architecture(info.block_units, info.width)
+    if architecture is not None and held != architecture:
+        raise CheckpointError(f"{path} holds {info.describe()}, but the model asked for is {architecture.name}. "
+                              "Name the matching model or another file.")
+    if preset is not None and (preset.architecture != held or (info.num_classes or preset.num_classes) != preset.num_classes):
+        preset = None
+    return WeightsChoice(held, path, source, preset, info.num_classes)
+
+
+def cached_release(architecture, cache_dir=None) -> str | None:
+    """A released checkpoint of `architecture` already in the cache (the demo uses it), else None."""
+    for preset in presets.presets_for(Architecture.parse(architecture)):
+        path = download.cached_path(preset.url, preset.filename, directory=cache_dir)
+        if path is not None:
+            return path
+    return None

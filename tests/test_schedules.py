@@ -1,0 +1,82 @@
+"""The one warm-up + step-decay learning rate, in Keras and pure Python, against a formula written here.
+
+Both parameterisations (a HyperRule, an upstream RunPlan) are checked with their numbers
+written out from the spec, never read back from the code under test.
+"""
+
+import dataclasses
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+
+import bit_keras
+from bit_keras.hyperrule import hyperrule
+from bit_keras.schedules import WarmupStepDecay
+from bit_keras.train.schedules import SCHEDULES
+
+
+def expected(step, peak, warmup, boundaries):
+    """Linear warm-up (update s gets (s + 1) / warmup), times 0.1 per boundary reached."""
+    ramp = min(1.0, (step + 1) / warmup) if warmup else 1.0
+    return peak * ramp * 0.1 ** int(np.sum(step >= np.asarray(boundaries)))
+
+
+RULE = hyperrule(10_000, (32, 32))                                        # BIT_SPEC section 4: N < 20k
+UPSTREAM = SCHEDULES["bit-s"]
+CASES = {   # name: (schedule, pure-Python rate, peak, warm-up, boundaries, steps) as the spec gives them
+    "hyperrule": (WarmupStepDecay.from_rule(RULE), RULE.learning_rate, 0.003, 100, (150, 300, 450), 500),
+    "hyperrule-boundary-in-warmup": (
+        WarmupStepDecay.from_rule(dataclasses.replace(RULE, warmup_steps=200)),
+        dataclasses.replace(RULE, warmup_steps=200).learning_rate, 0.003, 200, (150, 300, 450), 500),
+    "upstream-bit-s": (WarmupStepDecay.from_plan(UPSTREAM.plan(1_281_167)), UPSTREAM.plan(1_281_167).learning_rate,
+                       0.48, 5000, (9384, 18767, 25023), 28151),
+    # 10 updates per epoch, decays at epochs 1 and 2, warm-up over 3 epochs: both decays inside it.
+    "upstream-boundaries-in-warmup": (
+        WarmupStepDecay.from_plan(UPSTREAM.replace(epochs=4, decay_epochs=(1, 2), warmup_steps=30).plan(40_960)),
+        UPSTREAM.replace(epochs=4, decay_epochs=(1, 2), warmup_steps=30).plan(40_960).learning_rate,
+        0.48, 30, (10, 20), 40),
+    "no-warmup": (WarmupStepDecay(0.5, 0, (3, 7)), None, 0.5, 0, (3, 7), 10),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_keras_and_python_equal_the_formula_at_warmup_every_boundary_and_after(name):
+    schedule, python_rate, peak, warmup, boundaries, total = CASES[name]
+    steps = {0, 1, warmup // 2, total - 1, total, 3 * total}
+    for point in (warmup, *boundaries):
+        steps |= {point - 1, point, point + 1}
+    for step in sorted(s for s in steps if s >= 0):
+        want = expected(step, peak, warmup, boundaries)
+        assert float(schedule(step)) == pytest.approx(want, rel=1e-6), step
+        if python_rate is not None:
+            assert python_rate(step) == pytest.approx(want, rel=1e-12), step
+    assert float(schedule(0)) > 0  # the public code's warm-up starts at exactly 0
+
+
+def test_a_boundary_inside_the_warmup_multiplies():
+    schedule = CASES["hyperrule-boundary-in-warmup"][0]
+    assert float(schedule(149)) == pytest.approx(0.003 * 150 / 200, rel=1e-6)
+    assert float(schedule(150)) == pytest.approx(0.003 * 151 / 200 * 0.1, rel=1e-6)
+    assert float(schedule(199)) == pytest.approx(0.003 * 0.1, rel=1e-6)
+
+
+def test_steps_per_update_counts_updates_not_micro_batches_and_serializes():
+    schedule = WarmupStepDecay.from_rule(RULE, steps_per_update=4)
+    for update in (0, 49, 99, 100, 149, 150, 449, 450, 499):
+        for micro in range(4):
+            assert float(schedule(4 * update + micro)) == pytest.approx(
+                expected(update, 0.003, 100, (150, 300, 450)), rel=1e-6), (update, micro)
+    restored = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(schedule))
+    assert isinstance(restored, WarmupStepDecay) and restored.get_config() == schedule.get_config()
+    assert bit_keras.WarmupStepDecay is WarmupStepDecay
+    with pytest.raises(ValueError, match="steps_per_update"):
+        WarmupStepDecay(0.1, 10, (), steps_per_update=0)
+
+
+def test_the_pure_modules_do_not_import_tensorflow():
+    code = "import bit_keras.schedules, bit_keras.hyperrule, sys; assert 'tensorflow' not in sys.modules"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
