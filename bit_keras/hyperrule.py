@@ -1,7 +1,7 @@
 """BiT-HyperRule: the fine-tuning recipe chosen from the dataset alone, as pure data.
 
 No framework imports: the rule can be printed, tested and reused by any trainer.
-Defaults follow the paper (BIT_SPEC.md section 4); `public_code_resolution=True` gives the
+Defaults follow the paper; `public_code_resolution=True` gives the
 public code's 512 -> 480 for every model, and `schedule="public"` the public code's decay
 boundaries ([100, 200, 300, 400, 500] etc.: warm-up, three decays, end) instead of the
 paper's 30/60/90% of the steps. The learning rate is `bit_keras.schedules.learning_rate`:

@@ -1,6 +1,6 @@
 """An independent NumPy BiT: a release-layout checkpoint writer and a forward pass.
 
-Written from BIT_SPEC.md alone (it does not import bit_keras), so the tests compare the
+Written from the paper and the release layout alone (it does not import bit_keras), so the tests compare the
 Keras model against a second implementation rather than against itself.
 """
 
@@ -10,7 +10,7 @@ import numpy as np
 
 
 def release_shapes(block_units, width, num_classes=None):
-    """Key -> shape of every array in a release checkpoint, from BIT_SPEC.md section 2."""
+    """Key -> shape of every array in a release checkpoint, (the release layout)."""
     shapes = {}
 
     def conv(key, shape):

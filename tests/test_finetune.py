@@ -34,7 +34,7 @@ def test_schedule_equals_the_rule_at_every_boundary(rule):
 
 
 def test_schedule_values_from_the_spec():
-    # BIT_SPEC section 4, N < 20k at batch 512: 500 steps, warm-up 100, /10 at 150, 300, 450.
+    # The paper, N < 20k at batch 512: 500 steps, warm-up 100, /10 at 150, 300, 450.
     schedule = WarmupStepDecay.from_rule(hyperrule(10_000, (32, 32)))
     expected = {0: 0.003 / 100, 49: 0.003 * 50 / 100, 99: 0.003, 149: 0.003, 150: 3e-4, 299: 3e-4,
                 300: 3e-5, 450: 3e-6, 499: 3e-6}

@@ -24,7 +24,7 @@ def expected(step, peak, warmup, boundaries):
     return peak * ramp * 0.1 ** int(np.sum(step >= np.asarray(boundaries)))
 
 
-RULE = hyperrule(10_000, (32, 32))                                        # BIT_SPEC section 4: N < 20k
+RULE = hyperrule(10_000, (32, 32))                                        # the paper: N < 20k
 UPSTREAM = SCHEDULES["bit-s"]
 CASES = {   # name: (schedule, pure-Python rate, peak, warm-up, boundaries, steps) as the spec gives them
     "hyperrule": (WarmupStepDecay.from_rule(RULE), RULE.learning_rate, 0.003, 100, (150, 300, 450), 500),

@@ -1,6 +1,6 @@
 """`build_finetuner`: a BiT backbone + zero head, compiled with the BiT-HyperRule, in one call.
 
-The HyperRule decides everything from the dataset (BIT_SPEC.md section 4): SGD with momentum
+The HyperRule decides everything from the dataset (the paper): SGD with momentum
 0.9, no weight decay, a zero-initialised head, linear warm-up then /10 at 30/60/90% of the
 steps, resize/crop resolution, MixUp. `FineTuner` keeps the compiled model together with
 that rule and the matching input pipelines, so a fine-tune is `ft.fit(train_ds)` or plain

@@ -1,4 +1,4 @@
-"""The BiT upstream schedules (BIT_SPEC.md section 3) as data, resolved into update counts.
+"""The BiT upstream schedules (the paper) as data, resolved into update counts.
 
 Pure Python, no TensorFlow: `bit_keras train --print-schedule` and the tests read it. The
 learning rate itself is `bit_keras.schedules` (`WarmupStepDecay.from_plan` for Keras).
