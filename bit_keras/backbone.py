@@ -143,6 +143,8 @@ class BiTBackbone(keras.Model):
 
     def call(self, inputs, training=None, mask=None):
         check_image_dtype(inputs)
+        if inputs.shape[0] == 0:  # eager TF's ops.add takes a [0, 1, 1, C] operand for a bias and fails
+            return ops.zeros((0, self.num_features), self.compute_dtype)
         return super().call(inputs, training=training, mask=mask)
 
     def get_config(self):

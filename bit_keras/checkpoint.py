@@ -1,16 +1,19 @@
 """Reading, checking, loading and writing checkpoints in the release's `.npz` layout.
 
-Loading validates every key and shape from the npz headers before a single weight is
-assigned, so a bad file never leaves a partially loaded model, and arrays are read one at
-a time so the peak memory stays near the model's own size.
+Loading validates every key and shape from the npz headers, then reads every array once
+(length, CRC, NaN/Inf) before a single weight is assigned, so a bad file never leaves a
+partially loaded model; arrays are read one at a time (a second time to assign them) so
+the peak memory stays near the model's own size.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import re
 import zipfile
+import zlib
 
 import numpy as np
 
@@ -41,6 +44,8 @@ def read_headers(path) -> dict:
     path = os.fspath(path)
     if not os.path.exists(path):
         raise MissingFileError(f"No checkpoint at {path!r}.")
+    if not os.path.isfile(path):  # a device or a pipe could be read forever
+        raise CheckpointError(f"{path!r} is not a regular file.")
     if not zipfile.is_zipfile(path):
         raise CheckpointError(f"{path!r} is not an .npz file (not a zip archive). BiT checkpoints are "
                               "the release's .npz files; the older .h5 files are not supported.")
@@ -109,12 +114,41 @@ def _suggest(headers) -> str:
     return f"The file holds {info.describe()}: build {info.architecture.name!r} to load it."
 
 
-def load_weights(model, path, *, load_head: bool | None = None) -> CheckpointInfo:
+def read_arrays(path, keys):
+    """Yields (key, array) for `keys`, each read whole; short data or a bad CRC is a CheckpointError."""
+    with zipfile.ZipFile(path) as archive:
+        for key in keys:
+            member = archive.getinfo(key + ".npy")
+            with archive.open(member) as stream:
+                try:
+                    version = np.lib.format.read_magic(stream)
+                    shape, _, dtype = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                                       else np.lib.format.read_array_header_2_0)(stream)
+                    size = math.prod(shape) * dtype.itemsize  # Python ints: no overflow on absurd headers
+                    if stream.tell() + size != member.file_size:  # checked before allocating anything
+                        raise ValueError(f"its header needs {size} bytes of data, the archive holds "
+                                         f"{member.file_size - stream.tell()}")
+                    stream.seek(0)
+                    array = np.lib.format.read_array(stream, allow_pickle=False)  # the CRC is checked at its end
+                except (ValueError, EOFError, zipfile.BadZipFile, zlib.error) as error:
+                    raise CheckpointError(f"{path!r}: array {key!r} cannot be read ({error}); the file is "
+                                          "truncated or corrupt.") from None
+            yield key, array
+
+
+def nonfinite_keys(path, keys) -> list:
+    """Reads every array in `keys` (see `read_arrays`) and returns those holding NaN or Inf."""
+    return sorted(key for key, array in read_arrays(path, keys)
+                  if array.dtype.kind in "fc" and not np.isfinite(array).all())
+
+
+def load_weights(model, path, *, load_head: bool | None = None, allow_nonfinite: bool = False) -> CheckpointInfo:
     """Loads a release-layout `.npz` into a BiT model, by name, all or nothing.
 
     The head is loaded when the model has one of the checkpoint's class count (or when
     `load_head=True`, which then requires it); otherwise the model's head is left as it is
-    (zero-initialised for fine-tuning).
+    (zero-initialised for fine-tuning). Arrays holding NaN or Inf are refused unless
+    `allow_nonfinite=True`.
     """
     path = os.fspath(path)
     headers = read_headers(path)
@@ -124,13 +158,19 @@ def load_weights(model, path, *, load_head: bool | None = None) -> CheckpointInf
         load_head = model_head is not None and model_head == info.num_classes
     expected = layout.checkpoint_layout(_architecture(model), model_head if load_head else None)
     check_against_layout(headers, expected, path)
-    with np.load(path) as arrays:
-        for entry in expected:
-            value = arrays[entry.key]
-            weight = getattr(model.get_layer(entry.layer), entry.weight)
-            weight.assign(value.reshape(weight.shape).astype("float32", copy=False))
-            del value
+    keys = [entry.key for entry in expected]
+    bad = nonfinite_keys(path, keys)  # every array read and checked before any is assigned
+    if bad and not allow_nonfinite:
+        raise CheckpointError(_nonfinite_problem(path, bad) + "; pass allow_nonfinite=True to load it anyway.")
+    for entry, (_, value) in zip(expected, read_arrays(path, keys)):
+        weight = getattr(model.get_layer(entry.layer), entry.weight)
+        weight.assign(value.reshape(weight.shape).astype("float32", copy=False))
+        del value
     return info
+
+
+def _nonfinite_problem(path, keys) -> str:
+    return f"{path}: {len(keys)} array(s) hold NaN or Inf: {', '.join(keys[:5])}{', ...' if len(keys) > 5 else ''}"
 
 
 def _architecture(model) -> Architecture:
@@ -159,15 +199,22 @@ def inspect_checkpoint(path) -> dict:
     headers = read_headers(path)
     info = identify(headers)
     report = {"path": os.fspath(path), "arrays": len(headers),
-              "parameters": int(sum(int(np.prod(s)) for s, _ in headers.values())),
+              "parameters": sum(math.prod(s) for s, _ in headers.values()),
               "block_units": list(info.block_units), "width": info.width,
               "num_classes": info.num_classes,
               "architecture": info.architecture.name}
+    report["nonfinite_keys"], report["problem"] = [], None
     try:
         check_against_layout(headers, layout.checkpoint_layout(info.architecture, info.num_classes), path)
-        report["loads"], report["problem"] = True, None
     except CheckpointError as error:
-        report["loads"], report["problem"] = False, str(error)
+        report["problem"] = str(error)
+    try:  # every array is read: a damaged or non-finite one is a reason not to load
+        report["nonfinite_keys"] = nonfinite_keys(path, sorted(headers))
+    except CheckpointError as error:
+        report["problem"] = report["problem"] or str(error)
+    if report["nonfinite_keys"] and not report["problem"]:
+        report["problem"] = _nonfinite_problem(path, report["nonfinite_keys"]) + " (loads only with allow_nonfinite=True)"
+    report["loads"] = report["problem"] is None
     known = set(e.key for e in layout.checkpoint_layout(info.architecture, info.num_classes))
     report["unexpected_keys"] = sorted(set(headers) - known)
     return report

@@ -9,6 +9,7 @@ learning rate, so fine-tuning is a plain `model.fit`.
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import keras
 
@@ -144,7 +145,7 @@ class BiTImageClassifier(keras.Model):
             rule = rules.hyperrule(train_size, image_size, batch_size=batch_size,
                                    large_resolution=presets.hyperrule_resolution(self.architecture))
         batch_size = rule.batch_size
-        micro_batch_size = micro_batch_size or batch_size
+        micro_batch_size = batch_size if micro_batch_size is None else micro_batch_size  # 0 is refused
         if micro_batch_size < 1 or batch_size % micro_batch_size:
             raise ConfigError(f"micro_batch_size must divide batch_size. Received: batch_size={batch_size}, "
                              f"micro_batch_size={micro_batch_size}")
@@ -153,8 +154,8 @@ class BiTImageClassifier(keras.Model):
         if resolution is not None:
             rule = rules.at_resolution(rule, resolution)
         if base_learning_rate is not None:
-            if base_learning_rate <= 0:
-                raise ConfigError(f"base_learning_rate must be positive. Received: {base_learning_rate}")
+            if not 0 < base_learning_rate < math.inf:  # also refuses NaN
+                raise ConfigError(f"base_learning_rate must be a positive finite number. Received: {base_learning_rate}")
             rule = dataclasses.replace(rule, base_learning_rate=float(base_learning_rate))
         accumulation = batch_size // micro_batch_size
         optimizer = keras.optimizers.SGD(

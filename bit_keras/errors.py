@@ -32,3 +32,11 @@ class TargetExistsError(BiTError, FileExistsError):
 
 class SetupError(BiTError, RuntimeError):
     """The environment cannot do what was asked (backend, device, dataset preparation, a missing package)."""
+
+
+class InUseError(BiTError, RuntimeError):
+    """Another process is writing the same run or export (the message names its PID)."""
+
+
+class DivergedError(BiTError, FloatingPointError):
+    """The loss became NaN or infinite; the run stopped before saving anything from it."""

@@ -5,6 +5,10 @@ the end; a crash or a kill leaves only that hidden sibling, never a `NAME` that 
 finished. tempfile makes staging private (0600/0700), so results are given the permissions
 `open()` would have given them (0o666/0o777 less the umask). Remote paths ("gs://...") are
 staged locally and copied with tf.io.gfile (an object store shows an object whole or not).
+
+`--overwrite` replaces only what looks like our own earlier output (`check_target` with
+`markers`), never the current folder or one above it; `locked` keeps two processes from
+writing one target, and clears what a killed writer of that target left behind.
 """
 
 from __future__ import annotations
@@ -12,11 +16,14 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import tempfile
-from bit_keras.errors import ConfigError, TargetExistsError
+from bit_keras.errors import ConfigError, InUseError, TargetExistsError
 
 PARTIAL_SUFFIX = ".partial"
+OLD_SUFFIX = ".old"
+LOCK_SUFFIX = ".lock"
 
 
 def is_remote(path) -> bool:
@@ -29,12 +36,19 @@ def join(directory, name) -> str:
     return directory.rstrip("/") + "/" + name if is_remote(directory) else os.path.join(directory, name)
 
 
-def check_target(path, *, overwrite: bool) -> str:
-    """Refuses an existing target unless `overwrite`; returns the normalised path."""
+def check_target(path, *, overwrite: bool, markers=None, suffixes=(), kind="an earlier output") -> str:
+    """Refuses an existing target unless `overwrite`; returns the normalised path.
+
+    With `markers`, `overwrite` replaces only `kind`: an empty folder, a folder holding one of
+    the `markers` (relative paths), or a file whose name ends in one of `suffixes` -- so a
+    mistyped output never empties a folder of other work (git refuses to clobber alike).
+    """
     path = os.path.abspath(os.fspath(path))
     if os.path.lexists(path) and not overwrite:
         raise TargetExistsError(f"{path} already exists; pass --overwrite (overwrite=True) to replace it, "
                               "or choose another output.")
+    if os.path.lexists(path) and markers is not None:
+        _check_replaceable(path, markers, suffixes, kind)
     parent = os.path.dirname(path)
     if os.path.exists(parent) and not os.path.isdir(parent):
         raise ConfigError(f"Cannot write {path}: {parent} is a file, not a directory.")
@@ -81,9 +95,10 @@ def staged_file(path, *, overwrite: bool = False):
 
 
 def write_json(path, data) -> None:
-    """Writes (or replaces) a JSON file atomically."""
+    """Writes (or replaces) a JSON file atomically; NaN/Infinity are refused (not JSON: strict readers fail)."""
+    text = json.dumps(data, indent=2, allow_nan=False)
     with staged_file(path, overwrite=True) as staging, open(staging, "w", encoding="utf-8") as stream:
-        json.dump(data, stream, indent=2)
+        stream.write(text)
         stream.write("\n")
 
 
@@ -108,6 +123,62 @@ def remove(path) -> None:
         shutil.rmtree(path)
     elif os.path.lexists(path):
         os.remove(path)
+
+
+def move_aside(path) -> str:
+    """Renames `path` to a hidden `.NAME.XXXXXXXX.old` sibling (one atomic step) and returns that name."""
+    parent, name = os.path.split(os.path.abspath(os.fspath(path)))
+    old = tempfile.mkdtemp(prefix=f".{name}.", suffix=OLD_SUFFIX, dir=parent)
+    os.rmdir(old)
+    os.rename(path, old)
+    return old
+
+
+@contextlib.contextmanager
+def locked(path):
+    """Holds an exclusive lock on `path` (a run directory or an export) while the block runs.
+
+    The lock is `fcntl.flock` on `.NAME.lock` beside `path` -- beside, so that it survives
+    `path` being replaced and never lands inside an export. It is non-blocking: a second
+    process fails at once with the holder's PID (written into the file). The kernel drops
+    the lock when its holder dies, so a killed run never blocks the next; the next holder
+    removes the hidden `.partial`/`.old` siblings a killed writer of `path` left. The file
+    is removed on release (a process that locked a file removed meanwhile tries again).
+    """
+    import fcntl
+
+    if is_remote(path):  # object stores have no locks: one writer per gs:// directory is up to the user
+        yield os.fspath(path)
+        return
+    path = os.path.abspath(os.fspath(path))
+    parent, name = os.path.split(path)
+    os.makedirs(parent, exist_ok=True)
+    lock = os.path.join(parent, f".{name}{LOCK_SUFFIX}")
+    while True:
+        handle = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(handle, 32).decode(errors="replace").strip() or "unknown"
+            os.close(handle)
+            raise InUseError(f"{path} is in use by another bit_keras process (PID {holder}; lock file {lock}). "
+                             "Wait for it to finish, or stop it.") from None
+        with contextlib.suppress(FileNotFoundError):
+            if os.path.samestat(os.fstat(handle), os.stat(lock)):
+                break
+        os.close(handle)
+    try:
+        os.ftruncate(handle, 0)
+        os.write(handle, f"{os.getpid()}\n".encode())
+        leftover = re.compile(rf"\.{re.escape(name)}\.[a-z0-9_]{{8}}(\{PARTIAL_SUFFIX}(\.[^.]*)?|\{OLD_SUFFIX})")
+        for entry in os.listdir(parent):  # tempfile's 8-character names, of this target only
+            if leftover.fullmatch(entry):
+                with contextlib.suppress(OSError):
+                    remove(os.path.join(parent, entry))
+        yield path
+    finally:
+        os.remove(lock)
+        os.close(handle)
 
 
 @contextlib.contextmanager
@@ -139,12 +210,26 @@ def _replace(staging, path, *, overwrite):
         os.replace(staging, path)  # file over file: one atomic step
         return
     # A directory cannot be swapped in one step: move the old one aside, rename, then delete it.
-    parent, name = os.path.split(path)
-    old = tempfile.mkdtemp(prefix=f".{name}.", suffix=".old", dir=parent)
-    os.rmdir(old)
-    os.rename(path, old)
+    old = move_aside(path)
     os.rename(staging, path)
     if os.path.isdir(old) and not os.path.islink(old):
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.remove(old)
+
+
+def _check_replaceable(path, markers, suffixes, kind):
+    real, here = os.path.realpath(path), os.path.realpath(os.getcwd())
+    if real == os.path.realpath(os.path.expanduser("~")) or here == real or here.startswith(real.rstrip(os.sep) + os.sep):
+        raise TargetExistsError(f"Refusing to replace {path}: it is the home folder, the current folder or a "
+                                "folder above it. Choose another output.")
+    if os.path.isdir(path) and not os.path.islink(path):
+        entries = sorted(os.listdir(path))
+        if not entries or any(os.path.lexists(os.path.join(path, marker)) for marker in markers):
+            return
+        shown = ", ".join(entries[:5]) + (f", ... ({len(entries)} entries)" if len(entries) > 5 else "")
+        raise TargetExistsError(f"Refusing to replace {path}: it holds {shown}, not {kind} (no "
+                                f"{' or '.join(markers)}). Remove it yourself or choose another output.")
+    if not path.endswith(tuple(suffixes)) or not suffixes:
+        raise TargetExistsError(f"Refusing to replace {path}: it is a file, not {kind}. Remove it yourself or "
+                                "choose another output.")

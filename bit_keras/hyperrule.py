@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import json
 
-from bit_keras.schedules import DECAY_FACTOR, learning_rate
+from bit_keras.schedules import DECAY_FACTOR, learning_rate, plan_warnings
 from bit_keras.errors import ConfigError
 
 BASE_BATCH = 512
@@ -59,6 +59,10 @@ class HyperRule:
     def learning_rate(self, step: int) -> float:
         """The rule's learning rate at a (0-based) step; never exactly 0 during warm-up."""
         return learning_rate(step, self.base_learning_rate, self.warmup_steps, self.decay_boundaries, DECAY_FACTOR)
+
+    def warnings(self) -> list:
+        """Sentences on what this rule cannot do as it looks (a shortened run's warm-up or decays)."""
+        return plan_warnings(self.total_steps, self.warmup_steps, self.decay_boundaries)
 
     def boundary_learning_rates(self) -> list:
         """[(step, learning rate)] where the rate changes: step 0, the warm-up end, every decay."""

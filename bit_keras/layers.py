@@ -23,6 +23,12 @@ def standardize_kernel(kernel, epsilon: float = WS_EPSILON):
     return centered * ops.rsqrt(variance + epsilon)
 
 
+def _conv_output_size(size, kernel, stride, dilation, padding):
+    if padding == "same":
+        return (size + stride - 1) // stride
+    return (size - dilation * (kernel - 1) - 1) // stride + 1
+
+
 @keras.saving.register_keras_serializable(package="bit_keras")
 class StandardizedConv2D(keras.layers.Conv2D):
     """A Conv2D whose kernel is standardized before every convolution.
@@ -44,7 +50,15 @@ class StandardizedConv2D(keras.layers.Conv2D):
 
     def convolution_op(self, inputs, kernel):
         kernel = ops.cast(standardize_kernel(kernel, self.epsilon), self.compute_dtype)
-        return super().convolution_op(inputs, kernel)
+        outputs = super().convolution_op(inputs, kernel)
+        if keras.backend.backend() != "tensorflow" or self.data_format != "channels_last":
+            return outputs
+        # TF's oneDNN CPU convolution hands an empty batch back unchanged, input shape and all:
+        # restate the output shape (a free reshape) so an empty batch gives an empty output.
+        shape = ops.shape(inputs)
+        sizes = [_conv_output_size(shape[1 + i], self.kernel_size[i], self.strides[i], self.dilation_rate[i],
+                                   self.padding) for i in range(2)]
+        return ops.reshape(outputs, (shape[0], *sizes, self.filters))
 
     def get_config(self):
         return {**super().get_config(), "epsilon": self.epsilon}
@@ -82,8 +96,9 @@ class GroupNormalization(keras.layers.Layer):
         per_group = channels // self.groups
         batch = ops.shape(inputs)[0]
         x = inputs if keras.backend.standardize_dtype(inputs.dtype) == "float32" else ops.cast(inputs, "float32")
-        # Per-channel statistics over the pixels, then per group over its channels.
-        channel_mean, channel_var = ops.moments(ops.reshape(x, (batch, -1, channels)), axes=(1,))
+        # Per-channel statistics over the pixels, then per group over its channels. No reshape
+        # with -1: an empty batch (TF Serving sends those) makes it ambiguous and fails.
+        channel_mean, channel_var = ops.moments(x, axes=tuple(range(1, len(inputs.shape) - 1)))
         channel_mean = ops.reshape(channel_mean, (batch, self.groups, per_group))
         channel_var = ops.reshape(channel_var, (batch, self.groups, per_group))
         mean = ops.mean(channel_mean, axis=2, keepdims=True)

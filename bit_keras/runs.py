@@ -2,15 +2,19 @@
 
 Fine-tuning and upstream training share one rule: the caller puts into the record only what
 must not change on resume (data, model, schedule, precision), and every key must match, or
-the restored weights and data position would mean something else.
+the restored weights and data position would mean something else. A run holds its
+directory's lock (`files.locked`) from start to end, and stops at a NaN/Inf loss.
 """
 
 from __future__ import annotations
 
+import functools
 import json
+import math
+import os
 
 from bit_keras import files
-from bit_keras.errors import ConfigError
+from bit_keras.errors import ConfigError, DivergedError
 
 RUN_FILE = "run.json"
 
@@ -24,7 +28,8 @@ def check_resume(directory, record, *, restart="pass --overwrite or use a new di
     previous = read_run(directory)
     if previous is None:
         return
-    record = json.loads(json.dumps(record))  # tuples -> lists, as read back from the file
+    # Tuples -> lists, as read back from the file; nested records compare key by key ("plan.momentum").
+    previous, record = _flat(previous), _flat(json.loads(json.dumps(record)))
     changed = [f"{key}: {_show(previous.get(key))} -> {_show(record.get(key))}"
                for key in sorted(set(previous) | set(record)) if previous.get(key) != record.get(key)]
     if changed:
@@ -34,6 +39,39 @@ def check_resume(directory, record, *, restart="pass --overwrite or use a new di
 
 def write_run(directory, record) -> None:
     files.write_json(files.join(directory, RUN_FILE), record)
+
+
+def holding_lock(directory_of):
+    """Decorates a run function: it runs holding the lock on its directory, `directory_of(*args, **kwargs)`.
+
+    A second run into the same directory fails at once instead of mixing its checkpoints and
+    logs into the first; a file where the directory should be is refused before anything starts.
+    """
+    def decorate(function):
+        @functools.wraps(function)
+        def run(*args, **kwargs):
+            directory = directory_of(*args, **kwargs)
+            if not files.is_remote(directory) and os.path.lexists(directory) and not os.path.isdir(directory):
+                raise ConfigError(f"{directory} is a file, not a run directory; choose another directory.")
+            with files.locked(directory):
+                return function(*args, **kwargs)
+        return run
+    return decorate
+
+
+def check_finite(loss, update) -> None:
+    """Raises DivergedError when `loss` is NaN or infinite: nothing after this point may be saved."""
+    if not math.isfinite(float(loss)):
+        raise DivergedError(f"The loss became {float(loss)} by update {int(update)}: training diverged and was "
+                            "stopped before saving any of it (earlier checkpoints are kept). Lower the learning "
+                            "rate or check the data, then start again in a new directory.")
+
+
+def _flat(record, prefix="") -> dict:
+    flat = {}
+    for key, value in record.items():
+        flat.update(_flat(value, f"{prefix}{key}.") if isinstance(value, dict) else {prefix + key: value})
+    return flat
 
 
 def _show(value) -> str:

@@ -30,6 +30,25 @@ def learning_rate(step, peak, warmup_steps, boundaries, decay_factor=DECAY_FACTO
     return rate
 
 
+def plan_warnings(total_steps, warmup_steps, boundaries) -> list:
+    """What is wrong with a schedule that cannot do what it looks like, one sentence each."""
+    warnings, boundaries = [], sorted(int(b) for b in boundaries)
+    if warmup_steps > total_steps:
+        warnings.append(f"the warm-up ({warmup_steps} updates) is longer than the run ({total_steps}): the learning "
+                        f"rate never reaches its peak (it stops at {total_steps / warmup_steps:.0%} of it)")
+    early = [b for b in boundaries if b < min(warmup_steps, total_steps)]
+    if early:
+        warnings.append(f"decays at update(s) {early} fall inside the warm-up ({warmup_steps} updates): each one "
+                        f"scales the rest of the warm-up by {DECAY_FACTOR:g} too")
+    late = [b for b in boundaries if b >= total_steps]
+    if late:
+        warnings.append(f"decays at update(s) {late} never happen: the run ends after {total_steps} updates")
+    repeated = sorted({b for b in boundaries if boundaries.count(b) > 1 and b < total_steps})
+    if repeated:
+        warnings.append(f"several decays at update(s) {repeated}: the rate drops by more than {DECAY_FACTOR:g} at once")
+    return warnings
+
+
 def _define_keras_schedule():
     import keras
     from keras import ops

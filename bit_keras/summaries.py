@@ -11,6 +11,8 @@ import os
 
 import keras
 
+from bit_keras import files
+
 
 def write_scalar(name, value, step):
     """One scalar into the default summary writer (`with writer.as_default():`)."""
@@ -62,3 +64,23 @@ class ScalarLogger(keras.callbacks.Callback):
         for writer in self._writers.values():
             writer.close()
         self._writers = {}
+
+
+def read_scalars(directory) -> dict:
+    """{tag: {step: value}} from the event files in `directory` (local or gs://), for pictures and tests.
+
+    A resumed run logs the steps after its last checkpoint again: the latest event wins.
+    """
+    import tensorflow as tf
+    from tensorflow.core.util import event_pb2
+
+    directory = os.fspath(directory)
+    if not tf.io.gfile.isdir(directory):
+        return {}
+    events = [event_pb2.Event.FromString(record.numpy()) for name in tf.io.gfile.listdir(directory)
+              for record in tf.data.TFRecordDataset(files.join(directory, name))]
+    values = {}
+    for event in sorted(events, key=lambda event: event.wall_time):
+        for value in event.summary.value:
+            values.setdefault(value.tag, {})[event.step] = float(tf.make_ndarray(value.tensor))
+    return values

@@ -118,7 +118,7 @@ def _checked(architecture, preset, path, source) -> WeightsChoice:
 def cached_release(architecture, cache_dir=None) -> str | None:
     """A released checkpoint of `architecture` already in the cache (the demo uses it), else None."""
     for preset in presets.presets_for(Architecture.parse(architecture)):
-        path = download.cached_path(preset.url, preset.filename, directory=cache_dir)
+        path = download.cached_preset(preset, directory=cache_dir)
         if path is not None:
             return path
     return None

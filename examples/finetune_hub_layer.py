@@ -88,8 +88,12 @@ def main(argv=None):
     import tf_keras
 
     tf_keras.utils.set_random_seed(0)
-    export_dir = args.export_dir or export_tiny_random_backbone(
-        os.path.join(tempfile.mkdtemp(prefix="bit_hub_example_"), "tiny_bit"))
+    with tempfile.TemporaryDirectory(prefix="bit_hub_example_") as scratch:  # removed again at the end
+        export_dir = args.export_dir or export_tiny_random_backbone(os.path.join(scratch, "tiny_bit"))
+        return _fine_tune(args, export_dir, tf, hub, tf_keras)
+
+
+def _fine_tune(args, export_dir, tf, hub, tf_keras):
 
     # Plain JSON: no bit_keras needed to read what the export is and how to fine-tune it.
     with open(os.path.join(export_dir, "assets", "bit_keras.json")) as stream:

@@ -77,6 +77,10 @@ keras.config.set_dtype_policy("float32")
 assert keras.backend.standardize_dtype(mixed(x).dtype) == "float32"
 assert all(keras.backend.standardize_dtype(w.dtype) == "float32" for w in mixed.weights)
 
+# An empty batch gives an empty output (GroupNorm reshaped with -1 failed on every backend).
+assert tuple(GroupNormalization()(np.zeros((0, 4, 4, 64), "float32")).shape) == (0, 4, 4, 64)
+assert tuple(model(np.zeros((0, 32, 32, 3), "float32")).shape) == (0, 5)
+
 # Bad input is refused by our check, not deep inside the backend.
 with pytest.raises(ValueError, match="float images in \\[0, 1\\]; received dtype uint8"):
     model(np.zeros((1, 32, 32, 3), "uint8"))

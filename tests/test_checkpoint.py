@@ -1,5 +1,11 @@
 """Loading and saving release-layout checkpoints: by name, all or nothing, with clear errors."""
 
+import io
+import os
+import subprocess
+import sys
+import zipfile
+
 import numpy as np
 import pytest
 
@@ -120,3 +126,90 @@ def test_inspect_reports_architecture_and_problems(params_and_path, tmp_path):
     bad = _rewrite(params, tmp_path / "bad.npz", **{"resnet/block1/unit01/b/standardized_conv2d/kernel": np.zeros((3, 3, 64, 63), "float32")})
     report = checkpoint.inspect_checkpoint(bad)
     assert not report["loads"] and "(3, 3, 64, 63)" in report["problem"]
+
+
+KERNEL = "resnet/block1/unit01/b/standardized_conv2d/kernel"
+
+
+def _npy(array) -> bytes:
+    stream = io.BytesIO()
+    np.lib.format.write_array(stream, array)
+    return stream.getvalue()
+
+
+def _archive(path, members):
+    """An .npz written member by member (`name: bytes`), to make damaged ones."""
+    with zipfile.ZipFile(path, "w") as archive:
+        for key, data in members.items():
+            archive.writestr(key + ".npy", data)
+    return path
+
+
+def _short_data(params, path):
+    return _archive(path, {**{k: _npy(v) for k, v in params.items()}, KERNEL: _npy(params[KERNEL])[:-100]})
+
+
+def _bad_crc(params, path):
+    np.savez(path, **params)
+    data = bytearray(path.read_bytes())
+    data[data.find(params[KERNEL].tobytes()) + 1000] ^= 0xFF
+    path.write_bytes(bytes(data))
+    return path
+
+
+@pytest.mark.parametrize("damage, message", [(_short_data, "truncated or corrupt"), (_bad_crc, "CRC|corrupt")])
+def test_damaged_array_data_is_found_before_anything_is_assigned(params_and_path, tmp_path, damage, message):
+    params, _ = params_and_path
+    bad = damage(params, tmp_path / "bad.npz")
+    report = checkpoint.inspect_checkpoint(bad)
+    assert not report["loads"] and KERNEL in report["problem"]
+    model = _model()
+    before = _snapshot(model)
+    with pytest.raises(checkpoint.CheckpointError, match=message):
+        bit_keras.load_weights(model, bad)
+    for old, new in zip(before, _snapshot(model)):
+        np.testing.assert_array_equal(old, new)
+
+
+def test_nan_and_inf_are_named_and_loaded_only_on_request(params_and_path, tmp_path, capsys):
+    from bit_keras.cli import main as cli_main
+
+    params, _ = params_and_path
+    gamma = "resnet/group_norm/gamma"
+    poisoned = dict(params, **{KERNEL: params[KERNEL].copy(), gamma: params[gamma].copy()})
+    poisoned[KERNEL][0, 0, 0, 0], poisoned[gamma][3] = np.nan, -np.inf
+    bad = _rewrite(poisoned, tmp_path / "nan.npz")
+    report = checkpoint.inspect_checkpoint(bad)
+    assert report["nonfinite_keys"] == sorted([KERNEL, gamma]) and not report["loads"]
+    assert KERNEL in report["problem"]
+    assert cli_main._main(cli_main.build_parser().parse_args(["inspect", str(bad)])) == 1
+    assert f"NaN or Inf in: {KERNEL}, {gamma}" in capsys.readouterr().out
+    model = _model()
+    before = _snapshot(model)
+    with pytest.raises(checkpoint.CheckpointError, match="NaN or Inf.*allow_nonfinite=True"):
+        bit_keras.load_weights(model, bad)
+    for old, new in zip(before, _snapshot(model)):
+        np.testing.assert_array_equal(old, new)
+    bit_keras.load_weights(model, bad, allow_nonfinite=True)
+    assert np.isnan(np.asarray(model.get_layer("block1-unit01-b-standardized_conv2d").kernel)[0, 0, 0, 0])
+    assert checkpoint.inspect_checkpoint(params_and_path[1])["nonfinite_keys"] == []
+
+
+def test_inspect_counts_absurd_shapes_exactly(params_and_path, tmp_path):
+    params, _ = params_and_path
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, {"descr": "<f4", "fortran_order": False, "shape": (10**12, 10**12)})
+    bad = _archive(tmp_path / "huge.npz", {**{k: _npy(v) for k, v in params.items()}, "extra/huge": header.getvalue()})
+    report = checkpoint.inspect_checkpoint(bad)
+    assert report["parameters"] == sum(v.size for v in params.values()) + 10**24
+    assert not report["loads"] and "extra/huge" in report["problem"]
+
+
+def test_inspect_refuses_a_device_before_reading_it():
+    # Run apart under a memory limit: reading /dev/zero would never end.
+    code = ("import resource, sys; resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30)); "
+            "from bit_keras.cli.main import run; sys.exit(run(['inspect', '/dev/zero']))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                            cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert result.stderr.strip().splitlines() == ["bit_keras inspect: error: '/dev/zero' is not a regular file."]

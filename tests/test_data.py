@@ -1,6 +1,7 @@
 """Data sources, few-shot sampling and the HyperRule pipelines (flip, crop, MixUp), checked in NumPy."""
 
 import dataclasses
+import re
 
 import numpy as np
 import pytest
@@ -110,6 +111,65 @@ def test_folder_errors(tmp_path):
         load_source(f"folder:{tmp_path}")
 
 
+def _two_classes(root, per_class=2):
+    for name in ("cat", "dog"):
+        (root / name).mkdir(parents=True)
+        for i in range(per_class):
+            _write_png(root / name / f"{i}.png", np.full((10, 12, 3), 40 * i + (name == "dog"), np.uint8))
+
+
+def test_folder_skips_files_that_are_not_images(tmp_path):
+    """Broken files are listed in info.skipped at load; a truncated JPEG is dropped while reading."""
+    _two_classes(tmp_path)
+    (tmp_path / "cat" / "random.jpg").write_bytes(np.random.default_rng(0).bytes(300))
+    (tmp_path / "cat" / "empty.png").write_bytes(b"")
+    jpeg = tf.io.encode_jpeg(np.full((16, 16, 3), 9, np.uint8)).numpy()
+    (tmp_path / "dog" / "truncated.jpg").write_bytes(jpeg[:len(jpeg) // 2])
+    ds, info = load_source(f"folder:{tmp_path}")
+    assert sorted((f.rsplit("/", 1)[-1], why) for f, why in info.skipped) == [
+        ("empty.png", "empty"), ("random.jpg", "not a JPEG, PNG, GIF or BMP image")]
+    assert info.train_size == 5 and info.image_size == (10, 12)   # the truncated JPEG is counted ...
+    images = [image for image, _ in ds.as_numpy_iterator()]
+    assert len(images) == 4 and all(image.shape == (10, 12, 3) for image in images)   # ... and dropped
+
+
+def test_folder_classes_are_non_empty_visible_folders_inside_the_root(tmp_path):
+    data, outside = tmp_path / "data", tmp_path / "outside"
+    _two_classes(data)
+    _two_classes(outside)
+    (data / "empty").mkdir()
+    for hidden in (".cache", "__MACOSX"):
+        (data / hidden).mkdir()
+        _write_png(data / hidden / "x.png", np.zeros((4, 4, 3), np.uint8))
+    (data / "bird").symlink_to(outside / "cat")                   # a class folder out of the root
+    (data / "cat" / "far.png").symlink_to(outside / "dog" / "0.png")
+    (data / "dog" / "near.png").symlink_to(data / "cat" / "0.png")   # a link inside the root is followed
+    _, info = load_source(f"folder:{data}")
+    assert info.class_names == ("cat", "dog") and info.train_size == 5
+    assert [(f.rsplit("/", 1)[-1], why) for f, why in info.skipped] == [("far.png", "a link out of the dataset folder")]
+    for name in ("dog", "empty"):
+        for file in (data / name).iterdir():
+            file.unlink()
+        (data / name).rmdir()
+    with pytest.raises(ValueError, match="one class folder \\('cat'\\); classification needs two or more"):
+        load_source(f"folder:{data}")
+
+
+@pytest.mark.parametrize("source, split, size", [
+    ("digits", "train[:200%]", 1437), ("digits", "test[5:3]", 360), ("digits", "train[2000:]", 1437),
+    ("digits", "test[360:]", 360), ("digits", "test[:-400]", 360), ("folder", "train[:7]", 6), ("folder", "train[3:3]", 6),
+])
+def test_slices_must_fit_the_split(source, split, size, tmp_path):
+    if source == "folder":
+        _two_classes(tmp_path, per_class=3)
+        source = f"folder:{tmp_path}"
+    base = split.partition("[")[0]
+    with pytest.raises(ValueError, match=f"Split '{re.escape(split)}' does not fit {re.escape(source)}: '{base}' has {size} examples"):
+        load_source(source, split)
+    assert load_source(source, f"{base}[-2:]")[1].train_size == 2
+    assert load_source(source, f"{base}[:100%]")[1].train_size == size
+
+
 @pytest.mark.parametrize("spec", ["", "imagenet", "foo:bar", "tfds:", "folder:", "hub:cifar10"])
 def test_bad_specs_list_the_accepted_forms(spec):
     with pytest.raises(ValueError, match="tfds:NAME"):
@@ -125,12 +185,12 @@ def test_tfds_through_mock_data():
     """tfds.testing.mock_data generates random examples from the registered features, offline."""
     import tensorflow_datasets as tfds
 
-    with tfds.testing.mock_data(num_examples=6):
-        ds, info = load_source("tfds:cifar10", "train")
+    with tfds.testing.mock_data(num_examples=6):   # download=False: no probe of the download host
+        ds, info = load_source("tfds:cifar10", "train", download=False)
         images, labels = map(np.stack, zip(*ds.as_numpy_iterator()))
         assert info.num_classes == 10 and info.image_size == (32, 32) and info.train_size == 6
         assert images.shape == (6, 32, 32, 3) and images.dtype == np.uint8 and labels.dtype == np.int64
-        ds, info = load_source("tfds:mnist", "test")   # grayscale -> RGB
+        ds, info = load_source("tfds:mnist", "test", download=False)   # grayscale -> RGB
         image, _ = next(ds.as_numpy_iterator())
         assert info.image_size == (28, 28) and image.shape == (28, 28, 3)
         assert np.array_equal(image[..., 0], image[..., 1]) and np.array_equal(image[..., 0], image[..., 2])
@@ -141,6 +201,63 @@ def test_tfds_through_mock_data():
 def test_tfds_not_prepared_offline(tmp_path):
     with pytest.raises(FileNotFoundError, match="not prepared"):
         load_source("tfds:cifar10", data_dir=str(tmp_path), download=False)
+
+
+@pytest.fixture(scope="module")
+def tiny_tfds(tmp_path_factory):
+    """(name, data_dir) of a 10/4-example tfds dataset prepared offline (it downloads nothing)."""
+    import tensorflow_datasets as tfds
+
+    class TinyBitKerasTest(tfds.core.GeneratorBasedBuilder):
+        VERSION = tfds.core.Version("1.0.0")
+
+        def _info(self):
+            features = {"image": tfds.features.Image(shape=(8, 8, 3)), "label": tfds.features.ClassLabel(num_classes=2)}
+            return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict(features),
+                                         supervised_keys=("image", "label"))
+
+        def _split_generators(self, dl_manager):
+            return {"train": self._generate_examples(10), "test": self._generate_examples(4)}
+
+        def _generate_examples(self, n):
+            for i in range(n):
+                yield i, {"image": np.full((8, 8, 3), i, np.uint8), "label": i % 2}
+
+    data_dir = str(tmp_path_factory.mktemp("tfds"))
+    tfds.builder("tiny_bit_keras_test", data_dir=data_dir).download_and_prepare()
+    return "tfds:tiny_bit_keras_test", data_dir
+
+
+def test_tfds_download_fails_fast_when_the_host_is_unreachable(tmp_path, monkeypatch):
+    """Offline, tfds retried for minutes; one probe of the download host fails in seconds, making no folder."""
+    import time
+
+    from bit_keras.data import sources
+
+    builder = sources._tfds_builder("cifar10", str(tmp_path / "tfds"))
+    assert sources._download_hosts(builder) == [("www.cs.toronto.edu", 443)]   # from tfds's metadata
+    monkeypatch.setenv("https_proxy", "http://proxy.example:3128")
+    assert sources._download_hosts(builder) == [("proxy.example", 3128)]
+    monkeypatch.setattr(sources, "_download_hosts", lambda builder: [("127.0.0.1", 9)])   # nothing listens
+    start = time.monotonic()
+    with pytest.raises(FileNotFoundError, match=r"tfds:cifar10 is not prepared in .* \(127.0.0.1:9 cannot be reached"):
+        load_source("tfds:cifar10", data_dir=str(tmp_path / "tfds"))
+    assert time.monotonic() - start < 10 and not (tmp_path / "tfds").exists()
+
+
+def test_prepared_tfds_is_not_probed_and_bad_slices_are_one_line(tiny_tfds, tmp_path, monkeypatch):
+    from bit_keras.data import sources, split_size
+    from bit_keras.errors import ConfigError
+
+    name, data_dir = tiny_tfds
+    monkeypatch.setattr(sources, "_unreachable", lambda hosts: pytest.fail("a prepared dataset was probed"))
+    assert load_source(name, "train", data_dir=data_dir)[1].train_size == 10
+    assert split_size(name, "test", data_dir=data_dir) == 4 and split_size(name, "train[:50%]", data_dir=data_dir) == 5
+    assert split_size(name, data_dir=str(tmp_path / "none")) is None and not (tmp_path / "none").exists()
+    for split in ("train[:200%]", "test[5:3]", "train[2000:]"):
+        with pytest.raises(ConfigError, match=f"{name}: bad split '{re.escape(split)}'") as error:
+            load_source(name, split, data_dir=data_dir)
+        assert "\n" not in str(error.value)
 
 
 def test_from_arrays_and_its_errors():
@@ -363,3 +480,23 @@ def test_no_download_fails_at_once_on_an_unprepared_dataset(command, tmp_path, c
     assert main._main(main.build_parser().parse_args(argv)) == 2
     assert "tfds:cifar10 is not prepared" in capsys.readouterr().err
     assert not (tmp_path / "run").exists() and not (tmp_path / "upstream" / "checkpoints").exists()
+
+
+def test_train_dry_run_needs_no_dataset(tiny_tfds, tmp_path, capsys):
+    """The README's ImageNet dry run: offline it neither downloads nor leaves folders; --train-size fills in."""
+    import json
+
+    from bit_keras.cli import main
+
+    def dry_run(*flags):
+        argv = ["train", "--variant", "r14x1", "--model-dir", str(tmp_path / "up"), "--dry-run", *flags]
+        return main._main(main.build_parser().parse_args(argv))
+
+    empty = ["--dataset", "tfds:cifar10", "--data-dir", str(tmp_path / "tfds")]
+    assert dry_run(*empty) == 2
+    assert "tfds:cifar10 is not prepared" in capsys.readouterr().err and not (tmp_path / "tfds").exists()
+    assert dry_run(*empty, "--train-size", "50000") == 0
+    assert json.loads(capsys.readouterr().out)["train_size"] == 50000 and not (tmp_path / "tfds").exists()
+    assert dry_run("--dataset", tiny_tfds[0], "--data-dir", tiny_tfds[1], "--split", "train[:50%]") == 0
+    assert json.loads(capsys.readouterr().out)["train_size"] == 5
+    assert not (tmp_path / "up").exists()

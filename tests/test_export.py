@@ -5,6 +5,7 @@ independent NumPy BiT (tests/reference.py), so the exported function computes Bi
 merely whatever the exporter saw.
 """
 
+import hashlib
 import json
 import os
 
@@ -125,12 +126,30 @@ def test_metadata_describes_the_export(exported, checkpoint_file):
     assert meta["num_features"] == 2048 and meta["outputs"] == "features" and meta["num_classes"] is None
     assert meta["checkpoint"]["source"] == os.path.abspath(checkpoint_file[0])
     assert meta["checkpoint"]["random_weights"] is False
+    with open(checkpoint_file[0], "rb") as stream:
+        assert meta["checkpoint"]["sha256"] == hashlib.sha256(stream.read()).hexdigest()
     assert meta["input"]["range"] == [0.0, 1.0] and meta["input"]["dtype"] == "float32"
     rule = meta["hyperrule"]
     assert (rule["base_learning_rate"], rule["base_batch_size"], rule["momentum"], rule["weight_decay"]) == (
         0.003, 512, 0.9, 0.0)
     assert rule["decay_fractions"] == [0.3, 0.6, 0.9] and rule["dataset_thresholds"]["small_below"] == 20_000
     assert meta["bit_keras_version"]
+
+
+def test_serving_default_answers_an_empty_batch(exported, tmp_path):
+    """TF Serving sends empty batches; a folded serving model (plain Conv2D) must answer them too."""
+    import tensorflow as tf
+
+    import bit_keras
+    from bit_keras.export import export_model
+    from bit_keras.inference import fold_standardization
+
+    model = bit_keras.BiTImageClassifier(bit_keras.BiTBackbone(UNITS, WIDTH), CLASSES)
+    folded = export_model(model, tmp_path / "folded", serving_model=fold_standardization(model))
+    for directory, output, width in ((exported[0], "features", 2048), (folded, "logits", CLASSES)):
+        serving = tf.saved_model.load(directory).signatures["serving_default"]
+        for batch in (0, 1):
+            assert serving(images=tf.zeros((batch, 32, 40, 3)))[output].shape == (batch, width)
 
 
 def test_read_metadata_names_what_is_wrong(tmp_path):

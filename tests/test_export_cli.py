@@ -77,6 +77,8 @@ def test_cli_classifier_needs_a_head(tmp_path, capsys):
 
 
 def test_cli_offline_download_says_where_to_put_the_file(tmp_path, capsys, monkeypatch):
+    from bit_keras import download, presets
+
     def offline(*args, **kwargs):
         raise urllib.error.URLError("Name or service not known")
 
@@ -86,7 +88,8 @@ def test_cli_offline_download_says_where_to_put_the_file(tmp_path, capsys, monke
                    "--output", str(tmp_path / "out")) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1
-    assert f"put it at {cache / 'BiT-M-R50x1.npz'}" in err
+    release = presets.PRESETS["BiT-M-R50x1"]
+    assert f"put it at {download.cache_path(release.url, release.filename, directory=cache)}" in err
     assert not os.path.exists(tmp_path / "out") and os.listdir(cache) == []
 
 
@@ -123,10 +126,16 @@ def test_killed_export_leaves_no_directory_that_looks_complete(checkpoint_file, 
                             cwd=ROOT, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
     assert result.returncode == -signal.SIGKILL, result.stderr[-2000:]
     assert not os.path.exists(tmp_path / "out")
-    leftovers = os.listdir(tmp_path)
-    assert len(leftovers) == 1 and leftovers[0].startswith(".out.") and leftovers[0].endswith(".partial")
+    leftovers = sorted(os.listdir(tmp_path))  # the staging folder, and the dead process's lock file
+    assert len(leftovers) == 2 and leftovers[0].startswith(".out.") and leftovers[0].endswith(".partial")
+    assert leftovers[1] == ".out.lock" and (tmp_path / ".out.lock").read_text().strip().isdigit()
     assert os.path.exists(tmp_path / leftovers[0] / "saved_model.pb")  # it got that far
     assert not os.path.exists(tmp_path / leftovers[0] / "assets" / "bit_keras.json")
+    # The kernel dropped the dead process's lock: the next export of `out` succeeds and clears its leftovers.
+    from bit_keras.export import export_variant
+
+    export_variant(None, tmp_path / "out", weights=checkpoint_file[0])
+    assert os.listdir(tmp_path) == ["out"]
 
 
 def test_serving_model_drives_only_the_serving_signature(tmp_path):

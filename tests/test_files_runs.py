@@ -29,14 +29,15 @@ def test_results_get_the_umask_permissions_not_tempfile_ones(umask, tmp_path):
     bit_keras.save_weights(bit_keras.BiTBackbone((1, 1, 1, 1), 1, initializer="zeros"), tmp_path / "w.npz")
     reference.write_checkpoint(tmp_path / "source.npz", (1, 1, 1, 1), 1)
     cached = download.fetch((tmp_path / "source.npz").as_uri(), "cached.npz", directory=tmp_path / "cache")
-    for path in (tmp_path / "data.json", tmp_path / "w.npz", cached):
+    for path in (tmp_path / "data.json", tmp_path / "w.npz", cached, cached + ".sha256"):
         assert _mode(path) == expected, path
     with files.staged_directory(tmp_path / "export") as staging:
         open(os.path.join(staging, "x"), "w").close()
     assert _mode(tmp_path / "export") == 0o777 & ~umask
     assert json.loads((tmp_path / "data.json").read_text()) == {"a": [1, 2]}
     assert sorted(os.listdir(tmp_path)) == ["cache", "data.json", "export", "source.npz", "w.npz"]
-    assert os.listdir(tmp_path / "cache") == ["cached.npz"]
+    name = os.path.basename(cached)
+    assert name.startswith("cached-") and sorted(os.listdir(tmp_path / "cache")) == [name, name + ".sha256"]
 
 
 def test_a_failed_staged_directory_leaves_nothing(tmp_path):

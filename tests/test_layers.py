@@ -107,6 +107,21 @@ def test_mixed_precision_model_outputs_float32_logits():
     assert keras.backend.standardize_dtype(out.dtype) == "float32"
 
 
+def test_empty_batch_gives_empty_output():
+    """TF Serving sends empty batches: eager and in a graph whose batch size is unknown."""
+    import tensorflow as tf
+
+    assert tuple(GroupNormalization()(np.zeros((0, 4, 4, 64), "float32")).shape) == (0, 4, 4, 64)
+    conv = StandardizedConv2D(16, 3, strides=2, padding="same")
+    assert tuple(conv(np.zeros((0, 7, 9, 8), "float32")).shape) == (0, 4, 5, 16)
+    backbone = bit_keras.BiTBackbone((1, 1, 1, 1), 1)
+    assert tuple(backbone(np.zeros((0, 32, 32, 3), "float32")).shape) == (0, 2048)
+    assert tuple(bit_keras.BiTImageClassifier(backbone, 5)(np.zeros((0, 32, 32, 3), "float32")).shape) == (0, 5)
+    graph = tf.function(backbone, input_signature=[tf.TensorSpec([None, None, None, 3])])
+    for size in ((0, 40, 48), (0, 32, 32), (1, 40, 48)):
+        assert tuple(graph(tf.zeros((*size, 3))).shape) == (size[0], 2048)
+
+
 def test_feature_maps_and_partial_freezing():
     model = bit_keras.BiTImageClassifier(bit_keras.BiTBackbone((1, 2, 1, 1), 1), 5)
     maps = bit_keras.feature_maps(model, blocks=(1, 2, 4))

@@ -80,3 +80,29 @@ def test_the_pure_modules_do_not_import_tensorflow():
     code = "import bit_keras.schedules, bit_keras.hyperrule, sys; assert 'tensorflow' not in sys.modules"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
+
+
+def test_plans_that_cannot_work_are_named():
+    from bit_keras.hyperrule import shorten
+    from bit_keras.schedules import plan_warnings
+
+    assert plan_warnings(500, 100, (150, 300, 450)) == [] and hyperrule(10_000, (32, 32)).warnings() == []
+    long_warmup = plan_warnings(405, 5000, (135, 270, 360))
+    assert "warm-up (5000 updates) is longer than the run (405)" in long_warmup[0] and "8%" in long_warmup[0]
+    assert "[135, 270, 360] fall inside the warm-up" in long_warmup[1]
+    tiny = shorten(hyperrule(1437, (8, 8), batch_size=64), 1).warnings()   # what `demo --steps 1` asked for
+    assert any("never happen" in w for w in tiny)
+
+
+def test_train_says_so_in_its_header(tmp_path):
+    import numpy as np
+
+    from bit_keras.data import from_arrays
+    from bit_keras.train.loop import TrainConfig, train
+
+    lines = []
+    schedule = SCHEDULES["bit-s"].replace(batch_size=8, image_size=32)   # warm-up 5000 on 16 images
+    train(TrainConfig(model_dir=str(tmp_path), dataset="arrays", schedule=schedule, block_units=(1, 1, 1, 1),
+                      max_steps=0), source=from_arrays(np.zeros((16, 8, 8, 3), np.uint8), np.arange(16) % 4),
+          log=lines.append)
+    assert any(line.startswith("warning: the warm-up (5000 updates) is longer than the run (180)") for line in lines)

@@ -255,7 +255,7 @@ def test_resuming_with_other_settings_is_refused(tmp_path):
     train(_tiny_config(tmp_path, max_steps=0), source=_tiny_source(), log=lambda line: None)
     recorded = (tmp_path / "run.json").read_text()
     fake = types.SimpleNamespace(num_replicas_in_sync=1)
-    with pytest.raises(ValueError, match=r"batch_size: 8 -> 16; .*plan: .*new --model-dir"):
+    with pytest.raises(ValueError, match=r"batch_size: 8 -> 16; .*plan\.batch_size: 8 -> 16; .*new --model-dir"):
         train(_tiny_config(tmp_path, batch=16), strategy=fake, source=_tiny_source())
     with pytest.raises(ValueError, match=r"different run \(precision: \"float32\" -> \"bfloat16\"\)"):
         train(_tiny_config(tmp_path, precision="bfloat16"), strategy=fake, source=_tiny_source())

@@ -19,9 +19,10 @@ def register(subparsers):
     parser.add_argument("--output", required=True, help="The SavedModel directory (or .keras file) to write.")
     parser.add_argument("--classifier", action="store_true",
                         help="Export the logits of the checkpoint's head instead of the feature vector.")
-    parser.add_argument("--format", choices=("savedmodel", "keras"), default="savedmodel",
-                        help="savedmodel (TF Hub, default) or keras (a .keras file with named blocks, for "
-                             "partial fine-tuning with bit_keras.freeze_up_to).")
+    parser.add_argument("--format", choices=("savedmodel", "keras"), default=None,
+                        help="savedmodel (TF Hub) or keras (a .keras file with named blocks, for partial "
+                             "fine-tuning with bit_keras.freeze_up_to). Default: keras when --output ends in "
+                             ".keras, else savedmodel.")
     parser.add_argument("--overwrite", action="store_true", help="Replace an existing output.")
     parser.add_argument("--fold-standardization", action="store_true",
                         help="Serve `serving_default` from a copy with pre-standardized kernels (faster "
@@ -43,14 +44,19 @@ def export(args):
     import json
     import os
 
-    from bit_keras import files
+    if args.format is None:
+        args.format = "keras" if args.output.endswith(".keras") else "savedmodel"
+    elif args.format == "savedmodel" and args.output.endswith(".keras"):
+        raise ConfigError(f"--output {args.output} ends in .keras but --format is savedmodel (a directory); "
+                          "drop --format to write a .keras file, or name a directory.")
+
     from bit_keras.cli.main import UsageError
     from bit_keras.export import variant
+    from bit_keras.export.metadata import check_export_target, read_metadata
 
     try:
         # Cheap refusals first, before TensorFlow is imported or anything is downloaded.
-        files.check_target(args.output, overwrite=args.overwrite)
-        from bit_keras.export.metadata import read_metadata
+        check_export_target(args.output, overwrite=args.overwrite)
 
         path = variant.export_variant(args.variant, args.output, weights=args.weights,
                                       classifier=args.classifier, overwrite=args.overwrite,

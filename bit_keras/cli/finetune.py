@@ -6,6 +6,8 @@ Thin: every handler calls `bit_keras.finetune`; TensorFlow is imported inside th
 from __future__ import annotations
 
 import json
+import os
+import sys
 
 from bit_keras.cli.common import MODEL_HELP, add_model_flags, resolve_model
 
@@ -18,7 +20,7 @@ def register(subparsers):
     add_model_flags(parser, variant_help=MODEL_HELP + " Or a directory (or .keras file) written by "
                     "`bit_keras export`, with its own weights. Required.")
     parser.add_argument("--dataset", required=True, help="tfds:NAME[/CONFIG], folder:PATH or digits.")
-    parser.add_argument("--output", required=True, help="Run directory: checkpoint/, logs/, model.keras, metrics.json.")
+    parser.add_argument("--output", required=True, help="Run directory: checkpoint/, logs/, model.keras, curves.png, metrics.json.")
     parser.add_argument("--examples-per-class", type=int, default=None, help="Few-shot: k training examples per class.")
     parser.add_argument("--batch", type=int, default=512, help="Effective batch of one update (HyperRule: 512).")
     parser.add_argument("--micro-batch", type=int, default=None,
@@ -31,25 +33,27 @@ def register(subparsers):
                         help="Peak learning rate instead of the HyperRule's (only sensible without pre-trained weights).")
     parser.add_argument("--no-flip", dest="flip", action="store_false", help="No random horizontal flips.")
     parser.add_argument("--no-crop", dest="crop", action="store_false", help="No random crops (resize to the crop size).")
-    parser.add_argument("--train-split", default="train")
+    parser.add_argument("--train-split", default="train", help="Split to fine-tune on, e.g. train or train[:90%%].")
     parser.add_argument("--eval-split", default="test", help="Split scored during and after training; 'none' skips it.")
     parser.add_argument("--data-dir", default=None, help="tensorflow-datasets data directory.")
     parser.add_argument("--no-download", dest="download", action="store_false",
                         help="Fail at once if a tfds dataset is not prepared in --data-dir, instead of downloading it.")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="Seed of the data order, crops, flips and MixUp.")
     parser.add_argument("--overwrite", action="store_true", help="Start again even if --output holds a run.")
     parser.add_argument("--savedmodel", action="store_true",
                         help="Also write OUTPUT/savedmodel: the fine-tuned classifier as a TF-Hub SavedModel.")
-    parser.add_argument("--quiet", action="store_true", help="One line per evaluation instead of a progress bar.")
+    parser.add_argument("--quiet", action="store_true",
+                        help="One line per evaluation instead of a progress bar (the default when output is not a "
+                             "terminal, so log files get no control characters).")
     parser.set_defaults(handler=run_finetune)
 
     parser = subparsers.add_parser("evaluate", help="Score a fine-tuned model (.keras or a finetune --output) on a dataset.")
     parser.add_argument("--model", required=True, help="A .keras file or a `bit_keras finetune` output directory.")
     parser.add_argument("--dataset", required=True, help="tfds:NAME[/CONFIG], folder:PATH or digits.")
-    parser.add_argument("--split", default="test")
-    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--split", default="test", help="Split to score, e.g. test or train[90%%:].")
+    parser.add_argument("--batch", type=int, default=128, help="Images per evaluation batch.")
     parser.add_argument("--resolution", type=int, default=None, help="Default: the crop size in the run's run.json.")
-    parser.add_argument("--data-dir", default=None)
+    parser.add_argument("--data-dir", default=None, help="tensorflow-datasets data directory.")
     parser.add_argument("--no-download", dest="download", action="store_false",
                         help="Fail at once if a tfds dataset is not prepared, instead of downloading it.")
     parser.add_argument("--json", action="store_true", help="Print JSON.")
@@ -62,6 +66,10 @@ def register(subparsers):
                         help="Default: r50x1 when a released R50x1 checkpoint is cached, else r14x1 (one unit per "
                              "block, random weights). " + MODEL_HELP)
     parser.add_argument("--weights", default=None, help="A release .npz, URL or release name to fine-tune instead.")
+    parser.add_argument("--transfer", action="store_true",
+                        help="Show transfer instead: pre-train a small BiT on digits 0-4 with the upstream trainer, "
+                             "export it, and fine-tune few-shot (1, 5, 10 per class) on digits 5-9 next to random "
+                             "weights; prints the table (a few minutes).")
     parser.add_argument("--steps", type=int, default=None, help="Fine-tuning updates (default 100).")
     parser.add_argument("--batch", type=int, default=None, help="Batch size (default 64).")
     parser.add_argument("--resolution", type=int, default=None, help="Crop size (default 32).")
@@ -88,7 +96,7 @@ def run_finetune(args):
         steps=args.steps, eval_every=args.eval_every, flip=args.flip, crop=args.crop, resolution=args.resolution,
         base_learning_rate=args.learning_rate, train_split=args.train_split,
         eval_split=None if args.eval_split.lower() == "none" else args.eval_split, data_dir=args.data_dir,
-        download=args.download, seed=args.seed, overwrite=args.overwrite, savedmodel=args.savedmodel, verbose=2 if args.quiet else 1,
+        download=args.download, seed=args.seed, overwrite=args.overwrite, savedmodel=args.savedmodel, verbose=2 if args.quiet or not sys.stdout.isatty() else 1,
         log=print)
     summary = {k: v for k, v in metrics.items() if k != "hyperrule"}
     print(json.dumps(summary, indent=2))
@@ -111,6 +119,11 @@ def run_evaluate(args):
 
 
 def run_demo(args):
+    if args.transfer:
+        from bit_keras.finetune.transfer_demo import run_transfer_demo
+
+        run_transfer_demo(os.path.join(args.output, "transfer"))
+        return 0
     from bit_keras.finetune.demo import run_demo as demo
 
     options = {k: v for k, v in {"variant": args.variant, "weights": args.weights, "steps": args.steps,

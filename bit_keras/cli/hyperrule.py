@@ -21,6 +21,9 @@ def register(subparsers):
     parser.add_argument("--schedule", choices=("paper", "public"), default="paper",
                         help="Decay boundaries: the paper's 30/60/90%% (default) or the public code's.")
     parser.add_argument("--json", action="store_true", help="Print JSON.")
+    parser.add_argument("--plot", metavar="FILE", default=None,
+                        help="Also draw the learning rate against updates, warm-up end and decays marked "
+                             "(.png, .svg or .pdf).")
     parser.set_defaults(handler=show_rule)
 
 
@@ -43,6 +46,10 @@ def show_rule(args):
                      batch_size=args.batch, public_code_resolution=args.public_code_resolution,
                      schedule=args.schedule)
     steps = rule.boundary_learning_rates()
+    if args.plot:
+        from bit_keras import plots
+
+        plots.schedule(rule, args.plot)
     if args.json:
         report = rule.to_dict()
         report["learning_rate_at"] = [{"step": step, "learning_rate": lr} for step, lr in steps]
@@ -59,4 +66,6 @@ def show_rule(args):
           f"weight decay {rule.weight_decay:g}")
     print(f"  mixup          {f'alpha {rule.mixup_alpha:g}' if rule.mixup_alpha else 'off'}")
     print("  learning rate  " + "; ".join(f"step {step}: {lr:.3g}" for step, lr in steps))
+    if args.plot:
+        print(f"  picture        {args.plot}")
     return 0

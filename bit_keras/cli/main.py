@@ -7,6 +7,7 @@ time, so `bit_keras list` and `--help` answer at once.
 
 from __future__ import annotations
 
+import argparse
 import importlib
 import importlib.util
 import re
@@ -32,7 +33,10 @@ class UsageError(Exception):
 def build_parser():
     parser = argparse_flags.ArgumentParser(
         prog="bit_keras", description="Big Transfer (BiT) models for Keras 3.")
-    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    parser.add_argument("--verbose", action="store_true",
+                        help="Also show TensorFlow's own log lines and full tracebacks (anywhere on the line).")
+    # Plain argparse below the top level: no absl --helpfull/--flagfile noise in each command's help.
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=argparse.ArgumentParser)
     subparsers.required = True
     for module_name in COMMAND_MODULES:
         if importlib.util.find_spec(module_name) is not None:
@@ -47,9 +51,15 @@ def build_parser():
 def _main(args):
     from bit_keras.errors import BiTError
 
+    if not getattr(args, "verbose", False):
+        from bit_keras.cli.quiet import quiet_python_logs
+
+        quiet_python_logs()
     try:
         return args.handler(args) or 0
     except (UsageError, BiTError, OSError) as error:
+        if getattr(args, "verbose", False):
+            raise
         # Our own errors (and the system's: disk full, permissions) name the problem; a
         # traceback would bury it. Anything else is a bug and keeps its traceback.
         logging.debug("Failed", exc_info=True)
@@ -65,8 +75,22 @@ def _as_flags(message: str, args) -> str:
 
 def run(argv=None):
     """Console-script entry point."""
-    app.run(_main, argv=argv if argv is None else ["bit_keras", *argv],
-            flags_parser=lambda argv: build_parser().parse_args(argv[1:]))
+    argv = list(sys.argv[1:] if argv is None else argv)
+    verbose = "--verbose" in argv
+    if not verbose:
+        from bit_keras.cli.quiet import quiet_tensorflow
+
+        quiet_tensorflow()  # before anything imports TensorFlow
+    argv = [arg for arg in argv if arg != "--verbose"] + (["--verbose"] if verbose else [])
+    app.run(_main, argv=["bit_keras", *argv], flags_parser=lambda full: _parse(build_parser(), full[1:]))
+
+
+def _parse(parser, argv):
+    """`--verbose` may stand anywhere on the line; argparse wants it before the command."""
+    verbose = "--verbose" in argv
+    args = parser.parse_args([arg for arg in argv if arg != "--verbose"])
+    args.verbose = verbose
+    return args
 
 
 if __name__ == "__main__":

@@ -55,6 +55,8 @@ def inspect_file(args):
         print(f"{report['path']}: {arch}, {report['num_classes'] or 'no'} classes, "
               f"{report['parameters'] / 1e6:.2f}M parameters in {report['arrays']} arrays")
         print("loads: yes" if report["loads"] else f"loads: NO: {report['problem']}")
+        if report["nonfinite_keys"]:
+            print(f"NaN or Inf in: {', '.join(report['nonfinite_keys'])}")
         if report["unexpected_keys"]:
             print(f"unexpected keys (ignored): {', '.join(report['unexpected_keys'][:10])}")
     return 0 if report["loads"] else 1

@@ -32,7 +32,7 @@ def register(subparsers):
     what.add_argument("--data-dir", default=None, help="TFDS data directory (a gs:// path on Cloud TPU).")
     what.add_argument("--no-download", dest="download", action="store_false",
                       help="Fail at once if a tfds dataset is not prepared in --data-dir, instead of downloading it.")
-    what.add_argument("--model-dir", required=True, help="Checkpoints, TensorBoard logs and bit_final.npz "
+    what.add_argument("--model-dir", required=True, help="Checkpoints, TensorBoard logs, bit_final.npz and curves.png "
                       "(local or gs://). Reuse it to resume.")
 
     run = p.add_argument_group("hardware")
@@ -76,6 +76,8 @@ def register(subparsers):
     aug.add_argument("--crop-area-min", type=float, default=0.08, help="Smallest Inception-crop area fraction.")
     aug.add_argument("--no-flip", dest="flip", action="store_false", help="No random horizontal flip.")
     p.add_argument("--dry-run", action="store_true", help="Print the resolved schedule as JSON and exit.")
+    p.add_argument("--train-size", type=int, default=None, help="With --dry-run: examples in --split, so a tfds "
+                   "dataset not yet prepared need not be (e.g. 1281167 for imagenet2012's train).")
     p.set_defaults(handler=run_training)
 
 
@@ -110,10 +112,15 @@ def run_training(args):
 
         split_cpu(args.cpu_devices)  # before anything else initialises TensorFlow
     if args.dry_run:
-        from bit_keras.data import load_source
+        from bit_keras.data import split_size
 
-        _, info = load_source(config.dataset, config.split, data_dir=config.data_dir, download=config.download)
-        plan = config.schedule.plan(info.train_size)
+        # A dry run neither downloads nor prepares: tfds knows split sizes only from prepared data.
+        size = args.train_size if args.train_size is not None else split_size(
+            config.dataset, config.split, data_dir=config.data_dir)
+        if size is None:
+            raise ConfigError(f"{config.dataset} is not prepared, so the size of {config.split!r} is unknown: "
+                              "pass --train-size N (its number of examples) for a dry run.")
+        plan = config.schedule.plan(size)  # refuses a size below 1
         report = plan.to_dict()
         report["learning_rate_at"] = [{"step": s, "learning_rate": lr} for s, lr in plan.milestones()]
         print(json.dumps(report, indent=2))

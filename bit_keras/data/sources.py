@@ -6,9 +6,13 @@ Every source yields single `(image uint8 [h, w, 3], label int64)` examples plus 
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import os
 import re
+import socket
+import urllib.parse
+import urllib.request
 
 import numpy as np
 import tensorflow as tf
@@ -16,6 +20,10 @@ from absl import logging
 from bit_keras.errors import ConfigError, MissingFileError, SetupError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
+IMAGE_MAGIC = (b"\xff\xd8\xff", b"\x89PNG", b"GIF87a", b"GIF89a", b"BM")  # first bytes of those formats
+NOT_CLASSES = ("__MACOSX",)  # macOS zip metadata; hidden folders are skipped too
+PROBE_TIMEOUT = 3.0          # seconds to reach a download host before calling a tfds dataset offline
+GENERIC_HOST = ("storage.googleapis.com", 443)  # probed for a tfds dataset that lists no download URL
 ACCEPTED_SPECS = ("tfds:NAME", "tfds:NAME/CONFIG", "folder:PATH", "digits")
 DIGITS_TEST_SIZE = 360
 SPLIT_SEED = 0  # fixed order for folder/digits splits, so "train[:90%]" and "train[90%:]" are disjoint
@@ -30,6 +38,7 @@ class DatasetInfo:
     train_size: int          # examples in the selected split
     image_size: tuple        # typical (height, width): picks the HyperRule's resolution
     class_names: tuple = ()
+    skipped: tuple = ()      # (path, reason) of folder files left out: empty, not an image, a link out of PATH
 
 
 def load_source(spec: str, split: str = "train", *, data_dir=None, download=True):
@@ -38,8 +47,12 @@ def load_source(spec: str, split: str = "train", *, data_dir=None, download=True
     Specs: `tfds:NAME[/CONFIG]` (tensorflow-datasets; `split` may slice, e.g. "train[:90%]"),
     `folder:PATH` (PATH/<class>/*.png, or PATH/<split>/<class>/*), `digits` (scikit-learn's
     bundled 8x8 digits: "train" 1437 images, "test" 360). Folder and digits splits accept
-    the same slicing: "train[:90%]", "train[90%:]", "train[:100]". A TFDS dataset not yet
-    in `data_dir` is downloaded and prepared first unless `download=False`.
+    the same slicing: "train[:90%]", "train[90%:]", "train[:100]"; a slice past the split's
+    end, reversed or empty is an error. A TFDS dataset not yet in `data_dir` is downloaded and
+    prepared first unless `download=False`; an unreachable download host fails within seconds.
+    Folder files that are empty, not images by their first bytes, or links out of PATH are
+    left out and listed in `info.skipped`; one that still fails to decode (a truncated JPEG)
+    is dropped while reading, with TensorFlow's warning, instead of ending a run.
     """
     if not isinstance(spec, str) or not spec:
         raise ConfigError(f"A dataset spec must be a non-empty string, one of {', '.join(ACCEPTED_SPECS)}. "
@@ -110,23 +123,93 @@ def _bound(text, n):
     return int(text)
 
 
-def _slice_items(items, start, stop):
+def _slice_items(items, start, stop, split, where):
+    """items[start:stop]; like tfds, a slice that is reversed, empty or reaches past the split is an error."""
     n = len(items)
-    return items[_bound(start, n):_bound(stop, n)]
+    lo, hi = _bound(start, n), _bound(stop, n)
+    lo = 0 if lo is None else lo + n if lo < 0 else lo
+    hi = n if hi is None else hi + n if hi < 0 else hi
+    if not 0 <= lo < hi <= n:
+        base = split.partition("[")[0]
+        raise ConfigError(f"Split {split!r} does not fit {where}: {base!r} has {n} examples; slice within them, "
+                         f"start before stop (e.g. '{base}[:90%]', '{base}[:{max(n // 2, 1)}]').")
+    return items[lo:hi]
 
 
 # ---------------------------------------------------------------------------- tfds
 
-def _load_tfds(name, split, data_dir, download):
+def _tfds_builder(name, data_dir):
+    """tfds's builder for `name`; it reads metadata only (no network, no folders made)."""
     import tensorflow_datasets as tfds
 
     try:
-        builder = tfds.builder(name, data_dir=data_dir)
+        return tfds.builder(name, data_dir=data_dir)
     except Exception as error:  # tfds raises its own not-found types, with every dataset name listed
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise ConfigError(f"tensorflow-datasets cannot build {name!r}: {first_line} See tfds.list_builders() "
                          "for names; a config goes after a slash: tfds:NAME/CONFIG.") from None
+
+
+def _not_prepared(name, builder, why):
+    return MissingFileError(f"tfds:{name} is not prepared in {builder.data_dir} ({why}). Run `tfds build {name} "
+                            "--data_dir DIR` where the network is reachable and pass that data_dir, or use "
+                            "folder:PATH or digits.")
+
+
+def _bad_split(name, split, error):
+    return ConfigError(f"tfds:{name}: bad split {split!r}: {' '.join(str(error).split())}")
+
+
+def _download_hosts(builder):
+    """(host, port) pairs a download needs: the HTTPS proxy if one is set, else the hosts of the dataset's URLs."""
+    proxy = urllib.request.getproxies().get("https")
+    try:
+        urls = [proxy] if proxy else list(builder.url_infos or ())
+    except Exception:  # a dataset without a checksums file: tfds cannot list its URLs
+        urls = []
+    hosts = {(u.hostname, u.port or (443 if u.scheme == "https" else 80))
+             for u in map(urllib.parse.urlsplit, urls) if u.hostname}
+    return sorted(hosts) or [GENERIC_HOST]
+
+
+def _unreachable(hosts):
+    """"host:port" of the first host that takes no connection within PROBE_TIMEOUT, else None.
+
+    Offline, tfds retries its downloads for minutes before failing; this takes seconds.
+    """
+    for host, port in hosts:
+        try:
+            socket.create_connection((host, port), timeout=PROBE_TIMEOUT).close()
+        except OSError:
+            return f"{host}:{port}"
+    return None
+
+
+def split_size(spec: str, split: str = "train", *, data_dir=None):
+    """Examples in `split` without downloading or preparing anything (a schedule's dry run).
+
+    None for a tfds dataset that is not prepared in `data_dir`: tfds knows split sizes only
+    from prepared data. Folder and digits sources are listed as `load_source` lists them.
+    """
+    scheme, _, name = spec.partition(":") if isinstance(spec, str) else ("", "", "")
+    if scheme != "tfds" or not name:
+        return load_source(spec, split)[1].train_size
+    builder = _tfds_builder(name, data_dir)
+    if not builder.is_prepared():
+        return None
+    try:
+        return int(builder.info.splits[split].num_examples)
+    except (KeyError, ValueError) as error:
+        raise _bad_split(name, split, error) from None
+
+
+def _load_tfds(name, split, data_dir, download):
+    builder = _tfds_builder(name, data_dir)
     if download and not builder.is_prepared():
+        # A manual download (imagenet2012) is read from disk: nothing to reach.
+        host = None if builder.MANUAL_DOWNLOAD_INSTRUCTIONS else _unreachable(_download_hosts(builder))
+        if host:
+            raise _not_prepared(name, builder, f"{host} cannot be reached to download it")
         logging.info("tfds:%s is not in %s: downloading and preparing it (needs the network).", name,
                      builder.data_dir)
         try:
@@ -145,10 +228,9 @@ def _load_tfds(name, split, data_dir, download):
     try:
         ds = builder.as_dataset(split=split, shuffle_files=False)
     except AssertionError:  # tfds signals "not prepared" with an assertion
-        raise MissingFileError(f"tfds:{name} is not prepared in {builder.data_dir}. Run `tfds build {name}` "
-                                "(needs the network), pass download=True, or pass data_dir.") from None
-    except ValueError as error:  # e.g. an unknown split name
-        raise ConfigError(f"tfds:{name}: bad split {split!r}: {error}") from None
+        raise _not_prepared(name, builder, "downloads are off: download=False, --no-download") from None
+    except ValueError as error:  # an unknown split name, a slice past the split's end
+        raise _bad_split(name, split, error) from None
     ds = ds.map(lambda example: (_to_rgb(example[image_key]), tf.cast(example[label_key], tf.int64)),
                 num_parallel_calls=tf.data.AUTOTUNE)
     try:
@@ -192,13 +274,38 @@ def _typical_size(ds, samples=32):
 
 # ---------------------------------------------------------------------------- folders
 
-def _class_dirs(root):
-    return sorted(entry.name for entry in os.scandir(root) if entry.is_dir() and not entry.name.startswith("."))
+def _inside(path, root):
+    """Whether `path`, links resolved, stays in the dataset folder `root` (resolved): links out are not followed."""
+    return os.path.realpath(path).startswith(os.path.join(root, ""))
+
+
+def _subdirs(directory, root):
+    return sorted(entry.name for entry in os.scandir(directory) if entry.is_dir() and not entry.name.startswith(".")
+                  and entry.name not in NOT_CLASSES and _inside(entry.path, root))
 
 
 def _images_in(directory):
     return sorted(os.path.join(directory, f) for f in os.listdir(directory)
                   if f.lower().endswith(IMAGE_EXTENSIONS) and not f.startswith("."))
+
+
+def _classes(directory, root):
+    """Sub-folders holding image files: an empty folder is not a class."""
+    return [d for d in _subdirs(directory, root) if _images_in(os.path.join(directory, d))]
+
+
+def _problem(path, root):
+    """Why a listed file cannot be an image, from its first bytes (cheap, unlike decoding); None if it may be."""
+    if not _inside(path, root):
+        return "a link out of the dataset folder"
+    try:
+        with open(path, "rb") as stream:
+            head = stream.read(8)
+    except OSError as error:
+        return f"unreadable: {error.strerror}"
+    if not head:
+        return "empty"
+    return None if head.startswith(IMAGE_MAGIC) else "not a JPEG, PNG, GIF or BMP image"
 
 
 def _load_folder(path, split):
@@ -207,34 +314,49 @@ def _load_folder(path, split):
         raise MissingFileError(f"Image folder {path!r} does not exist. Expected PATH/<class>/*.jpg "
                                 "or PATH/<split>/<class>/*.jpg.")
     base, start, stop = _parse_split(split)
-    top = _class_dirs(path)
-    if top and all(_class_dirs(os.path.join(path, d)) and not _images_in(os.path.join(path, d)) for d in top):
+    real = os.path.realpath(path)
+    top = _subdirs(path, real)
+    splits = [d for d in top if _subdirs(os.path.join(path, d), real)]
+    if splits and not any(_images_in(os.path.join(path, d)) for d in top):
         # PATH/<split>/<class>/...: labels are the union of class folders over all splits,
         # so train and test agree on every class index.
-        if base not in top:
-            raise MissingFileError(f"{path!r} has split folders {top} but no {base!r}.")
-        class_names = sorted({c for d in top for c in _class_dirs(os.path.join(path, d))})
+        if base not in splits:
+            raise MissingFileError(f"{path!r} has split folders {splits} but no {base!r}.")
+        class_names = sorted({c for d in splits for c in _classes(os.path.join(path, d), real)})
         root = os.path.join(path, base)
     else:
         if base != "train":
             raise ConfigError(f"{path!r} has no split sub-folders, so its only split is 'train' (all images); "
                              f"slice it for evaluation, e.g. 'train[90%:]'. Received: split={split!r}")
-        class_names = top
+        class_names = _classes(path, real)
         root = path
-    items = [(file, label) for label, name in enumerate(class_names)
-             if os.path.isdir(os.path.join(root, name)) for file in _images_in(os.path.join(root, name))]
-    if not class_names or not items:
+    present = set(_subdirs(root, real))
+    listed = [(file, label) for label, name in enumerate(class_names) if name in present
+              for file in _images_in(os.path.join(root, name))]
+    if not listed:
         raise MissingFileError(f"No images ({', '.join(IMAGE_EXTENSIONS)}) found under {root!r} in "
                                 "one sub-folder per class.")
-    order = np.random.default_rng(SPLIT_SEED).permutation(len(items))
-    items = _slice_items([items[i] for i in order], start, stop)
+    if len(class_names) < 2:
+        raise ConfigError(f"{path!r} has one class folder ({class_names[0]!r}); classification needs two or more: "
+                         "PATH/<class>/*.jpg.")
+    with concurrent.futures.ThreadPoolExecutor(16) as pool:  # opening files is latency-bound on network disks
+        problems = list(pool.map(lambda item: _problem(item[0], real), listed))
+    skipped = tuple((file, why) for (file, _), why in zip(listed, problems) if why)
+    items = [item for item, why in zip(listed, problems) if not why]
     if not items:
-        raise ConfigError(f"Split {split!r} of {path!r} is empty.")
+        raise MissingFileError(f"None of the {len(listed)} image files under {root!r} can be read as an image "
+                                f"({skipped[0][0]}: {skipped[0][1]}).")
+    order = np.random.default_rng(SPLIT_SEED).permutation(len(items))
+    items = _slice_items([items[i] for i in order], start, stop, split, f"folder:{path}")
     files, labels = zip(*items)
     ds = tf.data.Dataset.from_tensor_slices((list(files), np.array(labels, np.int64)))
     ds = ds.map(lambda file, label: (_decode(file), label), num_parallel_calls=tf.data.AUTOTUNE)
+    # A file past the header check can still fail to decode (a truncated JPEG): drop it, with
+    # TensorFlow's warning, rather than end a run hours in. train_size still counts it.
+    ds = ds.ignore_errors(log_warning=True)
     return ds, DatasetInfo(name=f"folder:{path}", num_classes=len(class_names), train_size=len(items),
-                           image_size=_typical_size(ds, samples=16), class_names=tuple(class_names))
+                           image_size=_typical_size(ds, samples=16), class_names=tuple(class_names),
+                           skipped=skipped)
 
 
 def _decode(file):
@@ -257,9 +379,7 @@ def _load_digits(split):
     parts = {"train": order[DIGITS_TEST_SIZE:], "test": order[:DIGITS_TEST_SIZE], "all": order}
     if base not in parts:
         raise ConfigError(f"digits has splits 'train' (1437), 'test' (360) and 'all'. Received: split={split!r}")
-    index = _slice_items(parts[base], start, stop)
-    if len(index) == 0:
-        raise ConfigError(f"Split {split!r} of digits is empty.")
+    index = _slice_items(parts[base], start, stop, split, "digits")
     gray = np.round(digits.images[index] * (255.0 / 16.0)).astype(np.uint8)
     images = np.repeat(gray[..., None], 3, axis=-1)
     ds, _ = from_arrays(images, digits.target[index], num_classes=10)

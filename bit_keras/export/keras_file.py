@@ -8,9 +8,11 @@ any Keras 3 backend.
 from __future__ import annotations
 
 import os
+import zipfile
 
 from bit_keras import files
-from bit_keras.errors import ConfigError, MissingFileError
+from bit_keras.errors import CheckpointError, ConfigError, MissingFileError
+from bit_keras.export.metadata import check_export_target
 
 
 def export_keras(model, path, *, overwrite=False) -> str:
@@ -18,8 +20,8 @@ def export_keras(model, path, *, overwrite=False) -> str:
     path = os.fspath(path)
     if not path.endswith(".keras"):
         raise ConfigError(f"A Keras-format export needs a path ending in .keras. Received: {path}")
-    path = files.check_target(path, overwrite=overwrite)
-    with files.staged_file(path, overwrite=overwrite) as staging:
+    path = check_export_target(path, overwrite=overwrite)
+    with files.locked(path), files.staged_file(path, overwrite=overwrite) as staging:
         model.save(staging)
     return path
 
@@ -32,7 +34,11 @@ def load_keras_backbone(path, *, trainable=True):
 
     if not os.path.isfile(path):
         raise MissingFileError(f"{path} does not exist; write it with `bit_keras export --format keras`.")
-    model = keras.saving.load_model(path)
+    try:
+        model = keras.saving.load_model(path)
+    except (ValueError, OSError, zipfile.BadZipFile) as error:  # a cut-short file: Keras says "File not found"
+        raise CheckpointError(f"{path} is not a readable .keras file ({' '.join(str(error).split())}); "
+                              "it may be truncated or corrupt: export it again.") from None
     model = getattr(model, "backbone", model)
     model.trainable = trainable
     return model

@@ -12,6 +12,7 @@ import os
 from bit_keras.errors import ConfigError, MissingFileError
 
 METADATA_PATH = os.path.join("assets", "bit_keras.json")
+KERAS_SUFFIX = ".keras"
 FORMAT = "bit_keras.savedmodel"
 FORMAT_VERSION = 1
 
@@ -24,6 +25,15 @@ INPUT_CONVENTION = {
     "range": [0.0, 1.0],
     "note": "Any height and width; the model maps [0, 1] to BiT's [-1, 1] inside.",
 }
+
+
+def check_export_target(path, *, overwrite) -> str:
+    """`files.check_target` for exports: `overwrite` replaces only an earlier export (a folder with
+    our metadata, or a .keras file) or an empty folder, never other work."""
+    from bit_keras import files
+
+    return files.check_target(path, overwrite=overwrite, markers=(METADATA_PATH,), suffixes=(KERAS_SUFFIX,),
+                              kind="an earlier bit_keras export")
 
 
 def hyperrule_parameters(architecture=None) -> dict:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 
 from bit_keras import files
-from bit_keras.export.metadata import describe_model, write_metadata
+from bit_keras.export.metadata import check_export_target, describe_model, write_metadata
 from bit_keras.errors import ConfigError, SetupError
 
 SERVE_ENDPOINT = "serve"
@@ -62,9 +62,14 @@ def build_reusable_module(model, *, serving_model=None, output_name="features"):
     if serving_model is not model:
         root.serving_variables = list(serving_model.variables)
 
+    # TF Serving sends empty batches; TF's oneDNN CPU convolution returns those with the wrong
+    # shape (StandardizedConv2D restates it, a folded model's plain Conv2D does not): skip the model.
+    empty = tf.zeros([0, serving_model.output_shape[-1]], tf.float32)
+
     @tf.function(input_signature=[_image_spec()], autograph=False)
     def serving_default(images):
-        return {output_name: run(serving_model, images, False)}
+        outputs = tf.cond(tf.shape(images)[0] > 0, lambda: run(serving_model, images, False), lambda: empty)
+        return {output_name: outputs}
 
     return root, {"serving_default": serving_default.get_concrete_function()}
 
@@ -105,7 +110,7 @@ def export_model(model, directory, *, overwrite=False, metadata=None, serving_mo
     if keras.backend.backend() != "tensorflow":
         raise SetupError(f"Exporting SavedModels needs the TensorFlow backend; KERAS_BACKEND is "
                            f"{keras.backend.backend()!r}. Run with KERAS_BACKEND=tensorflow.")
-    directory = files.check_target(directory, overwrite=overwrite)
+    directory = check_export_target(directory, overwrite=overwrite)
     outputs = (metadata or {}).get("outputs") or ("logits" if getattr(model, "num_classes", None) else "features")
     if outputs not in ("features", "logits"):
         raise ConfigError(f"metadata['outputs'] must be 'features' or 'logits'. Received: {outputs!r}")
@@ -114,8 +119,12 @@ def export_model(model, directory, *, overwrite=False, metadata=None, serving_mo
         info["signatures"]["serving_default"]["serving_model"] = serving_model.name
     info.update(metadata or {})
     root, signatures = build_reusable_module(model, serving_model=serving_model, output_name=outputs)
-    with files.staged_directory(directory, overwrite=overwrite) as staging, _quiet_tensorflow():
-        tf.saved_model.save(root, staging, signatures=signatures)
+    with files.locked(directory), files.staged_directory(directory, overwrite=overwrite) as staging, \
+            _quiet_tensorflow():
+        try:
+            tf.saved_model.save(root, staging, signatures=signatures)
+        except tf.errors.OpError as error:  # TensorFlow's own file I/O: a full disk, a quota, permissions
+            raise OSError(f"Writing {directory} failed: {error.message.split('}}')[-1].strip()}") from None
         # Written last: a directory with metadata is a finished export.
         write_metadata(staging, info)
     return directory

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from bit_keras import files, weights as weights_rule
+from bit_keras import download, weights as weights_rule
 from bit_keras.errors import ConfigError
+from bit_keras.export.metadata import check_export_target
 
 FORMATS = ("savedmodel", "keras")
 
@@ -28,7 +29,7 @@ def export_variant(variant, directory, *, weights=None, classifier=False, overwr
     """
     if format not in FORMATS:
         raise ConfigError(f"format must be one of {FORMATS}. Received: format={format!r}")
-    files.check_target(directory, overwrite=overwrite)  # fail before any download or build
+    check_export_target(directory, overwrite=overwrite)  # fail before any download or build
     choice = weights_rule.resolve(variant, weights, random_weights=random_weights, cache_dir=cache_dir)
     if choice.random and not random_weights:
         raise ConfigError(
@@ -54,7 +55,8 @@ def export_variant(variant, directory, *, weights=None, classifier=False, overwr
         "multi_label": release.multi_label if release else None,
         "resolution": release.resolution if release else None,
         "checkpoint": {"source": choice.source if not choice.random else "random initialisation (untrained)",
-                       "release": release.name if release else None, "random_weights": choice.random},
+                       "release": release.name if release else None, "random_weights": choice.random,
+                       "sha256": download.sha256_of(choice.path) if choice.path else None},
     }
     serving_model = serving_model_fn(model) if serving_model_fn is not None else None
     return export_model(model, directory, overwrite=overwrite, metadata=metadata, serving_model=serving_model)

@@ -55,10 +55,11 @@ def run_demo(output="demo_output", *, variant=None, weights=None, steps=DEFAULT_
     if not choice.random:
         print_fn(f"[1/4] Weights: {choice.source}")
     else:
-        looked_for = ", ".join(p.filename for p in presets.presets_for(Architecture.parse(DEFAULT_VARIANT)))
+        looked_for = ", ".join(os.path.basename(download.cache_path(p.url, p.filename))
+                               for p in presets.presets_for(Architecture.parse(DEFAULT_VARIANT)))
         print_fn(f"[1/4] Weights: NO released BiT checkpoint in {download.cache_dir()} (looked for {looked_for}).\n"
                  f"      Falling back to RANDOM weights: this shows the pipeline working, not BiT's transfer. Put a "
-                 f"release .npz there (or pass --weights) for real transfer with R50x1.")
+                 f"release .npz there under its name (or pass --weights) for real transfer with R50x1.")
     backbone = choice.build_backbone()
     if choice.random:
         print_fn(f"      Model: {choice.architecture.name}, BiT's ResNet-v2 (GroupNorm + weight standardization), "
@@ -94,6 +95,8 @@ def run_demo(output="demo_output", *, variant=None, weights=None, steps=DEFAULT_
              f"updates (warm-up {rule.warmup_steps}, /10 at {list(rule.decay_boundaries)}), crop {rule.crop} px, "
              f"peak learning rate {rule.base_learning_rate:g}"
              + ("" if path else " (raised for random weights)") + ", SGD momentum 0.9, zero head, no weight decay")
+    for warning in rule.warnings():
+        print_fn(f"      warning: {warning}")
     tick = time.time()
     ft.fit(train, eval_every=max(1, rule.total_steps // 4), verbose=2)
     train_seconds = time.time() - tick

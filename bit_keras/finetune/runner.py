@@ -3,34 +3,40 @@
 The output directory holds everything a run needs to be inspected or continued:
 
     run.json        what was asked (dataset, variant, rule); a resumed run must match it
-    checkpoint/     keras.callbacks.BackupAndRestore state, written after every evaluation
+    checkpoint/     keras.callbacks.BackupAndRestore state, written after every evaluation and
+                    removed only once metrics.json is in place (a kill before that resumes)
     logs/           metrics.csv, and TensorBoard scalars in train/ and validation/ (step: updates)
     model.keras     the fine-tuned classifier (written atomically at the end)
     savedmodel/     the same as a TF-Hub SavedModel (logits), when asked for
+    curves.png      loss, accuracy and learning rate against updates, from logs/metrics.csv
     metrics.json    the final metrics (written atomically, last: its presence means "done")
 
 A run killed at any point is continued by running the same command again: the model and
 optimizer variables come back from the last checkpoint, including the optimizer's update
-counter, so the schedule continues at the right step and learning rate.
+counter, so the schedule continues at the right step and learning rate. `overwrite` replaces
+only a folder that looks like a run, and only once the data and model have been built.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import shutil
 import time
 
 
-from bit_keras import files, runs
-from bit_keras.errors import ConfigError, MissingFileError
+from bit_keras import files, plots, runs
+from bit_keras.errors import BiTError, CheckpointError, ConfigError, MissingFileError
 
 METRICS_FILE = "metrics.json"
 MODEL_FILE = "model.keras"
 CHECKPOINT_DIR = "checkpoint"
 LOGS_DIR = "logs"
 SAVEDMODEL_DIR = "savedmodel"
+RUN_MARKERS = (runs.RUN_FILE, METRICS_FILE, CHECKPOINT_DIR)  # what `overwrite` may replace
 
 
+@runs.holding_lock(lambda source, *, output, **_: output)
 def finetune(source, *, dataset, output, weights=None, random_weights=False, cache_dir=None,
              examples_per_class=None, batch_size=512,
              micro_batch_size=None, steps=None, eval_every=None, flip=True, crop=True, resolution=None,
@@ -65,6 +71,10 @@ def finetune(source, *, dataset, output, weights=None, random_weights=False, cac
 
     from bit_keras import weights as weights_rule
 
+    for name, value in (("examples_per_class", examples_per_class), ("micro_batch_size", micro_batch_size),
+                        ("eval_every", eval_every)):
+        if value is not None and (int(value) != value or value < 1):  # 0 would silently mean "the default"
+            raise ConfigError(f"{name} must be a positive integer. Received: {name}={value!r}")
     if isinstance(source, str) and not (os.path.isdir(source) or source.endswith(".keras")):
         source = weights_rule.resolve(source, weights, random_weights=random_weights, cache_dir=cache_dir)
     if isinstance(source, weights_rule.WeightsChoice):
@@ -73,9 +83,8 @@ def finetune(source, *, dataset, output, weights=None, random_weights=False, cac
     metrics_path = os.path.join(output, METRICS_FILE)
     if os.path.exists(metrics_path) and not overwrite:
         raise ConfigError(f"{output} holds a finished run ({METRICS_FILE}); pass --overwrite or another --output.")
-    if overwrite:
-        for name in (METRICS_FILE, MODEL_FILE, runs.RUN_FILE, CHECKPOINT_DIR):
-            files.remove(os.path.join(output, name))
+    if overwrite:  # refused now if not a run; replaced only once the data and model are known to work
+        files.check_target(output, overwrite=True, markers=RUN_MARKERS, kind="a bit_keras finetune run")
 
     train_ds, info = load_source(dataset, train_split, data_dir=data_dir, download=download)
     train_size = info.train_size
@@ -93,20 +102,28 @@ def finetune(source, *, dataset, output, weights=None, random_weights=False, cac
            "num_classes": info.num_classes, "class_names": list(info.class_names), "flip": flip, "crop": crop,
            "micro_batch_size": ft.micro_batch_size, "eval_every": eval_every, "seed": seed,
            "hyperrule": ft.rule.to_dict()}
-    os.makedirs(output, exist_ok=True)  # only now: a bad dataset or variant leaves no empty run behind
-    resumed_epoch = _resumed_epochs(output, run)
+    # Only now: a bad dataset or variant leaves no empty run behind and destroys no old one. The
+    # old run goes aside in one rename, so the new one starts clean (no old logs or checkpoint).
+    replaced = files.move_aside(output) if overwrite and os.path.lexists(output) else None
+    os.makedirs(output, exist_ok=True)
+    resumed_epoch = _resumed_epochs(output, run, log)
     runs.write_run(output, run)
+    if replaced:
+        files.remove(replaced)
     if resumed_epoch and log is not None:
         log(f"Resuming from {os.path.join(output, CHECKPOINT_DIR)} "
             f"(update {resumed_epoch * eval_every} of {ft.rule.total_steps}).")
+    for warning in ft.rule.warnings() if log is not None else ():
+        log(f"warning: {warning}")
 
     eval_batches = ft.eval_dataset(eval_ds) if eval_ds is not None else None
     os.makedirs(os.path.join(output, LOGS_DIR), exist_ok=True)
     run_callbacks = [
         # double_checkpoint keeps the previous state to fall back on if a kill lands mid-write;
         # the schedule follows the optimizer's restored update counter, not the epoch number.
+        # Kept after fit (removed below) until the final files are in place.
         keras.callbacks.BackupAndRestore(os.path.join(output, CHECKPOINT_DIR), save_freq="epoch",
-                                         double_checkpoint=True),
+                                         double_checkpoint=True, delete_checkpoint=False),
         keras.callbacks.CSVLogger(os.path.join(output, LOGS_DIR, "metrics.csv"), append=True),
         ScalarLogger(os.path.join(output, LOGS_DIR)),  # TensorBoard: logs/train, logs/validation
         *callbacks,
@@ -135,7 +152,10 @@ def finetune(source, *, dataset, output, weights=None, random_weights=False, cac
             "variant": ft.variant, "outputs": "logits", "num_classes": info.num_classes,
             "class_names": list(info.class_names), "fine_tuned_on": dataset, "hyperrule": ft.rule.to_dict()})
         metrics["savedmodel"] = os.path.join(output, SAVEDMODEL_DIR)
+    plots.finetune_curves(os.path.join(output, LOGS_DIR, "metrics.csv"), os.path.join(output, plots.CURVES_FILE),
+                          title=f"fine-tuning {os.path.basename(run['source'])} on {dataset}, batch {batch_size}")
     files.write_json(metrics_path, metrics)
+    files.remove(os.path.join(output, CHECKPOINT_DIR))  # only now: a kill before metrics.json resumes
     return metrics
 
 
@@ -144,9 +164,6 @@ def evaluate(model_path, *, dataset, split="test", batch_size=128, resolution=No
     """Scores a fine-tuned `.keras` file on a dataset split; the resolution comes from its run.json."""
     import keras
 
-    import bit_keras.export.backbone  # noqa: F401  (registers ExportedBackbone: runs from an export)
-    from bit_keras.schedules import WarmupStepDecay  # noqa: F401  (registers the schedule for loading)
-    import bit_keras.classifier  # noqa: F401  (registers the BiT models and layers)
     from bit_keras.data import eval_pipeline, load_source
 
     model_path = os.fspath(model_path)
@@ -160,10 +177,7 @@ def evaluate(model_path, *, dataset, split="test", batch_size=128, resolution=No
             raise ConfigError(f"No {runs.RUN_FILE} beside {model_path} says its input resolution; pass --resolution.")
         resolution = run["hyperrule"]["crop"]
     ds, info = load_source(dataset, split, data_dir=data_dir, download=download)
-    # A run fine-tuned from an export holds a TFSMLayer that points at that export; Keras
-    # refuses such files by default. Allow it only for our own runs (run.json names the export).
-    from_export = bool(run.get("source")) and os.path.isdir(run["source"])
-    model = keras.saving.load_model(model_path, compile=False, safe_mode=not from_export)
+    model = _load_classifier(model_path, run)
     num_classes = int(model.output_shape[-1])
     if info.num_classes != num_classes:
         raise ConfigError(f"{model_path} has {num_classes} classes but {dataset} has {info.num_classes}.")
@@ -176,6 +190,35 @@ def evaluate(model_path, *, dataset, split="test", batch_size=128, resolution=No
             "chance_accuracy": 1.0 / num_classes}
 
 
+def _load_classifier(model_path, run):
+    """The classifier in `model_path`, never running code stored in the file (Keras' safe_mode stays on).
+
+    A run from a SavedModel export holds a TFSMLayer, which safe_mode refuses (it would load
+    whatever SavedModel the file names), so the classifier is rebuilt from run.json's export
+    path and class count and only the weights are read from the file.
+    """
+    import keras
+
+    from bit_keras.classifier import BiTImageClassifier  # registers the BiT classes for load_model
+    from bit_keras.schedules import WarmupStepDecay  # noqa: F401  (registers the schedule)
+
+    source = run.get("source")
+    try:
+        if isinstance(source, str) and os.path.isdir(source):
+            from bit_keras.export import load_backbone
+
+            model = BiTImageClassifier(load_backbone(source), int(run["num_classes"]))
+            model.load_weights(model_path)  # reads model.weights.h5 only, not the stored config
+            return model
+        return keras.saving.load_model(model_path, compile=False, safe_mode=True)
+    except BiTError:
+        raise
+    except (ValueError, TypeError, KeyError, OSError) as error:
+        reason = " ".join(str(error).split())
+        raise CheckpointError(f"{model_path} cannot be loaded as a bit_keras run (nothing stored in it is "
+                              f"executed): {reason}") from None
+
+
 class _Resolution:
     """What eval_pipeline reads from a rule: the crop size."""
 
@@ -183,13 +226,37 @@ class _Resolution:
         self.crop = crop
 
 
-def _resumed_epochs(output, run) -> int:
-    """Evaluation periods done by a checkpoint in `output` (0: a fresh run, whose run.json may be replaced)."""
-    metadata = files.read_json(os.path.join(output, CHECKPOINT_DIR, "training_metadata.json"))
-    if metadata is None:
+def _resumed_epochs(output, run, log) -> int:
+    """Evaluation periods done by a checkpoint in `output` (0: a fresh run, whose run.json may be replaced).
+
+    A metadata file cut short by a kill falls back to the state saved before it (double_checkpoint),
+    as BackupAndRestore itself does only for an unreadable weights file.
+    """
+    path = os.path.join(output, CHECKPOINT_DIR, "training_metadata.json")
+    weights = os.path.join(output, CHECKPOINT_DIR, "latest.weights.h5")
+    if not os.path.exists(path):
         return 0
+    epoch = _epoch(path)
+    if epoch is None:
+        epoch = _epoch(path + ".bkp") if os.path.exists(weights + ".bkp") else None
+        if epoch is None:
+            raise CheckpointError(f"{path} is damaged and has no readable backup, so the run cannot resume; "
+                                  "pass --overwrite to start again.")
+        for name in (weights, path):
+            shutil.copyfile(name + ".bkp", name)
+        if log is not None:
+            log(f"warning: {path} was damaged; resuming from the checkpoint saved before it.")
     runs.check_resume(output, run, restart="pass --overwrite to start again, or use another --output")
-    return int(metadata.get("epoch", 0))
+    return epoch
+
+
+def _epoch(path):
+    """The epoch a BackupAndRestore metadata file names, or None if the file cannot be read."""
+    try:
+        epoch = files.read_json(path)["epoch"]
+    except (OSError, ValueError, TypeError, KeyError):
+        return None
+    return epoch if isinstance(epoch, int) and epoch >= 0 else None
 
 
 def _last(history, key):

@@ -15,6 +15,7 @@ import os
 
 import keras
 
+from bit_keras import runs
 from bit_keras.hyperrule import HyperRule
 from bit_keras.errors import ConfigError, MissingFileError
 
@@ -86,7 +87,7 @@ class FineTuner:
         """
         eval_every = eval_every or max(1, math.ceil(self.rule.total_steps / 10))
         epochs = math.ceil(self.rule.total_steps / eval_every)
-        callbacks = [StopAfterUpdates(self.rule.total_steps), LearningRateLogger(), *callbacks]
+        callbacks = [StopAfterUpdates(self.rule.total_steps), LearningRateLogger(), StopOnNonFiniteLoss(), *callbacks]
         return self.model.fit(self.train_dataset(ds, seed=seed), validation_data=validation_data,
                               steps_per_epoch=eval_every * self.accumulation_steps, epochs=epochs,
                               initial_epoch=initial_epoch, callbacks=callbacks, verbose=verbose, shuffle=False)
@@ -102,6 +103,20 @@ class StopAfterUpdates(keras.callbacks.Callback):
     def on_train_batch_end(self, batch, logs=None):
         if int(self.model.optimizer.iterations) >= self.total_updates:
             self.model.stop_training = True
+
+
+class StopOnNonFiniteLoss(keras.callbacks.Callback):
+    """Raises DivergedError at the first NaN/Inf loss, before a later callback can save the broken weights.
+
+    keras.callbacks.TerminateOnNaN only stops `fit`, after which the caller would save them.
+    """
+
+    def on_train_batch_end(self, batch, logs=None):
+        runs.check_finite((logs or {}).get("loss", 0.0), self.model.optimizer.iterations)
+
+    def on_epoch_end(self, epoch, logs=None):
+        for key in ("loss", "val_loss"):
+            runs.check_finite((logs or {}).get(key, 0.0), self.model.optimizer.iterations)
 
 
 class LearningRateLogger(keras.callbacks.Callback):

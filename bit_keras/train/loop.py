@@ -28,7 +28,7 @@ import os
 import signal
 import time
 
-from bit_keras import files, runs
+from bit_keras import files, plots, runs
 from bit_keras.train.schedules import UpstreamSchedule
 from bit_keras.errors import ConfigError
 
@@ -86,6 +86,7 @@ class _StopFlag:
         self.signal = signum
 
 
+@runs.holding_lock(lambda config, **_: config.model_dir)
 def train(config: TrainConfig, *, strategy=None, source=None, log=print) -> TrainResult:
     """Runs (or resumes) one upstream pre-training run in `config.model_dir`.
 
@@ -128,7 +129,6 @@ def train(config: TrainConfig, *, strategy=None, source=None, log=print) -> Trai
            "multi_label": bool(schedule.multi_label), "plan": plan.to_dict(), "precision": precision}
     # A restart must match all of it, or the restored data position and weights would mean something else.
     runs.check_resume(config.model_dir, run, restart="use a new --model-dir")
-    runs.write_run(config.model_dir, run)
 
     # Same initial weights for every strategy. Keras' initializers draw from its own seed
     # generator; TensorFlow's global seed is cleared again because the input stream seeds
@@ -149,6 +149,7 @@ def train(config: TrainConfig, *, strategy=None, source=None, log=print) -> Trai
             state.restore(manager.latest_checkpoint).assert_existing_objects_matched()
         elif config.init_weights:
             release_checkpoint.load_weights(model, config.init_weights)
+    runs.write_run(config.model_dir, run)  # only now: a network or weights that fail to build leave no record
     start_step = int(optimizer.iterations.numpy())
     kernels = [v for v in model.trainable_variables if v.path.endswith("kernel")]
 
@@ -160,6 +161,8 @@ def train(config: TrainConfig, *, strategy=None, source=None, log=print) -> Trai
         f"({plan.steps_per_epoch:.2f} per epoch), warm-up {plan.warmup_steps}, x0.1 at updates "
         f"{', '.join(map(str, plan.decay_steps)) or 'none'}; peak lr {plan.learning_rate_peak:g}, momentum "
         f"{schedule.momentum}, L2 weight decay {schedule.weight_decay:g} on {len(kernels)} kernels")
+    for warning in plan.warnings():
+        log(f"warning: {warning}")
     if start_step:
         log(f"resuming from {os.path.basename(manager.latest_checkpoint)} at step {start_step} "
             f"(epoch {plan.epoch_of(start_step):.2f}, lr {plan.learning_rate(start_step):.6g})")
@@ -220,6 +223,7 @@ def train(config: TrainConfig, *, strategy=None, source=None, log=print) -> Trai
                         config.log_every - step % config.log_every,
                         config.checkpoint_every - step % config.checkpoint_every)
             loss_sum, hit_sum = train_steps(iterator, tf.constant(steps, tf.int32))
+            runs.check_finite(loss_sum, step + steps)  # before any checkpoint can keep the broken weights
             window["loss"] += float(loss_sum)
             window["hits"] += float(hit_sum)
             window["steps"] += steps
@@ -255,6 +259,11 @@ def train(config: TrainConfig, *, strategy=None, source=None, log=print) -> Trai
         final = files.join(config.model_dir, FINAL_WEIGHTS)
         release_checkpoint.save_weights(model, final)  # atomic, also on gs://
         log(f"wrote {final} (release .npz layout) at step {step}")
+        curves = plots.train_curves(files.join(config.model_dir, "train"),
+                                    files.join(config.model_dir, plots.CURVES_FILE),
+                                    title=f"bit_keras train on {info.name}, {schedule.name} schedule, batch {batch}")
+        if curves:
+            log(f"wrote {curves} (loss, top-1 and learning rate against step, all sessions)")
     return TrainResult(step=step, total_steps=plan.total_steps, start_step=start_step, preempted=preempted,
                        final_weights=final, last_loss=last_loss, history=history, model=model)
 

@@ -18,8 +18,9 @@ Conventions:
 from __future__ import annotations
 
 import dataclasses
+import math
 
-from bit_keras.schedules import learning_rate
+from bit_keras.schedules import learning_rate, plan_warnings
 from bit_keras.errors import ConfigError
 
 REFERENCE_BATCH = 256
@@ -42,6 +43,10 @@ class UpstreamSchedule:
     description: str = ""
 
     def __post_init__(self):
+        for name in ("epochs", "base_learning_rate", "momentum", "weight_decay", "decay_epochs"):
+            values = getattr(self, name)  # NaN passes every comparison below, and inf breaks the plan
+            if not all(math.isfinite(v) for v in (values if name == "decay_epochs" else [values])):
+                raise ConfigError(f"{name} must be finite. Received: {name}={values}")
         if self.epochs <= 0:
             raise ConfigError(f"epochs must be positive. Received: epochs={self.epochs}")
         decays = tuple(float(e) for e in self.decay_epochs)
@@ -94,6 +99,10 @@ class RunPlan:
     def learning_rate(self, step: int) -> float:
         """The rate used by update `step` (0-based)."""
         return learning_rate(step, self.learning_rate_peak, self.warmup_steps, self.decay_steps)
+
+    def warnings(self) -> list:
+        """Sentences on what this plan cannot do as it looks (e.g. a warm-up longer than the run)."""
+        return plan_warnings(self.total_steps, self.warmup_steps, self.decay_steps)
 
     def epoch_of(self, step: int) -> float:
         return step / self.steps_per_epoch
