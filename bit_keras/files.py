@@ -177,7 +177,8 @@ def locked(path):
                     remove(os.path.join(parent, entry))
         yield path
     finally:
-        os.remove(lock)
+        with contextlib.suppress(FileNotFoundError):  # removed by hand meanwhile
+            os.remove(lock)
         os.close(handle)
 
 

@@ -19,6 +19,7 @@ FORMATS = (".png", ".svg", ".pdf")
 SCHEDULE_SIZE = (9, 4.5)    # inches; x DPI = pixels
 CURVES_SIZE = (15, 4.5)
 BENCH_SIZE = (9, 3.5)
+VTAB_SIZE = (9, 6)
 
 
 def check_path(path) -> str:
@@ -107,6 +108,24 @@ def bench(report, path) -> str:
     ax.set_title(f"{report['machine']}, Keras backend {report['backend']}", fontsize="small")
     first = results[0]
     figure.suptitle(f"bit_keras bench: {first['variant']} at {first['size']}px, batch {first['batch']}")
+    return _save(figure, path)
+
+
+def vtab(rows, path, *, title) -> str:
+    """`bit_keras vtab`'s accuracy per task as bars coloured by group; a failed or unrun task has none."""
+    figure, ax = _figure(VTAB_SIZE)
+    groups = list(dict.fromkeys(row["group"] for row in rows))
+    positions = range(len(rows))
+    scores = [row["accuracy"] or 0.0 for row in rows]
+    bars = ax.barh(positions, scores, color=[f"C{groups.index(row['group'])}" for row in rows])
+    ax.bar_label(bars, [" failed" if row.get("error") else f" {row['accuracy']:.1f}" if row["accuracy"] is not None
+                        else "" for row in rows], fontsize="small")
+    ax.set_yticks(positions, [f"{row['title']} ({row['group']})" for row in rows])
+    ax.invert_yaxis()
+    ax.set_xlim(0, 110)
+    ax.set_xlabel("accuracy (%)")
+    ax.grid(axis="x", alpha=0.3)
+    figure.suptitle(title)
     return _save(figure, path)
 
 

@@ -145,7 +145,7 @@ def test_serving_default_answers_an_empty_batch(exported, tmp_path):
     from bit_keras.inference import fold_standardization
 
     model = bit_keras.BiTImageClassifier(bit_keras.BiTBackbone(UNITS, WIDTH), CLASSES)
-    folded = export_model(model, tmp_path / "folded", serving_model=fold_standardization(model))
+    folded = export_model(model, str(tmp_path / "folded"), serving_model=fold_standardization(model))
     for directory, output, width in ((exported[0], "features", 2048), (folded, "logits", CLASSES)):
         serving = tf.saved_model.load(directory).signatures["serving_default"]
         for batch in (0, 1):

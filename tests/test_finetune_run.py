@@ -138,7 +138,7 @@ def test_the_weights_rule_on_the_command_line(tmp_path, capsys, monkeypatch):
     """A released name offline fails at once, before data or folders; an architecture says "random weights" first."""
     import time
 
-    from bit_keras import presets
+    from bit_keras import download, presets
 
     monkeypatch.setenv("BIT_KERAS_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(presets, "RELEASE_URL", "http://127.0.0.1:9")  # nothing listens there: offline
@@ -148,7 +148,9 @@ def test_the_weights_rule_on_the_command_line(tmp_path, capsys, monkeypatch):
     assert _cli("finetune", "--variant", "m-r50x1", "--dataset", "folder:/nonexistent", "--output", str(output)) == 2
     error = capsys.readouterr().err
     assert time.monotonic() - started < 10 and len(error.strip().splitlines()) == 1
-    assert f"put it at {tmp_path}/cache/BiT-M-R50x1.npz" in error and "http://127.0.0.1:9/BiT-M-R50x1.npz" in error
+    release = presets.PRESETS["BiT-M-R50x1"]
+    assert f"put it at {download.cache_path(release.url, release.filename)}" in error
+    assert "http://127.0.0.1:9/BiT-M-R50x1.npz" in error
     assert "--weights" in error and "weights=" not in error     # the CLI speaks in flags
     assert not output.exists() and not any((tmp_path / "cache").glob("*"))
 

@@ -77,10 +77,11 @@ def test_compile_hyperrule_sets_the_rules_optimizer_and_loss():
 
 def test_a_released_name_means_released_weights_and_fails_offline_at_once(tmp_path, monkeypatch):
     monkeypatch.setenv("BIT_KERAS_CACHE", str(tmp_path / "cache"))
-    from bit_keras import presets
+    from bit_keras import download, presets
 
     monkeypatch.setattr(presets, "RELEASE_URL", "http://127.0.0.1:9")  # nothing listens: offline
-    with pytest.raises(bit_keras.DownloadError, match=f"put it at {tmp_path}/cache/BiT-M-R50x1.npz"):
+    release = presets.PRESETS["BiT-M-R50x1"]
+    with pytest.raises(bit_keras.DownloadError, match=f"put it at {download.cache_path(release.url, release.filename)}"):
         bit_keras.BiTBackbone.from_preset("m-r50x1")
     # load_weights=False is the way to ask for random weights on a released name.
     assert bit_keras.BiTBackbone.from_preset("m-r50x1", load_weights=False).num_features == 2048

@@ -44,6 +44,17 @@ def test_a_finetune_run_leaves_curves_png(tmp_path):
     assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]  # nothing staged left behind
 
 
+def test_finetune_curves_read_every_session_of_the_csv_log(tmp_path):
+    # CSVLogger writes NA for missing values (no eval split, a resumed run's header); a repeated period's last row wins.
+    log = tmp_path / "metrics.csv"
+    log.write_text("epoch,accuracy,learning_rate,loss,updates,val_accuracy,val_loss\n0,0.1,0.01,2.3,5,NA,NA\n"
+                   "1,0.2,0.001,2.1,10,NA,NA\n1,0.25,0.001,2.0,10,0.3,NA\n")
+    assert plots.finetune_curves(log, tmp_path / "curves.png", title="t") == str(tmp_path / "curves.png")
+    assert _png_size(tmp_path / "curves.png") == _pixels(plots.CURVES_SIZE)
+    log.write_text("epoch,loss,updates\n")
+    assert plots.finetune_curves(log, tmp_path / "none.png", title="t") is None and not (tmp_path / "none.png").exists()
+
+
 def test_a_train_run_leaves_curves_png_once_it_has_logged(tmp_path):
     from bit_keras.data import from_arrays
     from bit_keras.train.loop import TrainConfig, train

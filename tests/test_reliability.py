@@ -201,21 +201,6 @@ def test_json_files_stay_strict():
         files.write_json("/nonexistent/never.json", {"loss": float("nan")})
 
 
-@pytest.mark.parametrize("flags, message", [
-    (["--base-lr", "inf"], "base_learning_rate must be finite"),
-    (["--epochs", "nan"], "--epochs nan"),
-    (["--weight-decay", "nan"], "--weight-decay nan"),
-    (["--decay-epochs", "1,nan"], "decay_epochs must be finite"),
-])
-def test_train_refuses_non_finite_flags(tmp_path, capsys, flags, message):
-    status, err = _cli(capsys, "train", "--variant", "r14x1", "--dataset", "digits", "--model-dir",
-                       str(tmp_path / "run"), "--batch", "8", "--resolution", "32", "--epochs", "0.01",
-                       "--warmup-steps", "1", "--strategy", "default", *flags)
-    assert status == 2
-    _one_line(err, message)
-    assert os.listdir(tmp_path) == []
-
-
 # ------------------------------------------------------------------ fine-tuning
 
 def _backbone():
@@ -226,19 +211,27 @@ OPTIONS = dict(dataset="digits", batch_size=16, resolution=16, base_learning_rat
                verbose=0)
 
 
-@pytest.mark.parametrize("flags, message", [
-    (["--learning-rate", "nan"], "base_learning_rate must be a positive finite number"),
-    (["--learning-rate", "inf"], "base_learning_rate must be a positive finite number"),
-    (["--eval-every", "0"], "--eval-every 0"),
-    (["--eval-every", "-2"], "--eval-every -2"),
-    (["--examples-per-class", "0"], "--examples-per-class 0"),
-    (["--examples-per-class", "-1"], "--examples-per-class -1"),
-    (["--micro-batch", "0"], "micro_batch_size must be a positive integer"),
-])
-def test_finetune_refuses_nonsense_values_before_creating_anything(tmp_path, capsys, flags, message):
-    status, err = _cli(capsys, "finetune", "--variant", "r14x1", "--dataset", "digits", "--output",
-                       str(tmp_path / "run"), "--batch", "8", "--steps", "2", "--resolution", "16",
-                       "--eval-split", "none", "--quiet", *flags)
+TRAIN = ["train", "--variant", "r14x1", "--dataset", "digits", "--model-dir", "{dir}", "--batch", "8",
+         "--resolution", "32", "--epochs", "0.01", "--warmup-steps", "1", "--strategy", "default"]
+FINETUNE = ["finetune", "--variant", "r14x1", "--dataset", "digits", "--output", "{dir}", "--batch", "8",
+            "--steps", "2", "--resolution", "16", "--eval-split", "none", "--quiet"]
+
+
+@pytest.mark.parametrize("command, flags, message", [
+    (TRAIN, ["--base-lr", "inf"], "base_learning_rate must be finite"),
+    (TRAIN, ["--epochs", "nan"], "--epochs nan"),
+    (TRAIN, ["--weight-decay", "nan"], "--weight-decay nan"),
+    (TRAIN, ["--decay-epochs", "1,nan"], "decay_epochs must be finite"),
+    (FINETUNE, ["--learning-rate", "nan"], "base_learning_rate must be a positive finite number"),
+    (FINETUNE, ["--learning-rate", "inf"], "base_learning_rate must be a positive finite number"),
+    (FINETUNE, ["--eval-every", "0"], "--eval-every 0"),
+    (FINETUNE, ["--eval-every", "-2"], "--eval-every -2"),
+    (FINETUNE, ["--examples-per-class", "0"], "--examples-per-class 0"),
+    (FINETUNE, ["--examples-per-class", "-1"], "--examples-per-class -1"),
+    (FINETUNE, ["--micro-batch", "0"], "micro_batch_size must be a positive integer"),
+], ids=lambda value: value[0] if isinstance(value, list) and len(value) > 2 else None)
+def test_nonsense_values_are_refused_before_anything_is_created(tmp_path, capsys, command, flags, message):
+    status, err = _cli(capsys, *[arg.format(dir=tmp_path / "run") for arg in command], *flags)
     assert status == 2
     _one_line(err, message)
     assert os.listdir(tmp_path) == []

@@ -12,14 +12,19 @@ from bit_keras.cli import main as cli_main
 from bit_keras.finetune.runner import evaluate, finetune
 
 
-def _hostile_run(directory, marker, source):
-    """A run directory whose model.keras holds a Lambda that writes `marker` when deserialized."""
-    os.makedirs(directory)
+def _hostile_model(path, marker):
+    """A .keras file holding a Lambda that writes `marker` when deserialized."""
     payload = eval(f"lambda x: (open({str(marker)!r}, 'w').close(), x)[1]")  # noqa: S307  (the attacker's code)
     model = keras.Sequential([keras.Input((16, 16, 3)), keras.layers.Lambda(payload), keras.layers.Flatten(),
                               keras.layers.Dense(10)])
-    model.save(os.path.join(directory, "model.keras"))
+    model.save(path, overwrite=True)
     os.remove(marker)  # building it ran the payload once; only loading may not run it again
+
+
+def _hostile_run(directory, marker, source):
+    """A run directory with a hostile model.keras and a run.json naming `source`."""
+    os.makedirs(directory)
+    _hostile_model(os.path.join(directory, "model.keras"), marker)
     with open(os.path.join(directory, "run.json"), "w") as stream:
         json.dump({"source": str(source), "num_classes": 10, "hyperrule": {"crop": 16}}, stream)
 
@@ -56,3 +61,11 @@ def test_a_run_from_a_savedmodel_export_evaluates_from_any_directory(tmp_path, m
     assert metrics["eval_loss"] != pytest.approx(math.log(10), abs=1e-4)
     assert scores["loss"] == pytest.approx(metrics["eval_loss"], rel=1e-5)
     assert scores["accuracy"] == pytest.approx(metrics["eval_accuracy"], abs=1e-6)
+    # Rebuilt on the export, only weights are read: a hostile model.keras runs nothing.
+    _hostile_model(tmp_path / "run" / "model.keras", tmp_path / "pwned")
+    with pytest.raises(bit_keras.BiTError, match="cannot be loaded as a bit_keras run"):
+        evaluate(tmp_path / "run", dataset="digits", split="test[:64]")
+    assert not (tmp_path / "pwned").exists()
+    os.rename(tmp_path / "export", tmp_path / "moved")
+    with pytest.raises(bit_keras.BiTError, match="export .* is not there any more"):
+        evaluate(tmp_path / "run", dataset="digits", split="test[:64]")

@@ -26,3 +26,18 @@ def resolve_model(args):
                              cache_dir=args.cache_dir)
     print(f"Model {choice.describe()}", flush=True)
     return choice
+
+
+def resolve_source(args):
+    """What a fine-tuning command starts from: an export directory or .keras file as given, else
+    `resolve_model` (which prints the weights line first; offline, a release fails here)."""
+    import os
+
+    from bit_keras.cli.main import UsageError
+
+    source = args.variant
+    if not (os.path.isdir(source) or source.endswith(".keras")):
+        return resolve_model(args)
+    if args.weights or args.random_weights:
+        raise UsageError(f"{source} is an export with its own weights; drop --weights / --random-weights.")
+    return source

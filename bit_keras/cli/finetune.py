@@ -9,7 +9,7 @@ import json
 import os
 import sys
 
-from bit_keras.cli.common import MODEL_HELP, add_model_flags, resolve_model
+from bit_keras.cli.common import MODEL_HELP, add_model_flags, resolve_source
 
 
 def register(subparsers):
@@ -77,17 +77,11 @@ def register(subparsers):
 
 
 def run_finetune(args):
-    import os
-
     from bit_keras.cli.main import UsageError
 
     if args.variant is None:
         raise UsageError("--variant is required: a model name (m-r50x1, r50x1, ...) or an export directory.")
-    source = args.variant
-    if not (os.path.isdir(source) or source.endswith(".keras")):
-        source = resolve_model(args)  # first line: which weights; offline, a release fails here
-    elif args.weights or args.random_weights:
-        raise UsageError(f"{source} is an export with its own weights; drop --weights / --random-weights.")
+    source = resolve_source(args)
     from bit_keras.finetune.runner import finetune  # Keras loads only now, after the weights are found
 
     metrics = finetune(

@@ -23,6 +23,7 @@ COMMAND_MODULES = (
     "bit_keras.cli.finetune",   # finetune, evaluate, demo
     "bit_keras.cli.train",      # train
     "bit_keras.cli.bench",      # bench
+    "bit_keras.cli.vtab",       # vtab
 )
 
 

@@ -24,7 +24,7 @@ IMAGE_MAGIC = (b"\xff\xd8\xff", b"\x89PNG", b"GIF87a", b"GIF89a", b"BM")  # firs
 NOT_CLASSES = ("__MACOSX",)  # macOS zip metadata; hidden folders are skipped too
 PROBE_TIMEOUT = 3.0          # seconds to reach a download host before calling a tfds dataset offline
 GENERIC_HOST = ("storage.googleapis.com", 443)  # probed for a tfds dataset that lists no download URL
-ACCEPTED_SPECS = ("tfds:NAME", "tfds:NAME/CONFIG", "folder:PATH", "digits")
+ACCEPTED_SPECS = ("tfds:NAME", "tfds:NAME/CONFIG", "folder:PATH", "digits", "vtab:TASK")
 DIGITS_TEST_SIZE = 360
 SPLIT_SEED = 0  # fixed order for folder/digits splits, so "train[:90%]" and "train[90%:]" are disjoint
 
@@ -60,6 +60,10 @@ def load_source(spec: str, split: str = "train", *, data_dir=None, download=True
     scheme, _, rest = spec.partition(":")
     if scheme == "tfds" and rest:
         return _load_tfds(rest, split, data_dir, download)
+    if scheme == "vtab" and rest:  # a VTAB task: its own splits (train800val200, test, ...) and labels
+        from bit_keras.vtab.data import load_split
+
+        return load_split(rest, split, data_dir=data_dir, download=download)
     if scheme == "folder" and rest:
         return _load_folder(rest, split)
     if spec == "digits":
@@ -203,7 +207,8 @@ def split_size(spec: str, split: str = "train", *, data_dir=None):
         raise _bad_split(name, split, error) from None
 
 
-def _load_tfds(name, split, data_dir, download):
+def prepared_builder(name, data_dir, download):
+    """tfds's builder for `name`, downloaded and prepared first if asked and needed (fails fast offline)."""
     builder = _tfds_builder(name, data_dir)
     if download and not builder.is_prepared():
         # A manual download (imagenet2012) is read from disk: nothing to reach.
@@ -217,6 +222,11 @@ def _load_tfds(name, split, data_dir, download):
         except Exception as error:
             raise SetupError(f"Could not download and prepare tfds:{name} into {builder.data_dir} ({error}). "
                                "Offline? Prepare it elsewhere and pass data_dir, or use folder:PATH or digits.") from None
+    return builder
+
+
+def _load_tfds(name, split, data_dir, download):
+    builder = prepared_builder(name, data_dir, download)
     info = builder.info
     image_key, label_key = info.supervised_keys or ("image", "label")
     if image_key not in info.features or label_key not in info.features:

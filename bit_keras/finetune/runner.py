@@ -23,6 +23,7 @@ import math
 import os
 import shutil
 import time
+import zipfile
 
 
 from bit_keras import files, plots, runs
@@ -113,7 +114,12 @@ def finetune(source, *, dataset, output, weights=None, random_weights=False, cac
     if resumed_epoch and log is not None:
         log(f"Resuming from {os.path.join(output, CHECKPOINT_DIR)} "
             f"(update {resumed_epoch * eval_every} of {ft.rule.total_steps}).")
-    for warning in ft.rule.warnings() if log is not None else ():
+    warnings = list(ft.rule.warnings())
+    if info.skipped:
+        shown = ", ".join(f"{os.path.basename(path)} ({why})" for path, why in info.skipped[:3])
+        warnings.append(f"{len(info.skipped)} file(s) of {dataset} are not images and were left out: {shown}"
+                        + (", ..." if len(info.skipped) > 3 else ""))
+    for warning in warnings if log is not None else ():
         log(f"warning: {warning}")
 
     eval_batches = ft.eval_dataset(eval_ds) if eval_ds is not None else None
@@ -203,6 +209,9 @@ def _load_classifier(model_path, run):
     from bit_keras.schedules import WarmupStepDecay  # noqa: F401  (registers the schedule)
 
     source = run.get("source")
+    if isinstance(source, str) and os.path.isabs(source) and not os.path.exists(source) and not source.endswith(".keras"):
+        raise MissingFileError(f"{model_path} was fine-tuned from the export {source}, which is not there any "
+                               "more; put it back to evaluate the run.")
     try:
         if isinstance(source, str) and os.path.isdir(source):
             from bit_keras.export import load_backbone
@@ -213,7 +222,7 @@ def _load_classifier(model_path, run):
         return keras.saving.load_model(model_path, compile=False, safe_mode=True)
     except BiTError:
         raise
-    except (ValueError, TypeError, KeyError, OSError) as error:
+    except (ValueError, TypeError, KeyError, OSError, zipfile.BadZipFile) as error:
         reason = " ".join(str(error).split())
         raise CheckpointError(f"{model_path} cannot be loaded as a bit_keras run (nothing stored in it is "
                               f"executed): {reason}") from None

@@ -18,7 +18,8 @@ optimizer and its update counter) every `checkpoint_every` updates and on SIGTER
 TensorFlow writes a checkpoint's files under `<prefix>_temp/` and renames them into place,
 and only then rewrites the `checkpoint` index file with an atomic temp-file rename
 (`file_io.atomic_write_string_to_file`), so the index never names a half-written
-checkpoint and a run killed at any moment restarts from the last complete one.
+checkpoint and a run killed at any moment restarts from the last complete one. A NaN or
+infinite loss stops the run (DivergedError) before a checkpoint or bit_final.npz keeps it.
 """
 
 from __future__ import annotations

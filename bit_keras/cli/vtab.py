@@ -1,0 +1,97 @@
+"""`bit_keras vtab`: VTAB-1k (19 tasks), one HyperRule fine-tune per task, and the paper-style results table."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+from bit_keras.cli.common import MODEL_HELP, add_model_flags, resolve_source
+
+
+def register(subparsers):
+    parser = subparsers.add_parser(
+        "vtab", help="Run VTAB-1k (19 tasks): fine-tune per task with the HyperRule and write the results table.",
+        description="Fine-tunes one model per VTAB task (1000 examples: 500 steps at batch 512, no MixUp) in "
+                    "OUTPUT/TASK, scores it on the task's test split and writes OUTPUT/results.{csv,md,json,png}. "
+                    "Running again skips finished tasks and resumes interrupted ones.")
+    parser.add_argument("--list", action="store_true", help="Print the 19 tasks (group, classes, splits, tfds name).")
+    parser.add_argument("--json", action="store_true", help="With --list or --dry-run: print JSON.")
+    parser.add_argument("--dry-run", action="store_true", help="Print each task's HyperRule plan; touches no data.")
+    add_model_flags(parser, variant_help=MODEL_HELP + " Or an export directory. Required to run.")
+    parser.add_argument("--output", default=None, help="Results folder: one run folder per task and results.*.")
+    parser.add_argument("--tasks", default="all", help="all, natural, specialized, structured or NAME,NAME,...")
+    parser.add_argument("--protocol", default="1k", choices=("1k", "val", "full"),
+                        help="1k: train800+val200 -> test (default); val: train800 -> val200; full: trainval -> test.")
+    parser.add_argument("--data-dir", default=None, help="tensorflow-datasets data directory.")
+    parser.add_argument("--no-download", dest="download", action="store_false",
+                        help="Fail a task at once if its tfds dataset is not prepared, instead of downloading it.")
+    parser.add_argument("--steps", type=int, default=None, help="Shorten every schedule to N updates (smoke runs).")
+    parser.add_argument("--batch", type=int, default=512, help="Effective batch of one update (HyperRule: 512).")
+    parser.add_argument("--micro-batch", type=int, default=None, help="Examples per forward/backward pass.")
+    parser.add_argument("--resolution", type=int, default=None, help="Crop size instead of the HyperRule's.")
+    parser.add_argument("--seed", type=int, default=0, help="Seed of the data order, crops and flips.")
+    parser.add_argument("--quiet", action="store_true", help="One line per evaluation instead of a progress bar.")
+    parser.set_defaults(handler=run_vtab)
+
+
+def run_vtab(args):
+    from bit_keras.cli.main import UsageError
+    from bit_keras.vtab import TASKS, select
+
+    if args.list:
+        return _print_list(TASKS, args.json)
+    tasks = select(args.tasks)
+    if args.dry_run:
+        return _print_plan(tasks, args)
+    if args.variant is None or args.output is None:
+        raise UsageError("--variant and --output are required to run (or use --list / --dry-run).")
+    source = resolve_source(args)
+    from bit_keras.vtab.run import RESULTS, means, run_vtab as run  # Keras loads only now
+
+    rows = run(source, output=args.output, tasks=tasks, protocol=args.protocol, data_dir=args.data_dir,
+               download=args.download, batch_size=args.batch, micro_batch_size=args.micro_batch, steps=args.steps,
+               resolution=args.resolution, seed=args.seed, verbose=2 if args.quiet or not sys.stdout.isatty() else 1,
+               log=print)
+    for row in rows:
+        score = f"{row['accuracy']:.1f}%" if row["accuracy"] is not None else row["error"]
+        print(f"{row['task']:<22} {row['group']:<12} {row['status']:<13} {score}")
+    mean = means(rows)["all"]
+    print(f"mean of 19: {mean:.1f}%" if mean is not None else "mean of 19: needs all 19 tasks")
+    print("Wrote " + ", ".join(os.path.join(args.output, name) for name in RESULTS))
+    return 1 if any(row["error"] for row in rows) else 0
+
+
+def _print_list(tasks, as_json):
+    rows = [{"task": t.name, "title": t.title, "group": t.group, "classes": t.num_classes, "tfds": t.tfds_name,
+             "image_size": list(t.image_size), "splits": t.splits} for t in tasks]
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    for r in rows:
+        print(f"{r['task']:<22} {r['group']:<12} {r['classes']:>4} classes  {r['tfds']:<52} "
+              f"train {r['splits']['train800val200']}  test {r['splits']['test']}")
+    counts = {g: sum(t.group == g for t in tasks) for g in ("natural", "specialized", "structured")}
+    print(f"{len(tasks)} tasks: " + ", ".join(f"{n} {g}" for g, n in counts.items()))
+    return 0
+
+
+def _print_plan(tasks, args):
+    from bit_keras.vtab.run import plan
+
+    rows = plan(tasks, args.protocol, variant=args.variant, batch_size=args.batch, steps=args.steps,
+                resolution=args.resolution)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    for row in rows:
+        rule = row["hyperrule"]
+        if rule is None:
+            print(f"{row['task']:<22} {row['group']:<12} the full training set: its size (and so the schedule) "
+                  "is known once the data is prepared")
+            continue
+        mixup = f"MixUp {rule['mixup_alpha']}" if rule["mixup_alpha"] else "no MixUp"
+        print(f"{row['task']:<22} {row['group']:<12} {row['train_size']} examples -> {rule['total_steps']} steps "
+              f"at batch {rule['batch_size']}, lr {rule['base_learning_rate']:g}, {mixup}, "
+              f"{rule['resize']} -> {rule['crop']} px")
+    return 0
