@@ -97,7 +97,7 @@ class Architecture:
     @property
     def name(self) -> str:
         """The canonical spelling, which `parse` reads back."""
-        if self.block_units in DEPTH_UNITS.values() and DEPTH_UNITS.get(self.depth) == self.block_units:
+        if DEPTH_UNITS.get(self.depth) == self.block_units:
             return f"r{self.depth}x{self.width}"
         return f"r{'-'.join(map(str, self.block_units))}x{self.width}"
 

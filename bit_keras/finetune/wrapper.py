@@ -166,14 +166,18 @@ def build_finetuner(source, *, num_classes, train_size=None, image_size=None, ba
 
 
 def _load_backbone(source, *, weights, random_weights, trainable, cache_dir, dtype):
-    """(backbone, model name or None) from a model name, an export or a Keras object."""
+    """(backbone, model name or None) from a model name, a `WeightsChoice`, an export or a Keras object."""
+    from bit_keras import weights as weights_rule
+
     if isinstance(source, (keras.layers.Layer, keras.Model)):
         source.trainable = trainable
         return source, getattr(source, "variant", None) or getattr(getattr(source, "architecture", None), "name", None)
-    if not isinstance(source, (str, os.PathLike)) and type(source).__name__ != "WeightsChoice":
+    if not isinstance(source, (str, os.PathLike, weights_rule.WeightsChoice)):
         raise ConfigError(f"source must be a model name, an exported directory or a Keras backbone. "
                          f"Received: {type(source).__name__}")
-    if isinstance(source, (str, os.PathLike)) and (os.path.isdir(source) or os.fspath(source).endswith(".keras")):
+    if isinstance(source, weights_rule.WeightsChoice):
+        choice = source
+    elif os.path.isdir(source) or os.fspath(source).endswith(".keras"):
         from bit_keras.export import load_backbone
 
         if weights is not None or random_weights:
@@ -182,10 +186,8 @@ def _load_backbone(source, *, weights, random_weights, trainable, cache_dir, dty
             raise MissingFileError(f"No exported model at {source}.")
         backbone = load_backbone(source, trainable=trainable)
         return backbone, getattr(backbone, "variant", None)
-    from bit_keras import weights as weights_rule
-
-    choice = source if isinstance(source, weights_rule.WeightsChoice) else weights_rule.resolve(
-        source, weights, random_weights=random_weights, cache_dir=cache_dir)
+    else:
+        choice = weights_rule.resolve(source, weights, random_weights=random_weights, cache_dir=cache_dir)
     backbone = choice.build_backbone(dtype=dtype)
     backbone.trainable = trainable
     return backbone, choice.name
