@@ -11,10 +11,15 @@ from __future__ import annotations
 import keras
 from keras import ops
 
+from bit_keras import layout
 from bit_keras.architecture import Architecture
-from bit_keras.layers import GroupNormalization, StandardizedConv2D
-from bit_keras.layout import PRE_HEAD_NORM, ROOT_CONV, SEPARATOR, layer_name, unit_layer
+from bit_keras.layers import GN_EPSILON, GroupNormalization, StandardizedConv2D
+from bit_keras.layout import ROOT_CONV, SEPARATOR, layer_name, norm_layer, unit_layer
 from bit_keras.errors import ConfigError
+from bit_keras.regularization import DropPath, check_rate, drop_path_rates
+
+BN_MOMENTUM = 0.9        # moving statistics: the classic ResNet value (PyTorch's 0.1), not Keras' 0.99
+BN_EPSILON = GN_EPSILON  # 1e-5, as BiT's GroupNorm and the classic ResNet BatchNorm
 
 
 @keras.saving.register_keras_serializable(package="bit_keras")
@@ -48,17 +53,34 @@ def check_image_dtype(images):
 
 
 class _Layers:
-    """Makes the named layers of one network with one dtype policy and initializer."""
+    """Makes the named layers of one network with one dtype policy, initializer and switches."""
 
-    def __init__(self, dtype, initializer):
+    def __init__(self, dtype, initializer, normalization="group", weight_standardization=True,
+                 groups=layout.BIT_GROUPS, sync_batch_norm=False, drop_path=None):
         self.dtype, self.initializer = dtype, initializer
+        self.normalization, self.weight_standardization = normalization, weight_standardization
+        self.groups, self.sync_batch_norm = groups, sync_batch_norm
+        self.drop_path = drop_path or {}
 
     def conv(self, filters, kernel_size, name, stride=1):
-        return StandardizedConv2D(filters, kernel_size, strides=stride, padding="valid",
-                                  kernel_initializer=self.initializer, dtype=self.dtype, name=name)
+        # Without weight standardization: a plain Conv2D under the same name (and checkpoint key).
+        conv = StandardizedConv2D if self.weight_standardization else keras.layers.Conv2D
+        return conv(filters, kernel_size, strides=stride, padding="valid", use_bias=False,
+                    kernel_initializer=self.initializer, dtype=self.dtype, name=name)
+
+    def norm(self, x, *name):
+        """The network's normalization at module path `name` (the identity for "none")."""
+        layer = norm_layer(*name, normalization=self.normalization)
+        if self.normalization == "group":
+            return GroupNormalization(groups=self.groups, dtype=self.dtype, name=layer)(x)
+        if self.normalization == "batch":
+            return keras.layers.BatchNormalization(momentum=BN_MOMENTUM, epsilon=BN_EPSILON,
+                                                   synchronized=self.sync_batch_norm, dtype=self.dtype,
+                                                   name=layer)(x)
+        return x
 
     def norm_relu(self, x, *name):
-        x = GroupNormalization(dtype=self.dtype, name=layer_name(*name, "group_norm"))(x)
+        x = self.norm(x, *name)
         return keras.layers.ReLU(dtype=self.dtype, name=layer_name(*name, "relu"))(x)
 
     def pad(self, x, amount, name):
@@ -85,6 +107,9 @@ class _Layers:
         h = self.conv(unit.mid_channels, 3, unit_layer(unit, "b", "standardized_conv2d"), unit.stride)(h)
         h = self.norm_relu(h, unit_layer(unit, "c"))
         h = self.conv(unit.out_channels, 1, unit_layer(unit, "c", "standardized_conv2d"))(h)
+        rate = self.drop_path.get(unit.name, 0.0)
+        if rate > 0:  # absent at rate 0, so the default network's layers are exactly BiT's
+            h = DropPath(rate, dtype=self.dtype, name=unit_layer(unit, "drop_path"))(h)
         return keras.layers.Add(dtype=self.dtype, name=unit_layer(unit, "add"))([h, shortcut])
 
 
@@ -95,9 +120,22 @@ class BiTBackbone(keras.Model):
     Args:
         block_units: units in each of the four blocks, e.g. (3, 4, 6, 3) for R50.
         width: width multiplier (1, 2, 3, 4 in the release).
+        normalization: "group" (BiT's GroupNorm), "batch" (`keras.layers.BatchNormalization`,
+            momentum 0.9, epsilon 1e-5) or "none" (no normalization layer; the ReLUs stay).
+        weight_standardization: True (BiT) standardizes every convolution's kernel; False
+            uses plain `Conv2D` layers under the same names, shapes and checkpoint keys.
+        groups: groups of every GroupNorm (32 in BiT); only with normalization="group".
+        stochastic_depth: drop-path rate r on the residual branch of each unit: unit i
+            (0-based, in network order, of N units) drops with rate r * (i + 1) / N, so
+            the last unit gets r (Huang et al.'s linear rule). Identity at inference.
+        sync_batch_norm: with normalization="batch", statistics over the global batch under
+            tf.distribute (`synchronized=True`); by default each replica uses its own batch.
         initializer: kernel initializer; "zeros" is much faster when weights are loaded next.
         dtype: a dtype policy for every layer, e.g. "mixed_bfloat16" (bfloat16 compute,
             float32 variables and GroupNorm statistics). None: Keras' global policy.
+
+    The defaults are BiT's network, the one the released checkpoints hold; those load only
+    into it. Other settings are for research (see "Research switches" in the README).
 
     Attributes:
         pyramid_outputs: {"block1": ..., "block4": ...}, the block outputs (pre-activation,
@@ -110,22 +148,37 @@ class BiTBackbone(keras.Model):
         >>> backbone = BiTBackbone.from_preset("m-r50x1")        # the released weights
     """
 
-    def __init__(self, block_units=(3, 4, 6, 3), width=1, *, initializer="he_normal", dtype=None,
-                 name=None, **kwargs):
+    def __init__(self, block_units=(3, 4, 6, 3), width=1, *, normalization="group", weight_standardization=True,
+                 groups=layout.BIT_GROUPS, stochastic_depth=0.0, sync_batch_norm=False, initializer="he_normal",
+                 dtype=None, name=None, **kwargs):
         architecture = Architecture(tuple(block_units), width)
-        layers = _Layers(dtype, initializer)
+        network = layout.network_config(normalization, weight_standardization, groups)
+        stochastic_depth = check_rate(stochastic_depth, "stochastic_depth")
+        if not isinstance(sync_batch_norm, bool) or (sync_batch_norm and normalization != "batch"):
+            raise ConfigError(f"sync_batch_norm=True applies only to normalization='batch'. "
+                              f"Received: sync_batch_norm={sync_batch_norm!r}, normalization={normalization!r}")
+        units = architecture.units()
+        rates = dict(zip((unit.name for unit in units), drop_path_rates(stochastic_depth, len(units))))
+        layers = _Layers(dtype, initializer, normalization, weight_standardization, groups, sync_batch_norm, rates)
         images = keras.Input(shape=(None, None, 3), name="images")
         x = ImageRescaling(dtype=dtype, name="rescale")(images)
         x = layers.root(x, architecture.root_channels)
         pyramid = {}
-        for unit in architecture.units():
+        for unit in units:
             x = pyramid[f"block{unit.block}"] = layers.unit(x, unit)
-        x = GroupNormalization(dtype=dtype, name=PRE_HEAD_NORM)(x)
+        x = layers.norm(x)
         x = keras.layers.ReLU(dtype=dtype, name=layer_name("pre_head", "relu"))(x)
         features = keras.layers.GlobalAveragePooling2D(dtype=dtype, name="pre_logits")(x)
         super().__init__(inputs=images, outputs=features, name=name or f"bit_{architecture.name}", **kwargs)
         self.architecture = architecture
         self.initializer = initializer
+        self.normalization = normalization
+        self.weight_standardization = weight_standardization
+        self.groups = groups
+        self.stochastic_depth = stochastic_depth
+        self.sync_batch_norm = sync_batch_norm
+        self.network = network
+        self.drop_path_rates = rates
         self.pyramid_outputs = pyramid
         self._policy_name = policy_name(dtype)
 
@@ -152,7 +205,9 @@ class BiTBackbone(keras.Model):
         # the base layer's name/trainable/dtype plus our own arguments, as keras-hub does.
         config = {**keras.layers.Layer.get_config(self), "dtype": self._policy_name}
         return {**config, "block_units": list(self.block_units), "width": self.width,
-                "initializer": self.initializer}
+                "normalization": self.normalization, "weight_standardization": self.weight_standardization,
+                "groups": self.groups, "stochastic_depth": self.stochastic_depth,
+                "sync_batch_norm": self.sync_batch_norm, "initializer": self.initializer}
 
     @classmethod
     def from_config(cls, config):
@@ -163,9 +218,16 @@ class BiTBackbone(keras.Model):
                     **kwargs) -> "BiTBackbone":
         """A backbone by name: a release (`m-r50x1`) comes with its weights, an architecture
         (`r50x1`, `r2-3-4-1x2`) with random ones. `weights=` (file, URL or release name)
-        overrides; `load_weights=False` gives random weights for a release name."""
+        overrides; `load_weights=False` gives random weights for a release name.
+
+        Other keyword arguments go to `BiTBackbone` (`normalization=`, `stochastic_depth=`, ...);
+        a release's weights load only into BiT's own network (GroupNorm, 32 groups, weight
+        standardization): asking for another with them is a ConfigError, before any download.
+        """
         from bit_keras import weights as weights_rule
 
+        if load_weights:
+            weights_rule.refuse_release_into(preset, weights, **kwargs)
         choice = weights_rule.resolve(preset, weights, random_weights=not load_weights, cache_dir=cache_dir)
         return choice.build_backbone(dtype=dtype, **kwargs)
 

@@ -9,6 +9,7 @@ the peak memory stays near the model's own size.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import os
 import re
@@ -114,6 +115,42 @@ def _suggest(headers) -> str:
     return f"The file holds {info.describe()}: build {info.architecture.name!r} to load it."
 
 
+def read_network(path, headers: dict) -> dict:
+    """The research switches a checkpoint was saved with (`layout.NETWORK_KEY`); BiT's without the key."""
+    if layout.NETWORK_KEY not in headers:
+        return dict(layout.BIT_NETWORK)
+    shape, dtype = headers[layout.NETWORK_KEY]
+    if shape != () or dtype.kind != "U":
+        raise CheckpointError(f"{path}: key {layout.NETWORK_KEY!r} has shape {shape} and dtype {dtype}; "
+                              "expected a 0-d unicode string of JSON.")
+    (_, value), = read_arrays(path, [layout.NETWORK_KEY])
+    try:
+        saved = json.loads(str(value))
+        network = layout.network_config(saved["normalization"], saved["weight_standardization"],
+                                        layout.BIT_GROUPS if saved.get("groups") is None else saved["groups"])
+    except (ValueError, TypeError, KeyError) as error:  # ConfigError is a ValueError
+        raise CheckpointError(f"{path}: key {layout.NETWORK_KEY!r} does not describe a network ({error}).") from None
+    return network
+
+
+def model_network(model) -> dict:
+    """The research switches of a BiT backbone or classifier (BiT's for a model without them)."""
+    backbone = getattr(model, "backbone", model)
+    return dict(getattr(backbone, "network", layout.BIT_NETWORK))
+
+
+def check_network(path, held: dict, wanted: dict) -> None:
+    """Raises a CheckpointError naming the switches when a file's network is not the model's."""
+    if held == wanted:
+        return
+    both_group = held["normalization"] == wanted["normalization"] == "group"
+    differ = [f"{key}={held[key]!r} (this model has {wanted[key]!r})" for key in held
+              if held[key] != wanted[key] and (key != "groups" or both_group)]
+    origin = "a BiT network" if held == layout.BIT_NETWORK else "a research network"
+    raise CheckpointError(f"{path} holds {origin} ({layout.describe_network(held)}) but this model is "
+                          f"{layout.describe_network(wanted)}: build it with {', '.join(differ)} to load it.")
+
+
 def read_arrays(path, keys):
     """Yields (key, array) for `keys`, each read whole; short data or a bad CRC is a CheckpointError."""
     with zipfile.ZipFile(path) as archive:
@@ -156,7 +193,10 @@ def load_weights(model, path, *, load_head: bool | None = None, allow_nonfinite:
     model_head = getattr(model, "num_classes", None)
     if load_head is None:
         load_head = model_head is not None and model_head == info.num_classes
-    expected = layout.checkpoint_layout(_architecture(model), model_head if load_head else None)
+    architecture = _architecture(model)
+    network = model_network(model)
+    check_network(path, read_network(path, headers), network)
+    expected = layout.checkpoint_layout(architecture, model_head if load_head else None, network["normalization"])
     check_against_layout(headers, expected, path)
     keys = [entry.key for entry in expected]
     bad = nonfinite_keys(path, keys)  # every array read and checked before any is assigned
@@ -181,12 +221,21 @@ def _architecture(model) -> Architecture:
 
 
 def save_weights(model, path) -> None:
-    """Writes a BiT model's weights as a release-layout `.npz`, atomically (local or gs://)."""
+    """Writes a BiT model's weights as a release-layout `.npz`, atomically (local or gs://).
+
+    A network built with other research switches is written in the extended layout of
+    `bit_keras.layout` (BatchNorm moving statistics included) with its switches under
+    `layout.NETWORK_KEY`, so it loads back only into the same kind of network.
+    """
     path = os.fspath(path)
     if not path.endswith(".npz"):
         raise ConfigError(f"Checkpoint paths end in .npz; received {path!r}.")
-    entries = layout.checkpoint_layout(_architecture(model), getattr(model, "num_classes", None))
+    network = model_network(model)
+    entries = layout.checkpoint_layout(_architecture(model), getattr(model, "num_classes", None),
+                                       network["normalization"])
     arrays = {}
+    if network != layout.BIT_NETWORK:
+        arrays[layout.NETWORK_KEY] = np.array(json.dumps(network, sort_keys=True))
     for entry in entries:
         value = getattr(model.get_layer(entry.layer), entry.weight)
         arrays[entry.key] = np.asarray(value, dtype="float32").reshape(entry.shape)
@@ -204,10 +253,15 @@ def inspect_checkpoint(path) -> dict:
               "num_classes": info.num_classes,
               "architecture": info.architecture.name}
     report["nonfinite_keys"], report["problem"] = [], None
+    network = dict(layout.BIT_NETWORK)
     try:
-        check_against_layout(headers, layout.checkpoint_layout(info.architecture, info.num_classes), path)
+        network = read_network(path, headers)
+        check_against_layout(headers, layout.checkpoint_layout(info.architecture, info.num_classes,
+                                                               network["normalization"]), path)
     except CheckpointError as error:
         report["problem"] = str(error)
+    if network != layout.BIT_NETWORK:  # a release's report keeps its old fields only
+        report["network"] = network
     try:  # every array is read: a damaged or non-finite one is a reason not to load
         report["nonfinite_keys"] = nonfinite_keys(path, sorted(headers))
     except CheckpointError as error:
@@ -215,6 +269,8 @@ def inspect_checkpoint(path) -> dict:
     if report["nonfinite_keys"] and not report["problem"]:
         report["problem"] = _nonfinite_problem(path, report["nonfinite_keys"]) + " (loads only with allow_nonfinite=True)"
     report["loads"] = report["problem"] is None
-    known = set(e.key for e in layout.checkpoint_layout(info.architecture, info.num_classes))
+    known = set(e.key for e in layout.checkpoint_layout(info.architecture, info.num_classes,
+                                                        network["normalization"]))
+    known |= {layout.NETWORK_KEY} if layout.NETWORK_KEY in headers else set()
     report["unexpected_keys"] = sorted(set(headers) - known)
     return report

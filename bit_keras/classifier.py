@@ -16,6 +16,7 @@ import keras
 from bit_keras.backbone import BiTBackbone, check_image_dtype, policy_name  # noqa: F401  (registers BiTBackbone)
 from bit_keras.layout import HEAD_LAYER
 from bit_keras.errors import ConfigError
+from bit_keras.regularization import check_rate
 
 
 def _image_shape(backbone):
@@ -38,6 +39,8 @@ class BiTImageClassifier(keras.Model):
             from uniform predictions and the backbone's features stay intact at first.
         multi_label: the head is read with sigmoids (BiT-M's ImageNet-21k head) rather than
             a softmax; `compile_hyperrule` picks the matching loss.
+        dropout: rate of a `keras.layers.Dropout` on the features before the head (0: none,
+            the default; ResNet-RS uses 0.25 on ImageNet). Active in training only.
         dtype: dtype policy of the head (default: the backbone's). Logits are float32.
 
     Example:
@@ -46,12 +49,15 @@ class BiTImageClassifier(keras.Model):
         >>> model.fit(train_batches, steps_per_epoch=rule.total_steps)
     """
 
-    def __init__(self, backbone, num_classes, *, multi_label=False, dtype=None, name=None, **kwargs):
+    def __init__(self, backbone, num_classes, *, multi_label=False, dropout=0.0, dtype=None, name=None, **kwargs):
         if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
             raise ConfigError(f"num_classes must be a positive integer. Received: num_classes={num_classes!r}")
+        dropout = check_rate(dropout, "dropout")
         dtype = policy_name(dtype if dtype is not None else getattr(backbone, "_policy_name", None))
         images = keras.Input(shape=_image_shape(backbone), name="images")
         features = backbone(images)
+        if dropout > 0:  # absent at 0, so the default classifier's layers are exactly BiT's
+            features = keras.layers.Dropout(dropout, dtype=dtype, name="head_dropout")(features)
         logits = keras.layers.Dense(num_classes, kernel_initializer="zeros", dtype=dtype, name=HEAD_LAYER)(features)
         # Logits stay float32 under mixed precision, as Keras recommends for the loss.
         logits = keras.layers.Activation("linear", dtype="float32", name="logits")(logits)
@@ -59,6 +65,7 @@ class BiTImageClassifier(keras.Model):
         self.backbone = backbone
         self.num_classes = num_classes
         self.multi_label = bool(multi_label)
+        self.dropout = dropout
         self._policy_name = dtype
         self.hyperrule = None
 
@@ -94,7 +101,7 @@ class BiTImageClassifier(keras.Model):
     def get_config(self):
         config = {**keras.layers.Layer.get_config(self), "dtype": self._policy_name}
         return {**config, "backbone": keras.layers.serialize(self.backbone), "num_classes": self.num_classes,
-                "multi_label": self.multi_label}
+                "multi_label": self.multi_label, "dropout": self.dropout}
 
     @classmethod
     def from_config(cls, config):
@@ -104,18 +111,21 @@ class BiTImageClassifier(keras.Model):
 
     @classmethod
     def from_preset(cls, preset, *, num_classes=None, load_weights: bool = True, weights=None, dtype=None,
-                    cache_dir=None, name=None) -> "BiTImageClassifier":
+                    cache_dir=None, name=None, dropout=0.0, **backbone_kwargs) -> "BiTImageClassifier":
         """A classifier by model name, with the weights rule of `bit_keras.weights`.
 
         A release (`m-r50x1`) comes with its weights; its head is loaded when `num_classes`
         is the release's (the default), otherwise the head starts at zero. An architecture
         (`r50x1`) gets random weights. `weights=` overrides; `load_weights=False` gives
-        random weights for a release name.
+        random weights for a release name. `dropout` is the classifier's; other keyword
+        arguments go to `BiTBackbone` (research switches; see `BiTBackbone.from_preset`).
         """
         from bit_keras import weights as weights_rule
 
+        if load_weights:
+            weights_rule.refuse_release_into(preset, weights, **backbone_kwargs)
         choice = weights_rule.resolve(preset, weights, random_weights=not load_weights, cache_dir=cache_dir)
-        return choice.build_classifier(num_classes, dtype=dtype, name=name)
+        return choice.build_classifier(num_classes, dtype=dtype, name=name, dropout=dropout, **backbone_kwargs)
 
     def compile_hyperrule(self, *, train_size=None, image_size=None, batch_size=512, rule=None,
                           micro_batch_size=None, steps=None, resolution=None, base_learning_rate=None,

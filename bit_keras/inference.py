@@ -4,6 +4,10 @@ A `StandardizedConv2D` standardizes its kernel on every call, which training nee
 kernel moves) but serving does not (the kernel is fixed). `fold_standardization` returns
 a copy of a model whose convolutions are plain `Conv2D` layers holding the standardized
 kernels, so an exported serving signature does that work once, at export time.
+
+Every research setting of `BiTBackbone` goes through: BatchNorm layers are copied with
+their moving statistics, drop-path and dropout with their rates (the identity at
+inference), and a network without weight standardization has nothing to fold (a copy).
 """
 
 from __future__ import annotations

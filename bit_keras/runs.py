@@ -17,6 +17,7 @@ from bit_keras import files
 from bit_keras.errors import ConfigError, DivergedError
 
 RUN_FILE = "run.json"
+SUMMARY = "summary"  # results the run writes as it goes (e.g. the last evaluation): not compared on resume
 
 
 def read_run(directory) -> dict | None:
@@ -29,6 +30,8 @@ def check_resume(directory, record, *, restart="pass --overwrite or use a new di
     if previous is None:
         return
     # Tuples -> lists, as read back from the file; nested records compare key by key ("plan.momentum").
+    previous = {key: value for key, value in previous.items() if key != SUMMARY}
+    record = {key: value for key, value in record.items() if key != SUMMARY}
     previous, record = _flat(previous), _flat(json.loads(json.dumps(record)))
     changed = [f"{key}: {_show(previous.get(key))} -> {_show(record.get(key))}"
                for key in sorted(set(previous) | set(record)) if previous.get(key) != record.get(key)]
@@ -38,6 +41,17 @@ def check_resume(directory, record, *, restart="pass --overwrite or use a new di
 
 
 def write_run(directory, record) -> None:
+    """Writes `record` as the run record; a summary already in the file is kept unless `record` has one."""
+    if SUMMARY not in record:
+        summary = (read_run(directory) or {}).get(SUMMARY)
+        record = {**record, SUMMARY: summary} if summary is not None else record
+    files.write_json(files.join(directory, RUN_FILE), record)
+
+
+def write_summary(directory, **results) -> None:
+    """Sets keys of run.json's summary (e.g. `eval={...}`), keeping the rest of the record."""
+    record = read_run(directory) or {}
+    record[SUMMARY] = {**record.get(SUMMARY, {}), **results}
     files.write_json(files.join(directory, RUN_FILE), record)
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 
 import keras
+import numpy as np
 
 from bit_keras import files
 
@@ -46,8 +47,8 @@ class ScalarLogger(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         optimizer = self.model.optimizer
-        step = int(optimizer.iterations)
-        scalars = {"train": {"learning_rate": float(optimizer.learning_rate)}, "validation": {}}
+        step = int(np.asarray(optimizer.iterations))  # int() refuses a MirroredVariable
+        scalars = {"train": {"learning_rate": float(np.asarray(optimizer.learning_rate))}, "validation": {}}
         for key, value in (logs or {}).items():
             if key in ("learning_rate", "updates"):  # the optimizer's own, above; the step
                 continue

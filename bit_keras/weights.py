@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 import os
 
-from bit_keras import checkpoint, download, presets
+from bit_keras import checkpoint, download, layout, presets
 from bit_keras.architecture import Architecture
 from bit_keras.errors import CheckpointError, ConfigError
 
@@ -61,14 +61,17 @@ class WeightsChoice:
             checkpoint.load_weights(backbone, self.path)
         return backbone
 
-    def build_classifier(self, num_classes=None, *, dtype=None, name=None):
-        """A `BiTImageClassifier`; the file's head is loaded when its class count is `num_classes`."""
+    def build_classifier(self, num_classes=None, *, dtype=None, name=None, dropout=0.0, **backbone_kwargs):
+        """A `BiTImageClassifier`; the file's head is loaded when its class count is `num_classes`.
+
+        `backbone_kwargs` go to `BiTBackbone` (research switches), `dropout` to the classifier."""
         from bit_keras.classifier import BiTImageClassifier
 
         num_classes = self.default_num_classes() if num_classes is None else num_classes
         same_head = self.preset is not None and num_classes == self.preset.num_classes
-        model = BiTImageClassifier(self.build_backbone(dtype=dtype, load=False), num_classes, dtype=dtype,
-                                   multi_label=same_head and self.preset.multi_label, name=name)
+        model = BiTImageClassifier(self.build_backbone(dtype=dtype, load=False, **backbone_kwargs), num_classes,
+                                   dtype=dtype, multi_label=same_head and self.preset.multi_label, name=name,
+                                   dropout=dropout)
         if self.path:
             checkpoint.load_weights(model, self.path)
         return model
@@ -113,6 +116,31 @@ def _checked(architecture, preset, path, source) -> WeightsChoice:
     if preset is not None and (preset.architecture != held or (info.num_classes or preset.num_classes) != preset.num_classes):
         preset = None
     return WeightsChoice(held, path, source, preset, info.num_classes)
+
+
+def release_refusal(release: str, network: dict) -> str:
+    """One line: release weights do not fit the research network asked for, and what to change."""
+    differ = [f"{key}={value!r}" for key, value in network.items()
+              if value != layout.BIT_NETWORK[key] and value is not None]
+    return (f"{release} holds BiT's network ({layout.describe_network(layout.BIT_NETWORK)}) and loads only into "
+            f"it; this model asks for {', '.join(differ) or layout.describe_network(network)}. Drop "
+            f"{'that switch' if len(differ) == 1 else 'those switches'} (defaults: "
+            f"{layout.network_switches(layout.BIT_NETWORK)}) or train this network from random weights "
+            f"(load_weights=False / --random-weights).")
+
+
+def refuse_release_into(name=None, weights=None, *, normalization="group", weight_standardization=True,
+                        groups=layout.BIT_GROUPS, **_):
+    """Raises a ConfigError, before any download, when released weights are asked for a non-BiT network."""
+    network = layout.network_config(normalization, weight_standardization, groups)
+    if network == layout.BIT_NETWORK:
+        return
+    source = weights if weights is not None else name
+    release = presets.find_preset(source) if isinstance(source, str) and not os.path.exists(source) else None
+    if release is None and weights is not None and download.is_url(weights):
+        release = next((p for p in presets.PRESETS.values() if p.url == weights), None)
+    if release is not None:
+        raise ConfigError(release_refusal(release.name, network))
 
 
 def cached_release(architecture, cache_dir=None) -> str | None:

@@ -101,16 +101,111 @@ def test_cli_text_report_train_and_savedmodel(capsys):
     train = next(line for line in lines if "train float32" in line)
     served = next(line for line in lines if "savedmodel float32+fold" in line)
     for line in (train, served):
-        assert "images/s" in line and "% of the measured peak (" in line and "GFLOP/s" in line
+        assert "images/s" in line and "% of the measured float32 peak (" in line and "GFLOP/s" in line
         assert "best step vs best probe" in line
         assert "first row" not in line  # no speed-up without --baseline
     assert sum(line.startswith("peak memory (RSS high-water mark") and line.endswith("MiB") for line in lines) == 2
+
+
+def test_bfloat16_rows_report_both_peaks(capsys):
+    assert _run_cli("--variant", TINY, "--resolution", "32", "--batch", "2", "--steps", "1", "--mode", "train",
+                    "--precision", "bfloat16", "--json") == 0
+    report = json.loads(capsys.readouterr().out)
+    (row,) = report["results"]
+    assert row["peak_precision"] == "bfloat16" and "bfloat16 matmul" in row["peak_probe"]
+    assert "float32 matmul" in row["peak_probe"]
+    assert row["fraction_of_peak"] == row["fraction_of_bfloat16_peak"]
+    for precision in ("float32", "bfloat16"):
+        assert row[f"fraction_of_{precision}_peak"] == pytest.approx(
+            row["model_gflops_per_second"] / row[f"{precision}_peak_gflops_per_second"])
+    line = benchmark.format_result(row)
+    assert "% of the measured bfloat16 peak (" in line and "% of the float32 peak (" in line
+
+
+def test_input_mode_reports_supply_next_to_consumption(capsys):
+    assert _run_cli("--variant", TINY, "--resolution", "32", "--batch", "2", "--steps", "1", "--mode", "input") == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("machine: ")
+    assert "JPEGs of 500x375 -> decode, resize 37, random crop 32, flip, MixUp 0.1" in lines[1]
+    assert "bit_keras.data.train_pipeline" in lines[1]
+    assert lines[2].startswith("pipeline supply: ") and "images/s on 1 core, " in lines[2]
+    assert lines[3].startswith(f"model consumption ({TINY} fine-tuning, float32, 32px, batch 2): ")
+    assert lines[4].startswith("supply / consumption: ") and "starved" in lines[4]
+    assert lines[5].startswith("a GPU training at 2000 images/s needs about ") and lines[5].endswith(
+        "such cores for this pipeline")
+
+
+def test_input_throughput_runs_the_real_pipeline(tmp_path):
+    benchmark.make_jpegs(str(tmp_path), count=6, image_size=(40, 60), classes=2)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["class0", "class1"]
+    result = benchmark.input_throughput(str(tmp_path), crop=32, batch=2, threads=1, batches=2, warmup=1)
+    assert result["output_shape"] == [2, 32, 32, 3] and result["threads"] == 1
+    assert result["source_images"] == 6 and result["source_image_size"] == [40, 60]
+    assert result["images_per_second"] > 0
+
+
+def test_measure_memory_runs_a_fresh_subprocess():
+    row = benchmark.measure_memory(TINY, 32, 1, accumulation=2, updates=1)
+    assert (row["micro_batch"], row["accumulation"], row["batch"]) == (1, 2, 2)
+    assert row["parameters"] == row["parameters_counted"]
+    assert row["peak_rss_bytes"] >= row["rss_after_build_bytes"] > 100 * 2**20
+    assert row["activation_estimate_bytes"] == benchmark.activation_bytes(bit_keras.Architecture((1, 1, 1, 1), 1), 32, 1)
+    assert row["optimizer_state_estimate_bytes"] == 4 * 4 * row["parameters"]  # weights, gradients, momentum, accumulator
+
+
+def test_memory_mode_rows_and_per_image(monkeypatch, capsys):
+    def fake(variant, size, micro_batch, *, accumulation=1, precision="float32"):
+        peak = (1000 + 300 * micro_batch + 200 * (accumulation > 1)) * 2**20
+        return {"variant": variant, "size": size, "micro_batch": micro_batch, "accumulation": accumulation,
+                "batch": micro_batch * accumulation, "precision": precision, "peak_rss_bytes": peak,
+                "rss_after_build_bytes": 900 * 2**20, "activation_estimate_bytes": 2**30 * micro_batch,
+                "optimizer_state_estimate_bytes": 2**29 * (3 + (accumulation > 1))}
+
+    monkeypatch.setattr(benchmark, "measure_memory", fake)
+    assert _run_cli("--variant", TINY, "--resolution", "32", "--mode", "memory", "--micro-batch", "1,2",
+                    "--accumulation", "2", "--json") == 0
+    report = json.loads(capsys.readouterr().out)
+    assert [(r["micro_batch"], r["accumulation"], r["batch"]) for r in report["rows"]] == [(1, 1, 1), (2, 1, 2), (2, 2, 4)]
+    assert report["measured_bytes_per_image"] == 300 * 2**20
+    assert report["estimated_activation_bytes_per_image"] == benchmark.activation_bytes(
+        bit_keras.Architecture((1, 1, 1, 1), 1), 32)
+    lines = benchmark.format_memory_report(report)
+    assert lines[0].startswith(f"memory: {TINY} fine-tuning at 32px, float32")
+    assert lines[1] == ("micro-batch 1, no accumulation: peak RSS 1.27 GiB (after building 0.88 GiB; estimate: "
+                        "activations 1.00 GiB + weights/gradients/momentum 1.50 GiB)")
+    assert lines[3].startswith("micro-batch 2, accumulating 2 micro-batches (batch 4): peak RSS 1.76 GiB")
+    assert "weights/gradients/momentum/accumulator 2.00 GiB" in lines[3]
+    assert lines[-1].startswith("per image: 0.29 GiB measured, ")
+
+
+def test_memory_mode_defaults_to_the_hyperrules_crop(monkeypatch, capsys):
+    seen = {}
+    monkeypatch.setattr(benchmark, "memory_report",
+                        lambda variant, size, micro_batches, **kw: seen.update(size=size, mb=micro_batches) or
+                        {"machine": "m", "variant": variant, "size": size, "precision": "float32", "rows": []})
+    assert _run_cli("--variant", "r152x4", "--mode", "memory", "--micro-batch", "1,4") == 0
+    assert seen == {"size": 480, "mb": (1, 4)}
+    assert _run_cli("--variant", "r50x1", "--mode", "memory") == 0
+    assert seen == {"size": 384, "mb": (1, 2)}
+
+
+def test_parameter_count_and_activation_estimate():
+    for units, width in (((1, 1, 1, 1), 1), ((1, 2, 1, 1), 2)):
+        model = bit_keras.BiTImageClassifier(bit_keras.BiTBackbone(units, width), 10)
+        assert benchmark.parameter_count(bit_keras.Architecture(units, width), 10) == model.count_params()
+    r50 = bit_keras.Architecture.parse("r50x1")
+    assert benchmark.activation_bytes(r50, 224, 4) == 4 * benchmark.activation_bytes(r50, 224, 1)
+    assert benchmark.activation_bytes(r50, 224, 1, 2) * 2 == benchmark.activation_bytes(r50, 224, 1, 4)
+    # ResNet-50 keeps on the order of 100 MB of float32 activations per 224 px image for training.
+    assert 50e6 < benchmark.activation_bytes(r50, 224) < 300e6
 
 
 @pytest.mark.parametrize("args, message", [
     (["--variant", "r51x1"], "Unknown BiT model"),
     (["--variant", TINY, "--mode", "train", "--fold"], "fold is for inference"),
     (["--variant", TINY, "--steps", "0"], "--steps >= 1"),
+    (["--variant", TINY, "--mode", "memory", "--micro-batch", "1,x"], "--micro-batch as positive integers"),
+    (["--variant", TINY, "--mode", "input", "--baseline"], "--mode input takes no --baseline"),
 ])
 def test_bad_requests_are_one_line_errors(capsys, args, message):
     assert _run_cli(*args) == 2

@@ -3,6 +3,7 @@
 Each command runs as a user would run it (a fresh process, no TF_CPP_MIN_LOG_LEVEL set).
 """
 
+import json
 import os
 import re
 import subprocess
@@ -46,6 +47,19 @@ def test_commands_print_no_tensorflow_log_lines(command, workdir):
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     assert not NOISE.search(done.stderr), done.stderr[:2000]
     assert not NOISE.search(done.stdout), done.stdout[:2000]
+    if command[0] == "demo":  # the README's main command, end to end offline with an empty cache
+        _check_demo(done.stdout, os.path.join(workdir, "demo"))
+
+
+def _check_demo(printed, output):
+    assert "NO released BiT checkpoint" in printed and "RANDOM weights" in printed
+    assert "hub.KerasLayer max |diff|" in printed and "Result: test accuracy" in printed
+    with open(os.path.join(output, "demo_metrics.json")) as handle:
+        result = json.load(handle)
+    assert result["variant"] == "r14x1" and result["weights"] == "random" and result["steps"] == 2
+    assert result["test_examples"] == 360 and 0.0 <= result["test_accuracy"] <= 1.0
+    assert result["load_backbone_max_abs_diff"] < 1e-5
+    assert os.path.exists(os.path.join(output, "export", "saved_model.pb"))
 
 
 def test_verbose_brings_tensorflow_lines_back_and_errors_stay_one_line(workdir):

@@ -6,8 +6,9 @@ import json
 from bit_keras.errors import ConfigError
 
 _EPILOG = """\
-Figures are medians over --steps timed batches; after every batch a float32 matmul is
-timed, and the peak is its median, so load from other processes hits both alike.
+Figures are medians over --steps timed batches; after every batch a matmul in the row's
+precision is timed (bfloat16 rows also time a float32 one and report both fractions), and
+the peak is its median, so load from other processes hits both alike.
 --baseline also runs the straightforward implementation (same mode, float32, no XLA, no
 folding, Keras core's GroupNormalization) interleaved with yours, and reports the
 speed-up measured in the same run.
@@ -16,6 +17,15 @@ examples:
   bit_keras bench --variant r50x1 --resolution 224 --batch 16 --fold --baseline
   bit_keras bench --variant r50x1 --resolution 224 --batch 16 --mode savedmodel --fold --baseline
   bit_keras bench --variant r50x1 --resolution 128 --batch 32 --mode train --precision bfloat16 --json
+  bit_keras bench --variant r50x1 --resolution 224 --batch 16 --mode input
+  bit_keras bench --variant r101x3 --mode memory --micro-batch 1,2 --accumulation 2
+
+--mode input writes JPEGs to a temporary folder and times bit_keras's fine-tuning pipeline
+on them (decode, resize, random crop, flip, MixUp) on one core and on all cores, next to the
+model's fine-tuning step at the same crop and batch.
+--mode memory runs one fresh subprocess per row (micro-batch, alone and with gradient
+accumulation) at the HyperRule's crop for the variant unless --resolution is given, and
+reports each child's peak RSS next to an activation-size estimate.
 """
 
 
@@ -28,11 +38,14 @@ def register(subparsers):
     parser.add_argument("--variant", default="r50x1",
                         help="Any model name (r50x1, r14x1, r2-3-4-1x2, BiT-M-R101x3, ...); only its "
                              "architecture matters, the weights are random.")
-    parser.add_argument("--resolution", type=int, default=224, help="Image side in pixels.")
+    parser.add_argument("--resolution", type=int, default=None,
+                        help="Image side in pixels (default 224; --mode memory: the HyperRule's crop for the variant).")
     parser.add_argument("--batch", type=int, default=16, help="Images per step.")
-    parser.add_argument("--mode", choices=("infer", "train", "savedmodel"), default="infer",
+    parser.add_argument("--mode", choices=("infer", "train", "savedmodel", "input", "memory"), default="infer",
                         help="infer: the Keras model; train: one SGD-momentum step; "
-                             "savedmodel: the exported SavedModel's serving_default signature.")
+                             "savedmodel: the exported SavedModel's serving_default signature; "
+                             "input: the fine-tuning input pipeline against the model's consumption; "
+                             "memory: peak RSS of fine-tuning steps, one subprocess each.")
     parser.add_argument("--serving", dest="mode", action="store_const", const="savedmodel",
                         help="Same as --mode savedmodel.")
     parser.add_argument("--precision", choices=("float32", "bfloat16"), default="float32",
@@ -44,6 +57,10 @@ def register(subparsers):
     parser.add_argument("--steps", type=int, default=10, help="Timed steps (after one warm-up step).")
     parser.add_argument("--baseline", action="store_true",
                         help="Also time the straightforward implementation, interleaved, and report the speed-up.")
+    parser.add_argument("--micro-batch", default="1,2",
+                        help="--mode memory: comma-separated micro-batch sizes (default 1,2).")
+    parser.add_argument("--accumulation", type=int, default=2,
+                        help="--mode memory: also run the largest micro-batch accumulated over this many (1: no).")
     parser.add_argument("--json", action="store_true", help="Print the report as JSON.")
     parser.add_argument("--plot", metavar="FILE", default=None,
                         help="Also draw images/s per configuration as a bar chart (.png, .svg or .pdf).")
@@ -51,12 +68,23 @@ def register(subparsers):
 
 
 def bench(args) -> int:
+    from bit_keras import benchmark
+
+    architecture = benchmark.parse_variant(args.variant)  # a bad name fails before TensorFlow loads
+    if args.resolution is None:
+        if args.mode == "memory":
+            from bit_keras import presets
+
+            args.resolution = presets.hyperrule_resolution(architecture)[1]
+        else:
+            args.resolution = 224
     if args.steps < 1 or args.batch < 1 or args.resolution < 32:
         raise ConfigError(f"Need --steps >= 1, --batch >= 1 and --resolution >= 32; received "
                          f"--steps {args.steps} --batch {args.batch} --resolution {args.resolution}.")
-    from bit_keras import benchmark
-
-    benchmark.parse_variant(args.variant)  # a bad name fails before TensorFlow loads
+    if args.mode == "memory":
+        return _memory(args, benchmark)
+    if args.mode == "input":
+        return _input(args, benchmark)
     if args.plot:
         from bit_keras import plots
 
@@ -80,3 +108,37 @@ def bench(args) -> int:
     if args.plot:
         print(f"picture: {args.plot}")
     return 0
+
+
+def _print_or_json(args, report, lines) -> int:
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print(f"machine: {report['machine']}")
+        for line in lines:
+            print(line)
+    return 0
+
+
+def _input(args, benchmark) -> int:
+    if args.baseline or args.fold or args.jit or args.plot:
+        raise ConfigError("--mode input takes no --baseline, --fold, --jit or --plot.")
+    config = benchmark.Config(variant=args.variant, size=args.resolution, batch=args.batch, mode="train",
+                              precision=args.precision)
+    report = benchmark.input_report(config, steps=args.steps)
+    return _print_or_json(args, report, benchmark.format_input_report(report))
+
+
+def _memory(args, benchmark) -> int:
+    if args.baseline or args.fold or args.jit or args.plot:
+        raise ConfigError("--mode memory takes no --baseline, --fold, --jit or --plot.")
+    try:
+        micro_batches = tuple(int(part) for part in args.micro_batch.split(","))
+    except ValueError:
+        micro_batches = ()
+    if not micro_batches or min(micro_batches) < 1 or args.accumulation < 1:
+        raise ConfigError(f"Need --micro-batch as positive integers separated by commas and --accumulation >= 1; "
+                         f"received --micro-batch {args.micro_batch!r} --accumulation {args.accumulation}.")
+    report = benchmark.memory_report(args.variant, args.resolution, micro_batches, accumulation=args.accumulation,
+                                     precision=args.precision)
+    return _print_or_json(args, report, benchmark.format_memory_report(report))

@@ -41,3 +41,35 @@ def resolve_source(args):
     if args.weights or args.random_weights:
         raise UsageError(f"{source} is an export with its own weights; drop --weights / --random-weights.")
     return source
+
+
+def add_hardware_flags(parser):
+    """--strategy, --tpu and --cpu-devices, as `train`, `finetune`, `evaluate` and `vtab` spell them."""
+    from bit_keras.train.strategy import STRATEGIES
+
+    parser.add_argument("--strategy", choices=STRATEGIES, default="auto",
+                        help="auto: tpu with --tpu, mirrored with GPUs, else default (one device). mirrored: all "
+                             "local GPUs (or --cpu-devices); multi_worker: several machines, from TF_CONFIG or "
+                             "SLURM (run the same command on every worker). --batch stays the global batch.")
+    parser.add_argument("--tpu", default=None, help="TPU name or address for TPUClusterResolver "
+                        "('local' on a TPU VM, a TPU node name, grpc://HOST:8470).")
+    parser.add_argument("--cpu-devices", type=int, default=None,
+                        help="Split the CPU into N logical devices (mirrored runs without accelerators; tests).")
+
+
+def make_cli_strategy(args):
+    """The strategy the hardware flags ask for; splits the CPU first, before TensorFlow initialises.
+
+    On a backend other than TensorFlow the name is passed on, and the run refuses what it cannot do.
+    """
+    if args.cpu_devices:
+        from bit_keras.train.strategy import split_cpu
+
+        split_cpu(args.cpu_devices)
+    import keras
+
+    if keras.backend.backend() != "tensorflow":
+        return "default" if args.strategy == "auto" and not args.tpu else args.strategy
+    from bit_keras.train.strategy import make_strategy
+
+    return make_strategy(args.strategy, args.tpu)

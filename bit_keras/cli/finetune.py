@@ -9,7 +9,7 @@ import json
 import os
 import sys
 
-from bit_keras.cli.common import MODEL_HELP, add_model_flags, resolve_source
+from bit_keras.cli.common import MODEL_HELP, add_hardware_flags, add_model_flags, make_cli_strategy, resolve_source
 
 
 def register(subparsers):
@@ -22,10 +22,12 @@ def register(subparsers):
     parser.add_argument("--dataset", required=True, help="tfds:NAME[/CONFIG], folder:PATH or digits.")
     parser.add_argument("--output", required=True, help="Run directory: checkpoint/, logs/, model.keras, curves.png, metrics.json.")
     parser.add_argument("--examples-per-class", type=int, default=None, help="Few-shot: k training examples per class.")
-    parser.add_argument("--batch", type=int, default=512, help="Effective batch of one update (HyperRule: 512).")
+    parser.add_argument("--batch", type=int, default=512,
+                        help="Global batch of one update over all replicas (HyperRule: 512).")
     parser.add_argument("--micro-batch", type=int, default=None,
-                        help="Examples per forward/backward pass; --batch/--micro-batch micro-batches are "
-                             "accumulated into one update (same result, less memory).")
+                        help="Examples per forward/backward pass on each replica; micro-batches are accumulated "
+                             "into one update (same result, less memory): --batch = replicas x micro-batch x "
+                             "accumulation steps.")
     parser.add_argument("--steps", type=int, default=None, help="Shorten the HyperRule schedule to N updates.")
     parser.add_argument("--eval-every", type=int, default=None, help="Updates between evaluations/checkpoints.")
     parser.add_argument("--resolution", type=int, default=None, help="Crop size instead of the HyperRule's.")
@@ -45,6 +47,7 @@ def register(subparsers):
     parser.add_argument("--quiet", action="store_true",
                         help="One line per evaluation instead of a progress bar (the default when output is not a "
                              "terminal, so log files get no control characters).")
+    add_hardware_flags(parser.add_argument_group("hardware"))
     parser.set_defaults(handler=run_finetune)
 
     parser = subparsers.add_parser("evaluate", help="Score a fine-tuned model (.keras or a finetune --output) on a dataset.")
@@ -57,6 +60,7 @@ def register(subparsers):
     parser.add_argument("--no-download", dest="download", action="store_false",
                         help="Fail at once if a tfds dataset is not prepared, instead of downloading it.")
     parser.add_argument("--json", action="store_true", help="Print JSON.")
+    add_hardware_flags(parser.add_argument_group("hardware"))
     parser.set_defaults(handler=run_evaluate)
 
     parser = subparsers.add_parser(
@@ -82,6 +86,7 @@ def run_finetune(args):
     if args.variant is None:
         raise UsageError("--variant is required: a model name (m-r50x1, r50x1, ...) or an export directory.")
     source = resolve_source(args)
+    strategy = make_cli_strategy(args)
     from bit_keras.finetune.runner import finetune  # Keras loads only now, after the weights are found
 
     metrics = finetune(
@@ -91,10 +96,15 @@ def run_finetune(args):
         base_learning_rate=args.learning_rate, train_split=args.train_split,
         eval_split=None if args.eval_split.lower() == "none" else args.eval_split, data_dir=args.data_dir,
         download=args.download, seed=args.seed, overwrite=args.overwrite, savedmodel=args.savedmodel, verbose=2 if args.quiet or not sys.stdout.isatty() else 1,
-        log=print)
+        log=print, strategy=strategy)
     summary = {k: v for k, v in metrics.items() if k != "hyperrule"}
     print(json.dumps(summary, indent=2))
-    print(f"Wrote {args.output}/model.keras and {args.output}/metrics.json")
+    from bit_keras.train.strategy import is_chief
+
+    if isinstance(strategy, str) or is_chief(strategy):
+        print(f"Wrote {args.output}/model.keras and {args.output}/metrics.json")
+    else:
+        print(f"Done; the chief worker wrote {args.output} (this worker's files were temporary).")
     return 0
 
 
@@ -102,7 +112,8 @@ def run_evaluate(args):
     from bit_keras.finetune.runner import evaluate
 
     scores = evaluate(args.model, dataset=args.dataset, split=args.split, batch_size=args.batch,
-                      resolution=args.resolution, data_dir=args.data_dir, download=args.download)
+                      resolution=args.resolution, data_dir=args.data_dir, download=args.download,
+                      strategy=make_cli_strategy(args))
     if args.json:
         print(json.dumps(scores, indent=2))
     else:

@@ -1,8 +1,10 @@
 """`bit_keras train`: upstream pre-training of a BiT backbone on tf.distribute (TPU, GPUs, CPU).
 
 Every number of the paper's schedules (`--schedule bit-s|bit-m|bit-l`) can be overridden
-by a flag; unset flags keep the schedule's value. Rerunning the same command with the same
-`--model-dir` resumes from the last checkpoint.
+by a flag; unset flags keep the schedule's value. The training strategies (label smoothing,
+dropout, stochastic depth, EMA, RandAugment, cosine schedule, normalization) are off by
+default; `--recipe resnet-rs` sets the ResNet-RS combination and explicit flags override it.
+Rerunning the same command with the same `--model-dir` resumes from the last checkpoint.
 """
 
 from __future__ import annotations
@@ -18,6 +20,15 @@ def _floats(text):
         return tuple(float(v) for v in text.replace(" ", "").split(",") if v)
     except ValueError:
         raise ConfigError(f"expected comma-separated numbers, e.g. 30,60,80. Received: {text!r}") from None
+
+
+def _ema(text):
+    if str(text).strip().lower() in ("none", "off"):
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        raise ConfigError(f"--ema takes the EMA decay, e.g. 0.9999, or none. Received: {text!r}") from None
 
 
 def register(subparsers):
@@ -38,8 +49,10 @@ def register(subparsers):
     run = p.add_argument_group("hardware")
     run.add_argument("--tpu", default=None, help="TPU name or address for TPUClusterResolver "
                      "('local' on a TPU VM, a TPU node name, grpc://HOST:8470).")
-    run.add_argument("--strategy", choices=("auto", "default", "mirrored", "tpu"), default="auto",
-                     help="auto: tpu with --tpu, mirrored with GPUs, else default.")
+    run.add_argument("--strategy", choices=("auto", "default", "mirrored", "multi_worker", "tpu"), default="auto",
+                     help="auto: tpu with --tpu, mirrored with GPUs, else default. multi_worker: several machines "
+                          "from TF_CONFIG or SLURM, the same command on each; only the chief writes --model-dir, "
+                          "which all workers must see (gs:// or a shared filesystem) to resume.")
     run.add_argument("--cpu-devices", type=int, default=None,
                      help="Split the CPU into N logical devices (for mirrored runs without accelerators).")
     run.add_argument("--precision", choices=("auto", "float32", "bfloat16"), default="auto",
@@ -57,11 +70,41 @@ def register(subparsers):
     sched.add_argument("--decay-epochs", type=_floats, default=None, help="Epochs where lr /= 10, e.g. 30,60,80.")
     sched.add_argument("--weight-decay", type=float, default=None, help="L2 weight decay on kernels (default 1e-4).")
     sched.add_argument("--momentum", type=float, default=None, help="SGD momentum (default 0.9).")
+    sched.add_argument("--lr-schedule", choices=("step", "cosine"), default=None,
+                       help="step: /10 at --decay-epochs (BiT, the default); cosine: half a cosine to 0 after "
+                       "the warm-up (ResNet-RS).")
     label = sched.add_mutually_exclusive_group()
     label.add_argument("--multi-label", dest="multi_label", action="store_true", default=None,
                        help="Sigmoid cross-entropy (default for bit-m and bit-l).")
     label.add_argument("--single-label", dest="multi_label", action="store_false",
                        help="Softmax cross-entropy (default for bit-s).")
+
+    strat = p.add_argument_group("training strategies (all off by default; ResNet-RS: --recipe resnet-rs)")
+    strat.add_argument("--recipe", default=None, help="resnet-rs: label smoothing 0.1, dropout 0.25, stochastic "
+                       "depth 0, EMA 0.9999, RandAugment 2,10, weight decay 4e-5, cosine schedule, 350 epochs "
+                       "(Bello et al. 2021); explicit flags override it. Default bit (none of them).")
+    strat.add_argument("--label-smoothing", type=float, default=None, help="Label smoothing e (default 0).")
+    strat.add_argument("--dropout", type=float, default=None, help="Dropout rate before the head (default 0).")
+    strat.add_argument("--stochastic-depth", type=float, default=None,
+                       help="Drop-path rate of the last unit, rising linearly over units (default 0).")
+    strat.add_argument("--ema", default=None, help="EMA decay of the weights (e.g. 0.9999); evaluation and "
+                       "bit_final.npz use the averaged weights. 'none' turns a recipe's off. Default off.")
+    strat.add_argument("--randaugment", default=None, help="N,M: RandAugment with N layers at magnitude M "
+                       "(0-30), e.g. 2,10; 'none' turns a recipe's off. Default off.")
+    strat.add_argument("--norm", choices=("group", "batch", "none"), default=None,
+                       help="Normalization layers: group (BiT, default), batch or none.")
+    strat.add_argument("--no-ws", dest="ws", action="store_false", default=None,
+                       help="Plain convolutions instead of weight-standardized ones.")
+    strat.add_argument("--groups", type=int, default=None, help="GroupNorm groups (default 32).")
+    strat.add_argument("--sync-bn", action="store_true", default=None,
+                       help="With --norm batch: statistics over the global batch instead of each replica's.")
+
+    held = p.add_argument_group("held-out evaluation")
+    held.add_argument("--eval-split", default=None, help="Split scored during training: top-1/top-5 (precision@1 "
+                      "when multi-label). Default: the dataset's validation split, else its test split (digits: "
+                      "test); none: no evaluation.")
+    held.add_argument("--eval-every", type=int, default=None,
+                      help="Updates between evaluations (default --checkpoint-every); always at the end too.")
 
     keep = p.add_argument_group("checkpoints and logs")
     keep.add_argument("--checkpoint-every", type=int, default=1000, help="Updates between checkpoints (default 1000).")
@@ -75,7 +118,8 @@ def register(subparsers):
                      help="Decoded examples in the shuffle buffer (default 10000, ~4 GB at ImageNet sizes).")
     aug.add_argument("--crop-area-min", type=float, default=0.08, help="Smallest Inception-crop area fraction.")
     aug.add_argument("--no-flip", dest="flip", action="store_false", help="No random horizontal flip.")
-    p.add_argument("--dry-run", action="store_true", help="Print the resolved schedule as JSON and exit.")
+    p.add_argument("--dry-run", action="store_true",
+                   help="Print the resolved schedule, training strategies and evaluation split as JSON and exit.")
     p.add_argument("--train-size", type=int, default=None, help="With --dry-run: examples in --split, so a tfds "
                    "dataset not yet prepared need not be (e.g. 1281167 for imagenet2012's train).")
     p.set_defaults(handler=run_training)
@@ -85,20 +129,39 @@ def build_config(args, choice=None):
     """A TrainConfig from parsed flags and the resolved weights (`common.resolve_model`); no TensorFlow."""
     from bit_keras import presets
     from bit_keras.train.loop import TrainConfig
+    from bit_keras.train.recipes import TrainingOptions, parse_randaugment, resolve_recipe
     from bit_keras.train.schedules import resolve_schedule
 
     architecture = choice.architecture if choice is not None else presets.resolve(args.variant or "r50x1")[0]
-    schedule = resolve_schedule(args.schedule).replace(
+    recipe_schedule, recipe_options = resolve_recipe(args.recipe)
+    schedule = resolve_schedule(args.schedule).replace(**recipe_schedule).replace(
         batch_size=args.batch, image_size=args.resolution, base_learning_rate=args.base_lr,
         warmup_steps=args.warmup_steps, epochs=args.epochs, decay_epochs=args.decay_epochs,
-        weight_decay=args.weight_decay, momentum=args.momentum, multi_label=args.multi_label)
+        weight_decay=args.weight_decay, momentum=args.momentum, multi_label=args.multi_label,
+        lr_schedule=args.lr_schedule)
+    explicit = {"label_smoothing": args.label_smoothing, "dropout": args.dropout,
+                "stochastic_depth": args.stochastic_depth, "normalization": args.norm,
+                "weight_standardization": args.ws, "groups": args.groups, "sync_batch_norm": args.sync_bn}
+    changes = {**recipe_options, **{key: value for key, value in explicit.items() if value is not None}}
+    if args.ema is not None:   # "none" turns a recipe's EMA off
+        changes["ema"] = _ema(args.ema)
+    if args.randaugment is not None:
+        changes["randaugment"] = parse_randaugment(args.randaugment)
+    options = TrainingOptions(**changes)
     return TrainConfig(
         model_dir=args.model_dir, dataset=args.dataset, schedule=schedule, block_units=architecture.block_units,
         width=architecture.width, split=args.split, data_dir=args.data_dir, download=args.download,
         strategy=args.strategy, tpu=args.tpu, precision=args.precision, jit_compile=args.jit, seed=args.seed,
         checkpoint_every=args.checkpoint_every, keep_checkpoints=args.keep, log_every=args.log_every,
         steps_per_loop=args.steps_per_loop, max_steps=args.max_steps, shuffle_buffer=args.shuffle_buffer,
-        crop_area_min=args.crop_area_min, flip=args.flip, init_weights=choice.path if choice is not None else None)
+        crop_area_min=args.crop_area_min, flip=args.flip, init_weights=choice.path if choice is not None else None,
+        options=options, eval_split=args.eval_split or "auto", eval_every=args.eval_every)
+
+
+def _eval_split(config):
+    from bit_keras.train.evaluation import resolve_split
+
+    return resolve_split(config.eval_split, config.dataset, config.split, data_dir=config.data_dir)
 
 
 def run_training(args):
@@ -123,6 +186,10 @@ def run_training(args):
         plan = config.schedule.plan(size)  # refuses a size below 1
         report = plan.to_dict()
         report["learning_rate_at"] = [{"step": s, "learning_rate": lr} for s, lr in plan.milestones()]
+        report["recipe"] = args.recipe or "bit"
+        report["training"] = config.options.to_dict()
+        report["eval_split"] = _eval_split(config)
+        report["eval_every"] = int(config.eval_every or config.checkpoint_every) if report["eval_split"] else None
         print(json.dumps(report, indent=2))
         return 0
     from bit_keras.train.loop import PREEMPTED_EXIT_CODE, train

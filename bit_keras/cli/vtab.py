@@ -6,7 +6,7 @@ import json
 import os
 import sys
 
-from bit_keras.cli.common import MODEL_HELP, add_model_flags, resolve_source
+from bit_keras.cli.common import MODEL_HELP, add_hardware_flags, add_model_flags, make_cli_strategy, resolve_source
 
 
 def register(subparsers):
@@ -28,10 +28,12 @@ def register(subparsers):
                         help="Fail a task at once if its tfds dataset is not prepared, instead of downloading it.")
     parser.add_argument("--steps", type=int, default=None, help="Shorten every schedule to N updates (smoke runs).")
     parser.add_argument("--batch", type=int, default=512, help="Effective batch of one update (HyperRule: 512).")
-    parser.add_argument("--micro-batch", type=int, default=None, help="Examples per forward/backward pass.")
+    parser.add_argument("--micro-batch", type=int, default=None,
+                        help="Examples per forward/backward pass on each replica (gradient accumulation).")
     parser.add_argument("--resolution", type=int, default=None, help="Crop size instead of the HyperRule's.")
     parser.add_argument("--seed", type=int, default=0, help="Seed of the data order, crops and flips.")
     parser.add_argument("--quiet", action="store_true", help="One line per evaluation instead of a progress bar.")
+    add_hardware_flags(parser.add_argument_group("hardware (passed to every fine-tune)"))
     parser.set_defaults(handler=run_vtab)
 
 
@@ -47,12 +49,13 @@ def run_vtab(args):
     if args.variant is None or args.output is None:
         raise UsageError("--variant and --output are required to run (or use --list / --dry-run).")
     source = resolve_source(args)
+    strategy = make_cli_strategy(args)
     from bit_keras.vtab.run import RESULTS, means, run_vtab as run  # Keras loads only now
 
     rows = run(source, output=args.output, tasks=tasks, protocol=args.protocol, data_dir=args.data_dir,
                download=args.download, batch_size=args.batch, micro_batch_size=args.micro_batch, steps=args.steps,
                resolution=args.resolution, seed=args.seed, verbose=2 if args.quiet or not sys.stdout.isatty() else 1,
-               log=print)
+               log=print, strategy=strategy)
     for row in rows:
         score = f"{row['accuracy']:.1f}%" if row["accuracy"] is not None else row["error"]
         print(f"{row['task']:<22} {row['group']:<12} {row['status']:<13} {score}")

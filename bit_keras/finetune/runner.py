@@ -15,6 +15,12 @@ A run killed at any point is continued by running the same command again: the mo
 optimizer variables come back from the last checkpoint, including the optimizer's update
 counter, so the schedule continues at the right step and learning rate. `overwrite` replaces
 only a folder that looks like a run, and only once the data and model have been built.
+
+Under a multi-worker strategy every worker runs the same call; only the chief writes into
+`output`. The others write their checkpoints, logs and exports into a private scratch folder
+removed at the end (TensorFlow's multi-worker rule: all take part in every collective
+step, one keeps the files) and resume from the chief's checkpoint, so `output` must be on a
+filesystem all workers see (NFS, gs://) for a restarted worker to resume.
 """
 
 from __future__ import annotations
@@ -24,6 +30,8 @@ import os
 import shutil
 import time
 import zipfile
+
+import numpy as np
 
 
 from bit_keras import files, plots, runs
@@ -37,12 +45,20 @@ SAVEDMODEL_DIR = "savedmodel"
 RUN_MARKERS = (runs.RUN_FILE, METRICS_FILE, CHECKPOINT_DIR)  # what `overwrite` may replace
 
 
-@runs.holding_lock(lambda source, *, output, **_: output)
+def _lock_dir(source, *, output, strategy=None, **_):
+    """The directory this process writes: the run's, or a non-chief worker's scratch folder."""
+    from bit_keras.train.strategy import is_chief, worker_scratch
+
+    chief = is_chief(name=strategy) if isinstance(strategy, str) or strategy is None else is_chief(strategy)
+    return output if chief else worker_scratch()
+
+
+@runs.holding_lock(_lock_dir)
 def finetune(source, *, dataset, output, weights=None, random_weights=False, cache_dir=None,
              examples_per_class=None, batch_size=512,
              micro_batch_size=None, steps=None, eval_every=None, flip=True, crop=True, resolution=None,
              base_learning_rate=None, train_split="train", eval_split="test", data_dir=None, download=True, seed=0,
-             overwrite=False, savedmodel=False, callbacks=(), verbose=1, log=None) -> dict:
+             overwrite=False, savedmodel=False, callbacks=(), verbose=1, log=None, strategy=None) -> dict:
     """Fine-tunes `source` on `dataset` with the HyperRule.
 
     `source` is a model name (a release means its released weights, an architecture random
@@ -59,16 +75,33 @@ def finetune(source, *, dataset, output, weights=None, random_weights=False, cac
         savedmodel: also write output/savedmodel, the fine-tuned classifier as a TF-Hub
             Reusable SavedModel (logits), for TF Serving or hub.KerasLayer.
         callbacks: extra Keras callbacks (e.g. to stop a run for tests).
-        log: where to say that a run resumes (the CLI passes `print`); None says nothing.
+        log: where the run header (strategy, replicas, batch split), warnings and "resuming"
+            go (the CLI passes `print`); None says nothing.
+        strategy: a `tf.distribute.Strategy` or its name ("mirrored", "multi_worker", "tpu", ...);
+            None: the one in force. `batch_size` is global; `micro_batch_size` is per replica.
+            On the JAX backend every local device is used through `keras.distribution.DataParallel`.
 
     Returns the final metrics (also written to output/metrics.json).
     """
-    import keras
+    from bit_keras.train.strategy import jax_data_parallel
 
+    with jax_data_parallel() as jax_devices:
+        return _finetune(source, dataset=dataset, output=output, weights=weights, random_weights=random_weights,
+                         cache_dir=cache_dir, examples_per_class=examples_per_class, batch_size=batch_size,
+                         micro_batch_size=micro_batch_size, steps=steps, eval_every=eval_every, flip=flip, crop=crop,
+                         resolution=resolution, base_learning_rate=base_learning_rate, train_split=train_split,
+                         eval_split=eval_split, data_dir=data_dir, download=download, seed=seed, overwrite=overwrite,
+                         savedmodel=savedmodel, callbacks=callbacks, verbose=verbose, log=log, strategy=strategy,
+                         jax_devices=jax_devices)
+
+
+def _finetune(source, *, dataset, output, weights, random_weights, cache_dir, examples_per_class, batch_size,
+              micro_batch_size, steps, eval_every, flip, crop, resolution, base_learning_rate, train_split,
+              eval_split, data_dir, download, seed, overwrite, savedmodel, callbacks, verbose, log, strategy,
+              jax_devices):
     from bit_keras.data import few_shot, load_source
-    from bit_keras.export.keras_file import export_keras
-    from bit_keras.finetune.wrapper import build_finetuner
-    from bit_keras.summaries import ScalarLogger
+    from bit_keras.finetune.wrapper import build_finetuner, resolve_strategy
+    from bit_keras.train.strategy import describe, is_chief, per_replica_batch, worker_scratch
 
     from bit_keras import weights as weights_rule
 
@@ -84,7 +117,11 @@ def finetune(source, *, dataset, output, weights=None, random_weights=False, cac
     metrics_path = os.path.join(output, METRICS_FILE)
     if os.path.exists(metrics_path) and not overwrite:
         raise ConfigError(f"{output} holds a finished run ({METRICS_FILE}); pass --overwrite or another --output.")
-    if overwrite:  # refused now if not a run; replaced only once the data and model are known to work
+    strategy = resolve_strategy(strategy)
+    chief = is_chief(None if type(strategy).__name__.startswith("_") else strategy)
+    if jax_devices > 1:  # keras.distribution splits each step's batch over the devices
+        per_replica_batch(micro_batch_size or batch_size, jax_devices)
+    if overwrite and chief:  # refused now if not a run; replaced only once the data and model are known to work
         files.check_target(output, overwrite=True, markers=RUN_MARKERS, kind="a bit_keras finetune run")
 
     train_ds, info = load_source(dataset, train_split, data_dir=data_dir, download=download)
@@ -96,15 +133,33 @@ def finetune(source, *, dataset, output, weights=None, random_weights=False, cac
     ft = build_finetuner(source, num_classes=info.num_classes, train_size=train_size, image_size=info.image_size,
                          batch_size=batch_size, micro_batch_size=micro_batch_size, weights=weights,
                          random_weights=random_weights, cache_dir=cache_dir, steps=steps,
-                         resolution=resolution, base_learning_rate=base_learning_rate, flip=flip, crop=crop)
+                         resolution=resolution, base_learning_rate=base_learning_rate, flip=flip, crop=crop,
+                         strategy=strategy)
     eval_every = min(int(eval_every or max(1, math.ceil(ft.rule.total_steps / 10))), ft.rule.total_steps)
     run = {"dataset": dataset, "train_split": train_split, "eval_split": eval_split,
            "source": _describe_source(source), "weights": _describe_weights(source, weights), "examples_per_class": examples_per_class, "train_size": train_size,
            "num_classes": info.num_classes, "class_names": list(info.class_names), "flip": flip, "crop": crop,
-           "micro_batch_size": ft.micro_batch_size, "eval_every": eval_every, "seed": seed,
+           # Examples per forward/backward step over all replicas: what the data and the schedule
+           # depend on, so a run resumes on another number of devices when the math is the same.
+           "micro_batch_size": ft.step_batch_size, "eval_every": eval_every, "seed": seed,
            "hyperrule": ft.rule.to_dict()}
     # Only now: a bad dataset or variant leaves no empty run behind and destroys no old one. The
     # old run goes aside in one rename, so the new one starts clean (no old logs or checkpoint).
+    if log is not None:
+        log(_header(ft, describe(ft.strategy) if ft.strategy is not None else None, jax_devices))
+    if not chief:
+        # The chief's checkpoint is where every worker resumes from; this worker's own writes go aside.
+        resumed_epoch = 0 if overwrite else _resumed_epochs(output, run, None)
+        writes = worker_scratch()
+        files.remove(writes)
+        os.makedirs(writes)
+        if resumed_epoch:
+            shutil.copytree(os.path.join(output, CHECKPOINT_DIR), os.path.join(writes, CHECKPOINT_DIR))
+        try:
+            return _fit_and_save(ft, run, writes, train_ds, eval_ds, eval_every, resumed_epoch, callbacks,
+                                 savedmodel=savedmodel, verbose=verbose, log=None, chief=False)
+        finally:
+            files.remove(writes)
     replaced = files.move_aside(output) if overwrite and os.path.lexists(output) else None
     os.makedirs(output, exist_ok=True)
     resumed_epoch = _resumed_epochs(output, run, log)
@@ -121,7 +176,33 @@ def finetune(source, *, dataset, output, weights=None, random_weights=False, cac
                         + (", ..." if len(info.skipped) > 3 else ""))
     for warning in warnings if log is not None else ():
         log(f"warning: {warning}")
+    return _fit_and_save(ft, run, output, train_ds, eval_ds, eval_every, resumed_epoch, callbacks,
+                         savedmodel=savedmodel, verbose=verbose, log=log, chief=True)
 
+
+def _header(ft, strategy_name, jax_devices) -> str:
+    """The run header's hardware line: how the global batch splits over replicas and accumulation."""
+    if jax_devices > 1:
+        where = f"JAX DataParallel over {jax_devices} devices"
+        replicas, per_replica = jax_devices, ft.micro_batch_size // jax_devices
+    else:
+        where = f"strategy {strategy_name or 'default (one device)'}"
+        replicas, per_replica = ft.replicas, ft.micro_batch_size
+    return (f"{where}, {replicas} replica(s): global batch {ft.batch_size} = {replicas} replica(s) x "
+            f"{per_replica} per replica x {ft.accumulation_steps} accumulation step(s)")
+
+
+def _fit_and_save(ft, run, output, train_ds, eval_ds, eval_every, resumed_epoch, callbacks, *, savedmodel,
+                  verbose, log, chief):
+    """Trains to the end of the schedule, then writes model.keras (and the rest, on the chief) into `output`."""
+    import keras
+
+    from bit_keras.export.keras_file import export_keras
+    from bit_keras.summaries import ScalarLogger
+
+    dataset, seed, num_classes = run["dataset"], run["seed"], run["num_classes"]
+    metrics_path = os.path.join(output, METRICS_FILE)
+    batch_size = ft.batch_size
     eval_batches = ft.eval_dataset(eval_ds) if eval_ds is not None else None
     os.makedirs(os.path.join(output, LOGS_DIR), exist_ok=True)
     run_callbacks = [
@@ -140,37 +221,45 @@ def finetune(source, *, dataset, output, weights=None, random_weights=False, cac
                      seed=seed + resumed_epoch, verbose=verbose)
     seconds = time.time() - started
 
-    metrics = {"dataset": dataset, "source": run["source"], "weights": run["weights"], "train_size": train_size,
-               "num_classes": info.num_classes, "chance_accuracy": 1.0 / info.num_classes,
-               "updates": int(ft.model.optimizer.iterations), "train_seconds_this_session": round(seconds, 1),
-               "final_learning_rate": float(ft.model.optimizer.learning_rate),
+    metrics = {"dataset": dataset, "source": run["source"], "weights": run["weights"], "train_size": run["train_size"],
+               "num_classes": num_classes, "chance_accuracy": 1.0 / num_classes,
+               "updates": int(np.asarray(ft.model.optimizer.iterations)), "train_seconds_this_session": round(seconds, 1),
+               "final_learning_rate": float(np.asarray(ft.model.optimizer.learning_rate)),
                "train_loss": _last(history, "loss"), "train_accuracy": _last(history, "accuracy")}
     if eval_batches is not None:
-        scores = ft.model.evaluate(eval_batches, verbose=0, return_dict=True)
-        metrics.update({"eval_split": eval_split, "eval_loss": float(scores["loss"]),
+        with ft.scope():
+            scores = ft.model.evaluate(eval_batches, verbose=0, return_dict=True)
+        metrics.update({"eval_split": run["eval_split"], "eval_loss": float(scores["loss"]),
                         "eval_accuracy": float(scores["accuracy"])})
     metrics["hyperrule"] = ft.rule.to_dict()
+    # Every worker saves (a save may read distributed variables collectively); only the chief's stays.
     export_keras(ft.model, os.path.join(output, MODEL_FILE), overwrite=True)
     if savedmodel:
         from bit_keras.export import export_model
 
         export_model(ft.model, os.path.join(output, SAVEDMODEL_DIR), overwrite=True, metadata={
-            "variant": ft.variant, "outputs": "logits", "num_classes": info.num_classes,
-            "class_names": list(info.class_names), "fine_tuned_on": dataset, "hyperrule": ft.rule.to_dict()})
+            "variant": ft.variant, "outputs": "logits", "num_classes": num_classes,
+            "class_names": run["class_names"], "fine_tuned_on": dataset, "hyperrule": ft.rule.to_dict()})
         metrics["savedmodel"] = os.path.join(output, SAVEDMODEL_DIR)
-    plots.finetune_curves(os.path.join(output, LOGS_DIR, "metrics.csv"), os.path.join(output, plots.CURVES_FILE),
-                          title=f"fine-tuning {os.path.basename(run['source'])} on {dataset}, batch {batch_size}")
+    if chief:  # a picture nobody would see
+        plots.finetune_curves(os.path.join(output, LOGS_DIR, "metrics.csv"), os.path.join(output, plots.CURVES_FILE),
+                              title=f"fine-tuning {os.path.basename(run['source'])} on {dataset}, batch {batch_size}")
     files.write_json(metrics_path, metrics)
     files.remove(os.path.join(output, CHECKPOINT_DIR))  # only now: a kill before metrics.json resumes
     return metrics
 
 
 def evaluate(model_path, *, dataset, split="test", batch_size=128, resolution=None, data_dir=None,
-             download=True) -> dict:
-    """Scores a fine-tuned `.keras` file on a dataset split; the resolution comes from its run.json."""
+             download=True, strategy=None) -> dict:
+    """Scores a fine-tuned `.keras` file on a dataset split; the resolution comes from its run.json.
+
+    `strategy` (a `tf.distribute.Strategy` or its name) spreads the batches over its replicas;
+    the model and metrics are built in its scope.
+    """
     import keras
 
     from bit_keras.data import eval_pipeline, load_source
+    from bit_keras.finetune.wrapper import resolve_strategy
 
     model_path = os.fspath(model_path)
     if os.path.isdir(model_path) and os.path.exists(os.path.join(model_path, MODEL_FILE)):
@@ -183,12 +272,14 @@ def evaluate(model_path, *, dataset, split="test", batch_size=128, resolution=No
             raise ConfigError(f"No {runs.RUN_FILE} beside {model_path} says its input resolution; pass --resolution.")
         resolution = run["hyperrule"]["crop"]
     ds, info = load_source(dataset, split, data_dir=data_dir, download=download)
-    model = _load_classifier(model_path, run)
-    num_classes = int(model.output_shape[-1])
-    if info.num_classes != num_classes:
-        raise ConfigError(f"{model_path} has {num_classes} classes but {dataset} has {info.num_classes}.")
-    model.compile(loss=keras.losses.CategoricalCrossentropy(from_logits=True),
-                  metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")])
+    strategy = resolve_strategy(strategy)
+    with strategy.scope():
+        model = _load_classifier(model_path, run)
+        num_classes = int(model.output_shape[-1])
+        if info.num_classes != num_classes:
+            raise ConfigError(f"{model_path} has {num_classes} classes but {dataset} has {info.num_classes}.")
+        model.compile(loss=keras.losses.CategoricalCrossentropy(from_logits=True),
+                      metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")])
     batches = eval_pipeline(ds, _Resolution(int(resolution)), batch_size=batch_size, num_classes=num_classes)
     scores = model.evaluate(batches, verbose=0, return_dict=True)
     return {"model": model_path, "dataset": dataset, "split": split, "examples": info.train_size,

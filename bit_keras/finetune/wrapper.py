@@ -14,6 +14,7 @@ import math
 import os
 
 import keras
+import numpy as np
 
 from bit_keras import runs
 from bit_keras.hyperrule import HyperRule
@@ -28,8 +29,12 @@ class FineTuner:
         model: the compiled `keras.Model` (images float [0, 1] -> logits [B, num_classes]).
         backbone: the feature extractor inside `model` (freeze it, inspect it, export it).
         rule: the `HyperRule` (steps, warm-up, decays, resolution, MixUp) at `batch_size`.
-        micro_batch_size: examples per forward/backward pass; `batch_size // micro_batch_size`
-            micro-batches are accumulated into one update (`accumulation_steps`).
+        micro_batch_size: examples per forward/backward pass on each replica; an update accumulates
+            `accumulation_steps` of them on every replica, so
+            batch_size = replicas x micro_batch_size x accumulation_steps.
+        strategy: the `tf.distribute.Strategy` the model was built under (None: the default one).
+        replicas: its replicas in sync (1 without a strategy, and for Keras' JAX distribution,
+            which splits each batch itself).
     """
 
     model: keras.Model
@@ -42,10 +47,17 @@ class FineTuner:
     crop: bool = True
     multi_label: bool = False
     variant: str | None = None
+    strategy: object = None
+    replicas: int = 1
 
     @property
     def accumulation_steps(self) -> int:
-        return self.batch_size // self.micro_batch_size
+        return self.batch_size // (self.micro_batch_size * self.replicas)
+
+    @property
+    def step_batch_size(self) -> int:
+        """Examples in one `model.fit` step (all replicas together): what the input pipeline batches."""
+        return self.micro_batch_size * self.replicas
 
     @property
     def fit_steps(self) -> int:
@@ -53,28 +65,42 @@ class FineTuner:
         return self.rule.total_steps * self.accumulation_steps
 
     def train_dataset(self, ds, *, seed=0, mixup_alpha=None):
-        """HyperRule training batches (resize, random crop, random flip, MixUp) of `micro_batch_size`.
+        """HyperRule training batches (resize, random crop, random flip, MixUp) of `step_batch_size`.
 
         `ds` yields (uint8 image [h, w, 3], integer label), as `bit_keras.data.load_source` does.
         It repeats forever: give `model.fit` `steps_per_epoch`. Under accumulation MixUp draws
         one lambda per micro-batch.
         """
+        import tensorflow as tf
+
         from bit_keras.data import train_pipeline
 
-        return train_pipeline(ds, self.rule, batch_size=self.micro_batch_size, num_classes=self.num_classes,
-                              flip=self.flip, crop=self.crop, mixup_alpha=mixup_alpha, seed=seed)
+        def pipeline(_):
+            return train_pipeline(ds, self.rule, batch_size=self.step_batch_size, num_classes=self.num_classes,
+                                  flip=self.flip, crop=self.crop, mixup_alpha=mixup_alpha, seed=seed)
+
+        # Built afresh by every iterator, so each starts with the same order: `fit` peeks at a
+        # batch and starts again (a distributed dataset is re-created too), and the steps must
+        # see the same examples on one device and on many.
+        return tf.data.Dataset.from_tensors(0).flat_map(pipeline).prefetch(tf.data.AUTOTUNE)
 
     def eval_dataset(self, ds, *, batch_size=None):
         """Evaluation batches: resized to the rule's crop size, no augmentation, every example kept."""
         from bit_keras.data import eval_pipeline
 
-        return eval_pipeline(ds, self.rule, batch_size=batch_size or self.micro_batch_size,
+        return eval_pipeline(ds, self.rule, batch_size=batch_size or self.step_batch_size,
                              num_classes=self.num_classes)
+
+    def scope(self):
+        """The strategy's scope (a no-op without one): `fit`, `evaluate` and `predict` run inside it."""
+        import contextlib
+
+        return self.strategy.scope() if self.strategy is not None else contextlib.nullcontext()
 
     def learning_rate(self) -> float:
         """The learning rate of the next update (what the optimizer will use)."""
         optimizer = self.model.optimizer
-        return float(optimizer.learning_rate) if optimizer.built else self.rule.learning_rate(0)
+        return float(np.asarray(optimizer.learning_rate)) if optimizer.built else self.rule.learning_rate(0)
 
     def fit(self, ds, *, validation_data=None, eval_every=None, callbacks=(), seed=0, verbose="auto",
             initial_epoch=0):
@@ -88,9 +114,10 @@ class FineTuner:
         eval_every = eval_every or max(1, math.ceil(self.rule.total_steps / 10))
         epochs = math.ceil(self.rule.total_steps / eval_every)
         callbacks = [StopAfterUpdates(self.rule.total_steps), LearningRateLogger(), StopOnNonFiniteLoss(), *callbacks]
-        return self.model.fit(self.train_dataset(ds, seed=seed), validation_data=validation_data,
-                              steps_per_epoch=eval_every * self.accumulation_steps, epochs=epochs,
-                              initial_epoch=initial_epoch, callbacks=callbacks, verbose=verbose, shuffle=False)
+        with self.scope():
+            return self.model.fit(self.train_dataset(ds, seed=seed), validation_data=validation_data,
+                                  steps_per_epoch=eval_every * self.accumulation_steps, epochs=epochs,
+                                  initial_epoch=initial_epoch, callbacks=callbacks, verbose=verbose, shuffle=False)
 
 
 class StopAfterUpdates(keras.callbacks.Callback):
@@ -101,7 +128,7 @@ class StopAfterUpdates(keras.callbacks.Callback):
         self.total_updates = int(total_updates)
 
     def on_train_batch_end(self, batch, logs=None):
-        if int(self.model.optimizer.iterations) >= self.total_updates:
+        if int(np.asarray(self.model.optimizer.iterations)) >= self.total_updates:
             self.model.stop_training = True
 
 
@@ -124,14 +151,14 @@ class LearningRateLogger(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         if logs is not None:
-            logs["learning_rate"] = float(self.model.optimizer.learning_rate)
-            logs["updates"] = int(self.model.optimizer.iterations)
+            logs["learning_rate"] = float(np.asarray(self.model.optimizer.learning_rate))
+            logs["updates"] = int(np.asarray(self.model.optimizer.iterations))  # np: also a MirroredVariable
 
 
 def build_finetuner(source, *, num_classes, train_size=None, image_size=None, batch_size=512,
                     micro_batch_size=None, weights=None, random_weights=False, rule=None, steps=None,
                     resolution=None, base_learning_rate=None, flip=True, crop=True, multi_label=False,
-                    trainable=True, cache_dir=None, dtype=None, jit_compile="auto") -> FineTuner:
+                    trainable=True, cache_dir=None, dtype=None, jit_compile="auto", strategy=None) -> FineTuner:
     """A `BiTImageClassifier` compiled with the BiT-HyperRule, with the matching input pipelines.
 
     Args:
@@ -142,6 +169,10 @@ def build_finetuner(source, *, num_classes, train_size=None, image_size=None, ba
         weights, random_weights: override the weights a name means (file, URL or release name).
         multi_label: sigmoid cross-entropy (BiT-M style) instead of softmax cross-entropy.
         trainable: False freezes the backbone (linear probe).
+        strategy: a `tf.distribute.Strategy` (or a name for `bit_keras.train.strategy.make_strategy`:
+            "mirrored", "multi_worker", "tpu", ...). The model, optimizer and metrics are built in
+            its scope; `batch_size` stays the global batch and `micro_batch_size` is per replica.
+            None: the strategy in force (the default one outside any `strategy.scope()`).
         The others are `BiTImageClassifier.compile_hyperrule`'s.
 
     Example:
@@ -153,16 +184,162 @@ def build_finetuner(source, *, num_classes, train_size=None, image_size=None, ba
 
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
         raise ConfigError(f"num_classes must be a positive integer. Received: num_classes={num_classes!r}")
-    backbone, variant = _load_backbone(source, weights=weights, random_weights=random_weights,
-                                       trainable=trainable, cache_dir=cache_dir, dtype=dtype)
-    model = BiTImageClassifier(backbone, num_classes, multi_label=multi_label, dtype=dtype,
-                               name=f"{backbone.name}_finetune")
-    rule = model.compile_hyperrule(train_size=train_size, image_size=image_size, batch_size=batch_size, rule=rule,
-                                   micro_batch_size=micro_batch_size, steps=steps, resolution=resolution,
-                                   base_learning_rate=base_learning_rate, jit_compile=jit_compile)
+    strategy = resolve_strategy(strategy)
+    replicas = replicas_of(strategy)
+    global_batch = rule.batch_size if rule is not None else batch_size
+    micro_batch_size = per_replica_micro_batch(global_batch, micro_batch_size, replicas)
+    if dtype is None and type(strategy).__name__.startswith("TPUStrategy"):
+        dtype = "mixed_bfloat16"  # as `bit_keras train` on TPU: the MXU computes in bfloat16
+    if isinstance(source, (keras.layers.Layer, keras.Model)) and not _built_in(strategy, source):
+        raise ConfigError(f"The backbone {source.name} was built outside this strategy's scope; build it inside "
+                          "`with strategy.scope():`, or pass a model name or an exported path instead.")
+    with strategy.scope():
+        backbone, variant = _load_backbone(source, weights=weights, random_weights=random_weights,
+                                           trainable=trainable, cache_dir=cache_dir, dtype=dtype)
+        model = BiTImageClassifier(backbone, num_classes, multi_label=multi_label, dtype=dtype,
+                                   name=f"{backbone.name}_finetune")
+        # The pass the HyperRule sees is all replicas' micro-batches together: one fit step.
+        rule = model.compile_hyperrule(train_size=train_size, image_size=image_size, batch_size=batch_size,
+                                       rule=rule, micro_batch_size=micro_batch_size * replicas, steps=steps,
+                                       resolution=resolution, base_learning_rate=base_learning_rate,
+                                       jit_compile=jit_compile)
+        if replicas > 1 and keras.backend.backend() == "tensorflow" and model.optimizer.gradient_accumulation_steps:
+            model.optimizer = ReplicaAccumulatingSGD.from_config(model.optimizer.get_config())
+            model.optimizer.build(model.trainable_variables)
+    if type(strategy).__name__ in MULTI_WORKER_CLASSES:
+        # Keras peeks at the first batch with strategy.reduce, which MultiWorkerMirroredStrategy
+        # cannot do on a batch; without a recorded strategy Keras takes the one in scope
+        # (`FineTuner.scope()`) and builds when it traces the step instead.
+        model._distribute_strategy = None
+        # ...and it reduces each step's logs with strategy.reduce("MEAN", log, axis=0), which a
+        # scalar cannot take: the steps return them as [1] vectors (the mean of equal values).
+        model.train_step = _logs_as_vectors(model.train_step)
+        model.test_step = _logs_as_vectors(model.test_step)
+    model.micro_batch_size = micro_batch_size
     return FineTuner(model=model, backbone=backbone, rule=rule, num_classes=num_classes, batch_size=rule.batch_size,
-                     micro_batch_size=model.micro_batch_size, flip=flip, crop=crop, multi_label=multi_label,
-                     variant=variant)
+                     micro_batch_size=micro_batch_size, flip=flip, crop=crop, multi_label=multi_label,
+                     variant=variant, strategy=None if _is_default(strategy) else strategy, replicas=replicas)
+
+
+@keras.saving.register_keras_serializable(package="bit_keras")
+class ReplicaAccumulatingSGD(keras.optimizers.SGD):
+    """SGD with `gradient_accumulation_steps` that works with several tf.distribute replicas.
+
+    Keras' own accumulation puts the gradient all-reduce inside a `tf.cond` (update or
+    accumulate), which tf.distribute refuses ("merge_call called while defining a new
+    graph"). Here each micro-step's gradients are all-reduced first, then the choice between
+    accumulating and updating is made once, in cross-replica context. The arithmetic is
+    Keras': the update uses (sum of the micro-steps' gradients) / steps.
+    """
+
+    def _backend_apply_gradients(self, grads, trainable_variables):
+        import tensorflow as tf
+
+        context = tf.distribute.get_replica_context()
+        if (not self.gradient_accumulation_steps or context is None or context.num_replicas_in_sync == 1
+                or self.weight_decay or self.clipnorm or self.clipvalue or self.global_clipnorm or self.use_ema):
+            return super()._backend_apply_gradients(grads, trainable_variables)
+        variables = [v.value if isinstance(v, keras.Variable) else v for v in trainable_variables]
+        grads = [g for g, _ in self._all_reduce_sum_gradients(list(zip(grads, variables)))]
+        accumulators = [self._accumulated_gradients[self._get_variable_index(v)].value for v in trainable_variables]
+        context.merge_call(self._accumulate_or_update, args=(grads, variables, accumulators))
+
+    def _accumulate_or_update(self, distribution, grads, variables, accumulators):
+        import tensorflow as tf
+
+        steps = self.gradient_accumulation_steps
+        learning_rate = self.learning_rate
+
+        def update():
+            def step(variable, grad, accumulated):
+                self.update_step((grad + accumulated) / steps, variable, learning_rate)
+
+            for grad, variable, accumulated in zip(grads, variables, accumulators):
+                distribution.extended.update(variable, step, args=(grad, accumulated), group=False)
+            for accumulated in accumulators:
+                distribution.extended.update(accumulated, lambda a: a.assign(tf.zeros_like(a)), group=False)
+            return tf.constant(True)
+
+        def accumulate():
+            for grad, accumulated in zip(grads, accumulators):
+                distribution.extended.update(accumulated, lambda a, g: a.assign_add(g), args=(grad,), group=False)
+            return tf.constant(False)
+
+        tf.cond((self._iterations + 1) % steps == 0, update, accumulate)
+
+
+def _logs_as_vectors(step):
+    def vector_step(data):
+        return keras.tree.map_structure(lambda value: keras.ops.reshape(value, (1,)), step(data))
+
+    return vector_step
+
+
+MULTI_WORKER_CLASSES = ("MultiWorkerMirroredStrategy", "CollectiveAllReduceStrategy")
+
+
+def resolve_strategy(strategy):
+    """A `tf.distribute.Strategy` from a strategy, a name ("auto", "mirrored", ...) or None (the one in force).
+
+    On the JAX backend there is no tf.distribute: None, "auto" and "default" give a stand-in
+    whose scope does nothing; Keras' JAX distribution (`use_jax_data_parallel`) splits batches.
+    """
+    if strategy is not None and not isinstance(strategy, str):
+        return strategy
+    if keras.backend.backend() != "tensorflow":
+        if strategy not in (None, "auto", "default"):
+            raise ConfigError(f"strategy={strategy!r} needs the TensorFlow backend (KERAS_BACKEND=tensorflow); "
+                              "on JAX, fine-tuning uses every local device through keras.distribution.")
+        return _NoStrategy()
+    import tensorflow as tf
+
+    if strategy is None:
+        return tf.distribute.get_strategy()
+    from bit_keras.train.strategy import make_strategy
+
+    return make_strategy(strategy)
+
+
+def replicas_of(strategy) -> int:
+    return int(getattr(strategy, "num_replicas_in_sync", 1))
+
+
+def per_replica_micro_batch(global_batch, micro_batch_size, replicas) -> int:
+    """Each replica's micro-batch: global batch = replicas x micro-batch x accumulation steps, checked."""
+    from bit_keras.train.strategy import per_replica_batch
+
+    per_replica = per_replica_batch(int(global_batch), replicas)  # ConfigError when it does not divide
+    if micro_batch_size is None:
+        return per_replica
+    if isinstance(micro_batch_size, bool) or int(micro_batch_size) != micro_batch_size or micro_batch_size < 1 \
+            or per_replica % micro_batch_size:
+        where = f" per replica ({global_batch} over {replicas} replicas)" if replicas > 1 else ""
+        raise ConfigError(f"micro-batch {micro_batch_size} must divide the batch of {per_replica}{where}; "
+                          f"global batch = replicas x micro-batch x accumulation steps.")
+    return int(micro_batch_size)
+
+
+class _NoStrategy:
+    """The default strategy's surface where tf.distribute does not apply (JAX backend)."""
+
+    num_replicas_in_sync = 1
+
+    def scope(self):
+        import contextlib
+
+        return contextlib.nullcontext()
+
+
+def _is_default(strategy) -> bool:
+    return isinstance(strategy, _NoStrategy) or type(strategy).__name__.startswith("_Default")
+
+
+def _built_in(strategy, layer) -> bool:
+    """Whether `layer`'s variables belong to `strategy` (a ready backbone cannot move into a scope)."""
+    if _is_default(strategy) or not layer.weights:
+        return True
+    variable = layer.weights[0]
+    return strategy.extended.variable_created_in_scope(getattr(variable, "value", variable))
 
 
 def _load_backbone(source, *, weights, random_weights, trainable, cache_dir, dtype):

@@ -1,11 +1,14 @@
 """Upstream pre-training: the BiT-S/M/L schedules, strategies, input pipeline and the loop.
 
-`schedules` is pure Python; the other modules import TensorFlow when used.
+`schedules` and `recipes` (the training-strategy options) are pure Python; the other
+modules import TensorFlow when used.
 """
 
+from bit_keras.train.recipes import RECIPES, TrainingOptions, resolve_recipe
 from bit_keras.train.schedules import SCHEDULES, RunPlan, UpstreamSchedule, resolve_schedule
 
-__all__ = ["SCHEDULES", "RunPlan", "UpstreamSchedule", "resolve_schedule", "TrainConfig", "train"]
+__all__ = ["SCHEDULES", "RunPlan", "UpstreamSchedule", "resolve_schedule", "RECIPES", "TrainingOptions",
+           "resolve_recipe", "TrainConfig", "train"]
 
 
 def __getattr__(name):

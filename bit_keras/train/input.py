@@ -63,23 +63,28 @@ def example_stream(source, *, train_size, seed=0, start_example=0, shuffle_buffe
 
 def upstream_dataset(source, *, num_classes, train_size, image_size, batch_size, seed=0, start_example=0,
                      flip=True, shuffle_buffer=DEFAULT_SHUFFLE_BUFFER, crop_area=CROP_AREA,
-                     input_context=None):
+                     input_context=None, augment=None):
     """Batches of (float32 images [B, size, size, 3] in [0, 1], float32 targets [B, num_classes]).
 
     `batch_size` is the batch of this input pipeline (the global batch with one pipeline, a
     host's share with several); with an `input_context` each pipeline keeps every n-th
     example of the common stream, so hosts never see the same image in one step.
+    `augment`: (layers, magnitude) of RandAugment after the crop and flip (`randaugment`), or None.
     """
     stream = example_stream(source, train_size=train_size, seed=seed, start_example=start_example,
                             shuffle_buffer=shuffle_buffer)
     if input_context is not None and input_context.num_input_pipelines > 1:
         stream = stream.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
 
+    rand_augment = randaugment(*augment, seed=seed) if augment else None
+
     def prepare(index, image, label):
         crop_seed = tf.stack([tf.cast(seed, tf.int64), index])
         image = inception_crop(image, image_size, crop_seed, area_range=crop_area)
         if flip:
             image = tf.image.stateless_random_flip_left_right(image, seed=crop_seed + [0, 2 ** 40])
+        if rand_augment is not None:
+            image = tf.clip_by_value(tf.cast(rand_augment(image), tf.float32), 0.0, 1.0)
         return image, targets(label, num_classes)
 
     ds = stream.map(prepare, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
@@ -87,6 +92,62 @@ def upstream_dataset(source, *, num_classes, train_size, image_size, batch_size,
     options = tf.data.Options()
     options.deterministic = True
     return ds.with_options(options).prefetch(tf.data.AUTOTUNE)
+
+
+def eval_dataset(source, *, num_classes, image_size, batch_size, num_examples, input_context=None):
+    """Held-out batches (float32 images [b, size, size, 3] in [0, 1], float32 one-hot targets, float32 weights).
+
+    The fine-tuning evaluation pipeline (`bit_keras.data.preprocess.eval_pipeline`: resize to
+    the crop, no augmentation) at the training crop size. With several input pipelines each
+    keeps every n-th example, so the split is counted once. The end is padded with blank
+    examples of weight 0 until every replica of every pipeline gets the same number of full
+    batches: no replica waits on an empty batch, shapes stay static for TPUs, and the weights
+    make each real example count exactly once.
+    """
+    import types
+
+    from bit_keras.data.preprocess import eval_pipeline
+    from bit_keras.errors import ConfigError
+
+    if source.element_spec[1].shape.rank != 0:
+        raise ConfigError("Held-out evaluation takes one class index per example; this split has label vectors. "
+                          "Pass --eval-split none.")
+    pipelines, pipeline, replicas = 1, 0, 1
+    if input_context is not None:
+        pipelines, pipeline = input_context.num_input_pipelines, input_context.input_pipeline_id
+        replicas = max(1, input_context.num_replicas_in_sync // pipelines)
+    mine = len(range(pipeline, int(num_examples), pipelines))
+    group = int(batch_size) * replicas
+    padded = -(-len(range(0, int(num_examples), pipelines)) // group) * group   # pipeline 0 holds the most
+    blank = source.take(1).map(lambda image, label: (tf.zeros_like(image), tf.zeros_like(label)))
+    if pipelines > 1:
+        source = source.shard(pipelines, pipeline)
+    rule = types.SimpleNamespace(crop=int(image_size))   # what eval_pipeline reads of a HyperRule
+    batches = eval_pipeline(source.concatenate(blank.repeat(padded - mine)), rule, batch_size=int(batch_size),
+                            num_classes=int(num_classes))
+    weights = tf.data.Dataset.range(padded).map(lambda i: tf.cast(i < mine, tf.float32)).batch(int(batch_size))
+    return tf.data.Dataset.zip((batches, weights)).map(lambda batch, weight: (batch[0], batch[1], weight))
+
+
+def randaugment(layers, magnitude, *, seed=0):
+    """Keras' `RandAugment` for images in [0, 1], `layers` operations per image at `magnitude` (0-30).
+
+    Keras 3.15 takes one normalised strength `factor` in [0, 1] instead of the paper's
+    integer magnitude, and its sub-layers read it in their own units, each drawing a
+    strength from [0, factor] per call: rotation by up to factor * 360 degrees (one way),
+    shear and translation up to factor (of the side), brightness shift up to factor of the
+    value range, contrast x [1, 1 + factor], posterization to max(1, int(8 * factor)) bits.
+    Those ranges are not the paper's (e.g. +-30 degrees of rotation at its magnitude 10).
+    We map the paper's magnitude scale, which ends at 30, linearly: factor = magnitude / 30,
+    so magnitude 10 -> 0.33 and 15 -> 0.5 (Keras' default). Applied per image (before
+    batching), so every image draws its own operations. Its random state is the layer's own
+    seed generator, not the example's position: a resumed run sees other augmentations than
+    the interrupted one would have.
+    """
+    import keras
+
+    return keras.layers.RandAugment(value_range=(0.0, 1.0), num_ops=int(layers), factor=float(magnitude) / 30.0,
+                                    seed=seed)
 
 
 def _epoch_seed(seed, epoch):

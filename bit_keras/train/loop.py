@@ -20,6 +20,20 @@ and only then rewrites the `checkpoint` index file with an atomic temp-file rena
 (`file_io.atomic_write_string_to_file`), so the index never names a half-written
 checkpoint and a run killed at any moment restarts from the last complete one. A NaN or
 infinite loss stops the run (DivergedError) before a checkpoint or bit_final.npz keeps it.
+
+Training strategies (`TrainingOptions`, `bit_keras.train.recipes`): label smoothing goes
+through Keras' losses (`label_smoothing=`: softmax targets y(1-e) + e/K, sigmoid targets
+y(1-e) + e/2), dropout and stochastic depth and the normalization switches through the
+network's builders, the EMA through the optimizer (`use_ema`, `ema_momentum`; Keras starts
+it at the weights after the first update and then averages a <- d a + (1 - d) w after every
+update), RandAugment in the input pipeline. With EMA on, evaluation and bit_final.npz use
+the averaged weights (the checkpoints keep both, so training resumes from the raw ones).
+
+Held-out evaluation (`eval_split`, `eval_every`): every `eval_every` updates and at the end,
+over the whole split, distributed like training (`bit_keras.train.evaluation`); TensorBoard
+scalars in `model_dir/eval`, a progress line, and the latest result in run.json's summary.
+Evaluation changes no state (training=False draws no random numbers), so a resumed run
+goes on evaluating at the same updates and reaches the same weights.
 """
 
 from __future__ import annotations
@@ -30,6 +44,7 @@ import signal
 import time
 
 from bit_keras import files, plots, runs
+from bit_keras.train.recipes import TrainingOptions
 from bit_keras.train.schedules import UpstreamSchedule
 from bit_keras.errors import ConfigError
 
@@ -63,6 +78,9 @@ class TrainConfig:
     crop_area_min: float = 0.08
     flip: bool = True
     init_weights: str | None = None  # a release-layout .npz to start from (fresh runs only)
+    options: TrainingOptions = dataclasses.field(default_factory=TrainingOptions)
+    eval_split: str | None = "auto"  # auto: the dataset's validation (or test) split; None/"none": no evaluation
+    eval_every: int | None = None    # updates between evaluations (default checkpoint_every); also at the end
 
 
 @dataclasses.dataclass
@@ -74,7 +92,8 @@ class TrainResult:
     final_weights: str | None
     last_loss: float | None
     history: list                    # (step, loss, top1, learning rate, images per second)
-    model: object = None             # the trained BiTImageClassifier (for notebooks and checks)
+    model: object = None             # the trained BiTImageClassifier (holding the EMA weights with EMA on)
+    evaluations: list = dataclasses.field(default_factory=list)  # {step, split, examples, top1, ...} of this session
 
 
 class _StopFlag:
@@ -87,14 +106,24 @@ class _StopFlag:
         self.signal = signum
 
 
-@runs.holding_lock(lambda config, **_: config.model_dir)
-def train(config: TrainConfig, *, strategy=None, source=None, log=print) -> TrainResult:
+def _lock_dir(config, *, strategy=None, **_):
+    """What this process writes: the model dir, or (a non-chief multi-worker task) its scratch folder."""
+    from bit_keras.train.strategy import is_chief, worker_scratch
+
+    chief = is_chief(strategy) if strategy is not None else is_chief(name=config.strategy)
+    return config.model_dir if chief else worker_scratch()
+
+
+@runs.holding_lock(_lock_dir)
+def train(config: TrainConfig, *, strategy=None, source=None, eval_source=None, log=print) -> TrainResult:
     """Runs (or resumes) one upstream pre-training run in `config.model_dir`.
 
     Args:
         strategy: a ready `tf.distribute.Strategy`; by default one from config.strategy/tpu.
         source: `(dataset, DatasetInfo)` of uint8 images and labels instead of
             `load_source(config.dataset)` (in-memory data for tests and notebooks).
+        eval_source: `(dataset, DatasetInfo)` of the held-out split instead of loading
+            `config.eval_split` (with `source=`, no split is loaded unless this is given).
         log: where the progress lines go.
     """
     import keras
@@ -103,13 +132,21 @@ def train(config: TrainConfig, *, strategy=None, source=None, log=print) -> Trai
     from bit_keras import checkpoint as release_checkpoint
     from bit_keras.backbone import BiTBackbone
     from bit_keras.classifier import BiTImageClassifier
-    from bit_keras.schedules import WarmupStepDecay
+    from bit_keras.schedules import WarmupCosineDecay, WarmupStepDecay
     from bit_keras.summaries import write_scalar
+    from bit_keras.train import evaluation
     from bit_keras.train import input as upstream_input
-    from bit_keras.train.strategy import make_strategy, per_replica_batch
+    from bit_keras.train.strategy import is_chief, make_strategy, per_replica_batch, worker_scratch
 
     _check_config(config)
+    given_source = source is not None
     strategy = strategy or make_strategy(config.strategy, config.tpu)
+    # TensorFlow's multi-worker rule: all workers save (saving may be collective), only the chief
+    # into model_dir; the others into a scratch folder removed at the end. All restore the chief's.
+    chief = is_chief(strategy)
+    writes = config.model_dir if chief else worker_scratch()
+    if not chief:
+        files.remove(writes)
     on_tpu = isinstance(strategy, (tf.distribute.TPUStrategy,))
     replicas = strategy.num_replicas_in_sync
     schedule = config.schedule
@@ -121,15 +158,35 @@ def train(config: TrainConfig, *, strategy=None, source=None, log=print) -> Trai
 
         source = load_source(config.dataset, config.split, data_dir=config.data_dir, download=config.download)
     dataset, info = source
+    options = config.options
+    eval_split = None
+    if str(config.eval_split).strip().lower() in evaluation.NONE or config.eval_split is None:
+        eval_source = None          # --eval-split none
+    elif eval_source is not None:
+        eval_split = "given" if config.eval_split == "auto" else str(config.eval_split)
+    elif not given_source or config.eval_split != "auto":
+        eval_split = evaluation.resolve_split(config.eval_split, config.dataset, config.split,
+                                              data_dir=config.data_dir)
+        if eval_split is not None:
+            from bit_keras.data import load_source
+
+            eval_source = load_source(config.dataset, eval_split, data_dir=config.data_dir, download=config.download)
+    if eval_source is not None and eval_source[1].num_classes != info.num_classes:
+        raise ConfigError(f"The evaluation split has {eval_source[1].num_classes} classes, training has "
+                          f"{info.num_classes}; choose a split of the same dataset with --eval-split.")
+    eval_every = int(config.eval_every or config.checkpoint_every)
     plan = schedule.plan(info.train_size)
     stop_step = plan.total_steps if config.max_steps is None else min(plan.total_steps, int(config.max_steps))
     precision = config.precision if config.precision != "auto" else ("bfloat16" if on_tpu else "float32")
     run = {"dataset": config.dataset, "split": config.split, "block_units": list(config.block_units),
            "width": int(config.width), "num_classes": int(info.num_classes), "train_size": int(info.train_size),
            "batch_size": batch, "image_size": int(schedule.image_size), "seed": int(config.seed),
-           "multi_label": bool(schedule.multi_label), "plan": plan.to_dict(), "precision": precision}
+           "multi_label": bool(schedule.multi_label), "plan": plan.to_dict(), "precision": precision,
+           "training": options.to_dict(), "eval_split": eval_split,
+           "eval_every": eval_every if eval_split is not None else None}
     # A restart must match all of it, or the restored data position and weights would mean something else.
-    runs.check_resume(config.model_dir, run, restart="use a new --model-dir")
+    runs.check_resume(config.model_dir, _as_recorded(runs.read_run(config.model_dir), run),
+                      restart="use a new --model-dir")
 
     # Same initial weights for every strategy. Keras' initializers draw from its own seed
     # generator; TensorFlow's global seed is cleared again because the input stream seeds
@@ -138,19 +195,23 @@ def train(config: TrainConfig, *, strategy=None, source=None, log=print) -> Trai
     tf.random.set_seed(None)
     with strategy.scope():
         policy = "mixed_bfloat16" if precision == "bfloat16" else "float32"
-        model = BiTImageClassifier(BiTBackbone(config.block_units, config.width, dtype=policy),
-                                   info.num_classes, multi_label=schedule.multi_label, dtype=policy)
-        optimizer = keras.optimizers.SGD(learning_rate=WarmupStepDecay.from_plan(plan),
-                                         momentum=schedule.momentum)
+        model = BiTImageClassifier(BiTBackbone(config.block_units, config.width, dtype=policy,
+                                               **_backbone_switches(options)),
+                                   info.num_classes, multi_label=schedule.multi_label, dtype=policy,
+                                   **({"dropout": options.dropout} if options.dropout else {}))
+        rates = (WarmupCosineDecay if schedule.lr_schedule == "cosine" else WarmupStepDecay).from_plan(plan)
+        optimizer = keras.optimizers.SGD(learning_rate=rates, momentum=schedule.momentum,
+                                         **({"use_ema": True, "ema_momentum": options.ema} if options.ema else {}))
         optimizer.build(model.trainable_variables)
         state = tf.train.Checkpoint(model=model, optimizer=optimizer)
-        manager = tf.train.CheckpointManager(state, files.join(config.model_dir, "checkpoints"),
+        manager = tf.train.CheckpointManager(state, files.join(writes, "checkpoints"),
                                              max_to_keep=config.keep_checkpoints, checkpoint_name="ckpt")
-        if manager.latest_checkpoint:
-            state.restore(manager.latest_checkpoint).assert_existing_objects_matched()
+        latest = tf.train.latest_checkpoint(files.join(config.model_dir, "checkpoints"))
+        if latest:
+            state.restore(latest).assert_existing_objects_matched()
         elif config.init_weights:
             release_checkpoint.load_weights(model, config.init_weights)
-    runs.write_run(config.model_dir, run)  # only now: a network or weights that fail to build leave no record
+    runs.write_run(writes, run)  # only now: a network or weights that fail to build leave no record
     start_step = int(optimizer.iterations.numpy())
     kernels = [v for v in model.trainable_variables if v.path.endswith("kernel")]
 
@@ -158,14 +219,24 @@ def train(config: TrainConfig, *, strategy=None, source=None, log=print) -> Trai
         f"per replica; precision {precision}; jit_compile {'on' if config.jit_compile else 'off'}")
     log(f"data {info.name}: {info.train_size} images, {info.num_classes} classes, crops of {schedule.image_size}px; "
         f"{'sigmoid' if schedule.multi_label else 'softmax'} cross-entropy")
+    decays = ("cosine decay to 0" if schedule.lr_schedule == "cosine"
+              else f"x0.1 at updates {', '.join(map(str, plan.decay_steps)) or 'none'}")
     log(f"schedule {schedule.name}: {schedule.epochs:g} epochs = {plan.total_steps} updates "
-        f"({plan.steps_per_epoch:.2f} per epoch), warm-up {plan.warmup_steps}, x0.1 at updates "
-        f"{', '.join(map(str, plan.decay_steps)) or 'none'}; peak lr {plan.learning_rate_peak:g}, momentum "
-        f"{schedule.momentum}, L2 weight decay {schedule.weight_decay:g} on {len(kernels)} kernels")
+        f"({plan.steps_per_epoch:.2f} per epoch), warm-up {plan.warmup_steps}, {decays}; peak lr "
+        f"{plan.learning_rate_peak:g}, momentum {schedule.momentum}, L2 weight decay {schedule.weight_decay:g} on "
+        f"{len(kernels)} kernels")
+    log(f"training strategies: {options.describe()}")
+    if eval_source is not None:
+        log(f"evaluation on {eval_split} ({eval_source[1].train_size} examples at {schedule.image_size}px) every "
+            f"{eval_every} updates and at the end; "
+            + ("precision@1" if schedule.multi_label else "top-1 and top-5")
+            + (" of the EMA weights" if options.ema else ""))
+    else:
+        log("evaluation: none (no held-out split; --eval-split names one)")
     for warning in plan.warnings():
         log(f"warning: {warning}")
     if start_step:
-        log(f"resuming from {os.path.basename(manager.latest_checkpoint)} at step {start_step} "
+        log(f"resuming from {os.path.basename(latest)} at step {start_step} "
             f"(epoch {plan.epoch_of(start_step):.2f}, lr {plan.learning_rate(start_step):.6g})")
 
     def make_dataset(input_context):
@@ -174,16 +245,42 @@ def train(config: TrainConfig, *, strategy=None, source=None, log=print) -> Trai
             dataset, num_classes=info.num_classes, train_size=info.train_size, image_size=schedule.image_size,
             batch_size=pipeline_batch, seed=config.seed, start_example=start_step * batch, flip=config.flip,
             shuffle_buffer=config.shuffle_buffer, crop_area=(config.crop_area_min, 1.0),
-            input_context=input_context)
+            input_context=input_context, augment=options.randaugment)
+
+    evaluations = []
+    if eval_source is not None:
+        def make_eval_dataset(input_context):
+            return upstream_input.eval_dataset(
+                eval_source[0], num_classes=info.num_classes, image_size=schedule.image_size,
+                batch_size=input_context.get_per_replica_batch_size(batch), num_examples=eval_source[1].train_size,
+                input_context=input_context)
+
+        evaluator = evaluation.make_evaluator(model, strategy, make_eval_dataset, num_classes=info.num_classes,
+                                              multi_label=schedule.multi_label)
+        eval_writer = tf.summary.create_file_writer(files.join(writes, "eval"))
+
+        def run_evaluation(at_step):
+            with evaluation.average_weights(model, optimizer) as averaged:
+                result = evaluator()
+            result = {"step": at_step, "split": eval_split, **result, "weights": "ema" if averaged else "raw"}
+            log(f"eval step {at_step} {eval_split}: {evaluation.describe(result, schedule.multi_label)}"
+                + (" with the EMA weights" if averaged else ""))
+            with eval_writer.as_default():
+                for name in evaluation.metric_names(schedule.multi_label):
+                    write_scalar(name, result[name], at_step)
+            eval_writer.flush()
+            runs.write_summary(writes, eval=result)
+            evaluations.append(result)
 
     def compute_gradients(images, targets):
         with tf.GradientTape() as tape:
             logits = tf.cast(model(images, training=True), tf.float32)
-            if schedule.multi_label:
-                per_example = tf.reduce_sum(
-                    tf.nn.sigmoid_cross_entropy_with_logits(labels=targets, logits=logits), axis=-1)
+            if schedule.multi_label:   # summed over classes: Keras' mean times the number of classes
+                per_example = info.num_classes * keras.losses.binary_crossentropy(
+                    targets, logits, from_logits=True, label_smoothing=options.label_smoothing)
             else:
-                per_example = tf.nn.softmax_cross_entropy_with_logits(labels=targets, logits=logits)
+                per_example = keras.losses.categorical_crossentropy(
+                    targets, logits, from_logits=True, label_smoothing=options.label_smoothing)
             loss = tf.nn.compute_average_loss(per_example, global_batch_size=batch)
             l2 = 0.5 * schedule.weight_decay * tf.add_n([tf.reduce_sum(tf.square(k.value)) for k in kernels])
             total = loss + l2 / replicas   # summed over replicas by the optimizer's all-reduce
@@ -214,7 +311,7 @@ def train(config: TrainConfig, *, strategy=None, source=None, log=print) -> Trai
     try:
         if step < stop_step:
             iterator = iter(strategy.distribute_datasets_from_function(make_dataset))
-        writer = tf.summary.create_file_writer(files.join(config.model_dir, "train"))
+        writer = tf.summary.create_file_writer(files.join(writes, "train"))
         window = {"steps": 0, "loss": 0.0, "hits": 0.0, "start": time.perf_counter()}
         while step < stop_step:
             if stop.signal is not None:
@@ -222,7 +319,8 @@ def train(config: TrainConfig, *, strategy=None, source=None, log=print) -> Trai
                 break
             steps = min(config.steps_per_loop, stop_step - step,
                         config.log_every - step % config.log_every,
-                        config.checkpoint_every - step % config.checkpoint_every)
+                        config.checkpoint_every - step % config.checkpoint_every,
+                        eval_every - step % eval_every)
             loss_sum, hit_sum = train_steps(iterator, tf.constant(steps, tf.int32))
             runs.check_finite(loss_sum, step + steps)  # before any checkpoint can keep the broken weights
             window["loss"] += float(loss_sum)
@@ -244,6 +342,8 @@ def train(config: TrainConfig, *, strategy=None, source=None, log=print) -> Trai
                         write_scalar(name, value, step)
                 writer.flush()
                 window = {"steps": 0, "loss": 0.0, "hits": 0.0, "start": time.perf_counter()}
+            if eval_source is not None and (step % eval_every == 0 or step == stop_step):
+                run_evaluation(step)
             if step % config.checkpoint_every == 0 and step < stop_step:
                 manager.save(checkpoint_number=step)
                 log(f"checkpoint {manager.latest_checkpoint} at step {step}")
@@ -256,17 +356,23 @@ def train(config: TrainConfig, *, strategy=None, source=None, log=print) -> Trai
         _install(signal.SIGTERM, previous_handler)
 
     final = None
-    if not preempted:
+    if not chief:
+        files.remove(writes)
+    elif not preempted:
         final = files.join(config.model_dir, FINAL_WEIGHTS)
+        averaged = evaluation.has_average(optimizer)
+        if averaged:   # after the last checkpoint, which keeps the raw weights to resume from
+            optimizer.finalize_variable_values(model.trainable_variables)
         release_checkpoint.save_weights(model, final)  # atomic, also on gs://
-        log(f"wrote {final} (release .npz layout) at step {step}")
+        log(f"wrote {final} (release .npz layout{', EMA weights' if averaged else ''}) at step {step}")
         curves = plots.train_curves(files.join(config.model_dir, "train"),
                                     files.join(config.model_dir, plots.CURVES_FILE),
                                     title=f"bit_keras train on {info.name}, {schedule.name} schedule, batch {batch}")
         if curves:
             log(f"wrote {curves} (loss, top-1 and learning rate against step, all sessions)")
     return TrainResult(step=step, total_steps=plan.total_steps, start_step=start_step, preempted=preempted,
-                       final_weights=final, last_loss=last_loss, history=history, model=model)
+                       final_weights=final, last_loss=last_loss, history=history, model=model,
+                       evaluations=evaluations)
 
 
 def _check_config(config):
@@ -279,11 +385,36 @@ def _check_config(config):
         raise ConfigError(f"precision must be auto, float32 or bfloat16. Received: {config.precision!r}")
     if not 0 < config.crop_area_min <= 1:
         raise ConfigError(f"crop-area-min must be in (0, 1]. Received: {config.crop_area_min}")
+    if config.eval_every is not None and int(config.eval_every) < 1:
+        raise ConfigError(f"eval-every must be >= 1. Received: {config.eval_every}")
+
+
+def _as_recorded(previous, record):
+    """`record` as a run.json written before the training strategies and evaluation existed can match it.
+
+    Such a run trained with the BiT defaults (step schedule, all strategies off) and never
+    evaluated: it resumes when those defaults are kept, and may start evaluating.
+    """
+    if previous is None or "training" in previous:
+        return record
+    record = {key: value for key, value in record.items() if key not in ("eval_split", "eval_every")}
+    if record["training"] == TrainingOptions().to_dict():
+        del record["training"]
+    if record["plan"].get("lr_schedule") == "step" and "lr_schedule" not in previous.get("plan", {}):
+        record["plan"] = {key: value for key, value in record["plan"].items() if key != "lr_schedule"}
+    return record
+
+
+def _backbone_switches(options):
+    """The network switches that differ from BiT's (GroupNorm with 32 groups, WS, no drop-path)."""
+    defaults = TrainingOptions().backbone_kwargs()
+    return {key: value for key, value in options.backbone_kwargs().items() if value != defaults[key]}
 
 
 def _strategy_label(strategy):
-    name = type(strategy).__name__
-    return "default (one device)" if name.startswith("_Default") else name
+    from bit_keras.train.strategy import describe
+
+    return describe(strategy)  # e.g. MultiWorkerMirroredStrategy, not its class CollectiveAllReduceStrategy
 
 
 def _latest_step(manager):

@@ -1,7 +1,8 @@
 """The BiT upstream schedules (the paper) as data, resolved into update counts.
 
-Pure Python, no TensorFlow: `bit_keras train --print-schedule` and the tests read it. The
-learning rate itself is `bit_keras.schedules` (`WarmupStepDecay.from_plan` for Keras).
+Pure Python, no TensorFlow: `bit_keras train --dry-run` and the tests read it. The
+learning rate itself is `bit_keras.schedules` (`WarmupStepDecay.from_plan`, or
+`WarmupCosineDecay.from_plan` with `lr_schedule="cosine"`, for Keras).
 
 Conventions:
 - The base learning rate is given per 256 images and scaled linearly with the global
@@ -13,6 +14,9 @@ Conventions:
   size: boundary = round(epoch * train_size / global_batch). From that update on the rate
   is divided by 10 once more. Warm-up and decays multiply, so a (test-sized) run whose
   warm-up outlasts a boundary still gets both.
+- `lr_schedule="cosine"` keeps the warm-up and replaces the decays by half a cosine down to
+  0 at the end of the run (`bit_keras.schedules.cosine_learning_rate`); `decay_epochs` are
+  then unused and the plan lists no decay steps.
 """
 
 from __future__ import annotations
@@ -20,10 +24,11 @@ from __future__ import annotations
 import dataclasses
 import math
 
-from bit_keras.schedules import learning_rate, plan_warnings
+from bit_keras.schedules import cosine_learning_rate, learning_rate, plan_warnings
 from bit_keras.errors import ConfigError
 
 REFERENCE_BATCH = 256
+LR_SCHEDULES = ("step", "cosine")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,6 +46,7 @@ class UpstreamSchedule:
     image_size: int = 224
     multi_label: bool = False
     description: str = ""
+    lr_schedule: str = "step"          # step: /10 at decay_epochs; cosine: half a cosine after the warm-up
 
     def __post_init__(self):
         for name in ("epochs", "base_learning_rate", "momentum", "weight_decay", "decay_epochs"):
@@ -63,6 +69,8 @@ class UpstreamSchedule:
         if int(self.batch_size) < 1 or int(self.image_size) < 8:
             raise ConfigError(f"batch size must be >= 1 and image size >= 8. Received: batch_size="
                              f"{self.batch_size}, image_size={self.image_size}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ConfigError(f"lr_schedule must be step or cosine. Received: {self.lr_schedule!r}")
         object.__setattr__(self, "decay_epochs", decays)
 
     def replace(self, **changes) -> "UpstreamSchedule":
@@ -77,7 +85,8 @@ class UpstreamSchedule:
         return RunPlan(
             schedule=self, train_size=int(train_size), steps_per_epoch=steps_per_epoch,
             total_steps=max(1, round(self.epochs * steps_per_epoch)),
-            decay_steps=tuple(round(e * steps_per_epoch) for e in self.decay_epochs),
+            decay_steps=(tuple(round(e * steps_per_epoch) for e in self.decay_epochs)
+                         if self.lr_schedule == "step" else ()),
             learning_rate_peak=self.base_learning_rate * self.batch_size / REFERENCE_BATCH)
 
 
@@ -98,6 +107,8 @@ class RunPlan:
 
     def learning_rate(self, step: int) -> float:
         """The rate used by update `step` (0-based)."""
+        if self.schedule.lr_schedule == "cosine":
+            return cosine_learning_rate(step, self.learning_rate_peak, self.warmup_steps, self.total_steps)
         return learning_rate(step, self.learning_rate_peak, self.warmup_steps, self.decay_steps)
 
     def warnings(self) -> list:
@@ -115,8 +126,11 @@ class RunPlan:
                 "learning_rate_peak": self.learning_rate_peak}
 
     def milestones(self):
-        """(step, learning rate) at warm-up start/end and at each decay: what the CLI prints."""
+        """(step, learning rate) at warm-up start/end, at each decay (cosine: each quarter): what the CLI prints."""
         points = [0]
+        if self.schedule.lr_schedule == "cosine":
+            after = self.total_steps - self.warmup_steps
+            points += [self.warmup_steps + round(after * q / 4) - 1 for q in (1, 2, 3)]
         if self.warmup_steps > 1:
             points.append(self.warmup_steps - 1)
         for boundary in self.decay_steps:

@@ -42,9 +42,16 @@ def plan(tasks, protocol="1k", *, variant=None, batch_size=512, steps=None, reso
 
 
 def run_vtab(source, *, output, tasks, protocol="1k", data_dir=None, download=True, batch_size=512,
-             micro_batch_size=None, steps=None, resolution=None, seed=0, verbose=2, log=None) -> list:
-    """Fine-tunes `source` on each task (see the module docstring); returns the rows written to the tables."""
+             micro_batch_size=None, steps=None, resolution=None, seed=0, verbose=2, log=None, strategy=None) -> list:
+    """Fine-tunes `source` on each task (see the module docstring); returns the rows written to the tables.
+
+    `strategy` goes to every `finetune` (a tf.distribute strategy or its name); in a multi-worker
+    job only the chief writes the results tables.
+    """
     from bit_keras.finetune.runner import METRICS_FILE, finetune
+    from bit_keras.train.strategy import is_chief
+
+    chief = is_chief(name=strategy) if strategy is None or isinstance(strategy, str) else is_chief(strategy)
 
     output = os.fspath(output)
     train_split, eval_split = PROTOCOLS[protocol]
@@ -68,7 +75,7 @@ def run_vtab(source, *, output, tasks, protocol="1k", data_dir=None, download=Tr
                 metrics = finetune(source, dataset=f"vtab:{task.name}", output=folder, train_split=train_split,
                                    eval_split=eval_split, batch_size=batch_size, micro_batch_size=micro_batch_size,
                                    steps=steps, resolution=resolution, data_dir=data_dir, download=download,
-                                   seed=seed, verbose=verbose, log=log)
+                                   seed=seed, verbose=verbose, log=log, strategy=strategy)
             except Exception as error:  # noqa: BLE001 - one task's failure must not end the benchmark
                 metrics, row["status"] = {}, "failed"
                 row["error"] = " ".join(f"{type(error).__name__}: {error}".split())
@@ -77,7 +84,8 @@ def run_vtab(source, *, output, tasks, protocol="1k", data_dir=None, download=Tr
         rows.append(row)
         if log and row["error"]:
             log(f"{task.name} failed: {row['error']}")
-        write_results(output, rows, protocol=protocol)
+        if chief:
+            write_results(output, rows, protocol=protocol)
     return rows
 
 

@@ -1,0 +1,379 @@
+"""Scale-out: fine-tuning and training under tf.distribute (and Keras' JAX distribution), on the CPU.
+
+Each run happens in a child process: the CPU must be split into logical devices before
+TensorFlow initialises, and multi-worker jobs are separate processes talking over
+127.0.0.1. Every distributed result is compared with a one-device run at the same global
+batch (weights and losses), on a network of one unit per block at 16 px.
+"""
+
+import csv
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1"}
+ENV.pop("TF_CONFIG", None)
+FINETUNE = ["--dataset", "digits", "--batch", "16", "--steps", "3", "--eval-every", "1", "--resolution", "16",
+            "--learning-rate", "0.05", "--eval-split", "none", "--quiet"]
+
+COMPARE_SCRIPT = r"""
+import json, sys
+from bit_keras.train.strategy import split_cpu
+split_cpu(2)
+from bit_keras.finetune.runner import evaluate, finetune
+from bit_keras.train.strategy import make_strategy
+
+tmp, backbone = sys.argv[1], sys.argv[2]
+headers = {}
+for name, kind, micro in [("default", "default", None), ("mirrored", "mirrored", None),
+                          ("default_micro", "default", 8), ("mirrored_micro", "mirrored", 4)]:
+    lines = []
+    finetune(backbone, dataset="digits", output=f"{tmp}/{name}", batch_size=16, micro_batch_size=micro, steps=3,
+             eval_every=1, resolution=16, base_learning_rate=0.05, eval_split=None, verbose=0, log=lines.append,
+             strategy=make_strategy(kind))
+    headers[name] = lines[0]
+for kind in ("default", "mirrored"):
+    scores = evaluate(f"{tmp}/default", dataset="digits", split="test[:40]", batch_size=8,
+                      strategy=make_strategy(kind))
+    headers["evaluate_" + kind] = [scores["loss"], scores["accuracy"]]
+print("RESULT " + json.dumps(headers))
+"""
+
+
+def _weights(path):
+    import keras
+
+    import bit_keras.classifier  # noqa: F401  (registers the classes in model.keras)
+
+    return keras.saving.load_model(path, compile=False).get_weights()
+
+
+def _losses(run):
+    with open(os.path.join(run, "logs", "metrics.csv")) as handle:
+        return [float(row["loss"]) for row in csv.DictReader(handle)]
+
+
+def _assert_same_run(run, reference, *, rtol=1e-4, atol=1e-6):
+    np.testing.assert_allclose(_losses(run), _losses(reference), rtol=rtol)
+    for mine, theirs in zip(_weights(os.path.join(run, "model.keras")), _weights(os.path.join(reference, "model.keras"))):
+        np.testing.assert_allclose(mine, theirs, rtol=rtol, atol=atol)
+
+
+@pytest.fixture(scope="module")
+def backbone(tmp_path_factory):
+    """One exported tiny backbone, so that every run starts from the same weights."""
+    import keras
+
+    import bit_keras
+    from bit_keras.export import export_keras
+
+    keras.utils.set_random_seed(0)
+    return export_keras(bit_keras.BiTBackbone((1, 1, 1, 1), width=1, name="tiny"),
+                        tmp_path_factory.mktemp("backbone") / "tiny.keras")
+
+
+@pytest.fixture(scope="module")
+def compared(backbone, tmp_path_factory):
+    """Runs of 3 updates at global batch 16: default and mirrored over 2 CPUs, with and without micro-batches."""
+    tmp = tmp_path_factory.mktemp("compare")
+    done = subprocess.run([sys.executable, "-c", COMPARE_SCRIPT, str(tmp), str(backbone)], capture_output=True,
+                          text=True, env=ENV, cwd=ROOT, timeout=400)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return tmp, json.loads(done.stdout.split("RESULT ", 1)[1])
+
+
+def test_mirrored_over_two_cpus_equals_one_device_at_the_same_global_batch(compared, backbone):
+    tmp, headers = compared
+    assert headers["default"] == ("strategy default (one device), 1 replica(s): global batch 16 = 1 replica(s) x "
+                                  "16 per replica x 1 accumulation step(s)")
+    assert headers["mirrored"] == ("strategy MirroredStrategy, 2 replica(s): global batch 16 = 2 replica(s) x "
+                                   "8 per replica x 1 accumulation step(s)")
+    _assert_same_run(tmp / "mirrored", tmp / "default")
+    # Not trivially equal: the runs trained (the zero head moved, the loss changed).
+    head = _weights(tmp / "default" / "model.keras")[-2]
+    assert np.abs(head).max() > 1e-3
+    assert len(set(_losses(tmp / "default"))) == 3
+    # evaluate() under the mirrored strategy scores the same.
+    np.testing.assert_allclose(headers["evaluate_mirrored"], headers["evaluate_default"], rtol=1e-5)
+
+
+def test_mirrored_micro_batches_accumulate_like_one_device(compared):
+    tmp, headers = compared
+    assert headers["mirrored_micro"].endswith("global batch 16 = 2 replica(s) x 4 per replica x 2 accumulation step(s)")
+    assert headers["default_micro"].endswith("global batch 16 = 1 replica(s) x 8 per replica x 2 accumulation step(s)")
+    # Same 8 examples per forward/backward step over all replicas, so the same data and the same updates.
+    _assert_same_run(tmp / "mirrored_micro", tmp / "default_micro")
+    metrics = json.loads((tmp / "mirrored_micro" / "metrics.json").read_text())
+    assert metrics["updates"] == 3
+
+
+def _cli(*args, env=None, timeout=300):
+    return subprocess.run([sys.executable, "-m", "bit_keras", *args], capture_output=True, text=True,
+                          env=env or ENV, cwd=ROOT, timeout=timeout)
+
+
+# As a user runs it: the CLI itself silences TensorFlow's logs when nobody set their level.
+USER_ENV = {k: v for k, v in ENV.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+
+
+def test_a_global_batch_that_does_not_divide_over_replicas_is_one_line(tmp_path, backbone):
+    done = _cli("finetune", "--variant", str(backbone), "--output", str(tmp_path / "run"), *FINETUNE,
+                "--strategy", "mirrored", "--cpu-devices", "2", "--micro-batch", "3", env=USER_ENV)
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert done.stderr.strip().splitlines() == [
+        "bit_keras finetune: error: micro-batch 3 must divide the batch of 8 per replica (16 over 2 replicas); "
+        "global batch = replicas x micro-batch x accumulation steps."]
+    done = _cli("finetune", "--variant", str(backbone), "--output", str(tmp_path / "run"), *FINETUNE[:2],
+                "--batch", "15", *FINETUNE[4:], "--strategy", "mirrored", "--cpu-devices", "2", env=USER_ENV)
+    assert done.returncode == 2 and "Global batch 15 does not divide over 2 replicas" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+    done = _cli("finetune", "--variant", str(backbone), "--output", str(tmp_path / "run"), *FINETUNE,
+                "--strategy", "multi_worker", env=USER_ENV)
+    assert done.returncode == 2 and "needs TF_CONFIG" in done.stderr and len(done.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_mirrored_cli_run_killed_with_sigkill_resumes(tmp_path, backbone):
+    output = tmp_path / "run"
+    command = [sys.executable, "-m", "bit_keras", "finetune", "--variant", str(backbone), "--output", str(output),
+               *FINETUNE, "--steps", "8", "--eval-every", "2", "--micro-batch", "4", "--strategy", "mirrored",
+               "--cpu-devices", "2"]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV, cwd=ROOT)
+    metadata = output / "checkpoint" / "training_metadata.json"
+    deadline = time.time() + 240
+    while time.time() < deadline and process.poll() is None:
+        if metadata.exists() and json.loads(metadata.read_text() or "{}").get("epoch", 0) >= 2:
+            break
+        time.sleep(0.2)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not (output / "metrics.json").exists()
+    resumed = subprocess.run(command, capture_output=True, text=True, timeout=300, env=ENV, cwd=ROOT)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "MirroredStrategy, 2 replica(s): global batch 16 = 2 replica(s) x 4 per replica x 2 accumulation" \
+        in resumed.stdout
+    assert "Resuming from" in resumed.stdout
+    metrics = json.loads((output / "metrics.json").read_text())
+    assert metrics["updates"] == 8
+    assert metrics["final_learning_rate"] == pytest.approx(0.05 * 0.001, rel=1e-5)
+    # The updates before the kill are not redone: the logged updates run 2, 4, ... once each, after resume too.
+    with open(output / "logs" / "metrics.csv") as handle:
+        updates = [int(float(row["updates"])) for row in csv.DictReader(handle)]
+    assert updates[-1] == 8 and updates[0] == 2 and sorted(set(updates)) == [2, 4, 6, 8]
+
+
+# ------------------------------------------------------------------ multi-worker over 127.0.0.1
+
+
+def _free_ports(count):
+    sockets = [socket.socket() for _ in range(count)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+def _workers(argv, count=2, log_dir=None):
+    """Starts `bit_keras ARGV` as `count` workers of one job on loopback, each with its TF_CONFIG."""
+    workers = [f"127.0.0.1:{port}" for port in _free_ports(count)]
+    processes = []
+    for index in range(count):
+        config = {"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}
+        log = open(os.path.join(log_dir, f"worker{index}.log"), "w") if log_dir else subprocess.PIPE
+        processes.append(subprocess.Popen([sys.executable, "-m", "bit_keras", *argv],
+                                          env={**ENV, "TF_CONFIG": json.dumps(config)}, cwd=ROOT, text=True,
+                                          stdout=log, stderr=subprocess.STDOUT))
+    return processes
+
+
+def _finish(processes, timeout=300):
+    outputs = []
+    for process in processes:
+        out, _ = process.communicate(timeout=timeout)
+        outputs.append(out)
+    return [p.returncode for p in processes], outputs
+
+
+def _scratch_left(pid, index):
+    import tempfile
+
+    return os.path.exists(os.path.join(tempfile.gettempdir(), f"bit_keras-worker{index}-{pid}"))
+
+
+def test_two_workers_finetune_like_one_process_with_two_replicas_and_only_the_chief_writes(compared, backbone,
+                                                                                          tmp_path):
+    reference_dir, _ = compared
+    output = tmp_path / "run"
+    processes = _workers(["finetune", "--variant", str(backbone), "--output", str(output), *FINETUNE,
+                          "--strategy", "multi_worker"])
+    codes, outputs = _finish(processes)
+    assert codes == [0, 0], outputs[0][-2000:] + outputs[1][-2000:]
+    assert "MultiWorkerMirroredStrategy, 2 replica(s): global batch 16 = 2 replica(s) x 8 per replica" in outputs[0]
+    assert "the chief worker wrote" in outputs[1]
+    _assert_same_run(output, reference_dir / "mirrored")
+    # One writer: one line per evaluation in the CSV log, one event file per TensorBoard folder.
+    assert len(_losses(output)) == 3
+    assert len(os.listdir(output / "logs" / "train")) == 1
+    assert sorted(os.listdir(output)) == ["curves.png", "logs", "metrics.json", "model.keras", "run.json"]
+    assert not _scratch_left(processes[1].pid, 1)
+
+
+def test_a_killed_worker_job_restarted_with_the_same_command_resumes(backbone, tmp_path):
+    output = tmp_path / "run"
+    argv = ["finetune", "--variant", str(backbone), "--output", str(output), *FINETUNE, "--steps", "8",
+            "--eval-every", "2", "--strategy", "multi_worker"]
+    processes = _workers(argv, log_dir=str(tmp_path))
+    metadata = output / "checkpoint" / "training_metadata.json"
+    deadline = time.time() + 240
+    while time.time() < deadline and all(p.poll() is None for p in processes):
+        if metadata.exists() and json.loads(metadata.read_text() or "{}").get("epoch", 0) >= 1:
+            break
+        time.sleep(0.2)
+    processes[1].send_signal(signal.SIGKILL)   # a worker dies; the chief cannot go on without it
+    processes[1].wait()
+    processes[0].send_signal(signal.SIGKILL)
+    processes[0].wait()
+    assert not (output / "metrics.json").exists()
+    epoch = json.loads(metadata.read_text())["epoch"]
+    assert 1 <= epoch < 4
+
+    codes, outputs = _finish(_workers(argv))
+    assert codes == [0, 0], outputs[0][-2000:] + outputs[1][-2000:]
+    assert f"Resuming from {output / 'checkpoint'} (update {2 * epoch} of 8)" in outputs[0]
+    metrics = json.loads((output / "metrics.json").read_text())
+    assert metrics["updates"] == 8
+    assert metrics["final_learning_rate"] == pytest.approx(0.05 * 0.001, rel=1e-5)
+
+
+TRAIN = ["--variant", "r1-1-1-1x1", "--dataset", "digits", "--batch", "8", "--resolution", "16",
+         "--epochs", str(4 * 8 / 1437), "--warmup-steps", "1", "--decay-epochs", str(2 * 8 / 1437),
+         "--checkpoint-every", "2", "--log-every", "1", "--shuffle-buffer", "64"]
+
+
+def _train_losses(text):
+    return [float(line.split(" loss ")[1].split()[0]) for line in text.splitlines() if line.startswith("step ")]
+
+
+def test_two_workers_train_like_one_process_with_two_replicas_and_only_the_chief_writes(tmp_path):
+    single = _cli("train", "--model-dir", str(tmp_path / "one"), *TRAIN, "--strategy", "mirrored",
+                  "--cpu-devices", "2")
+    assert single.returncode == 0, single.stderr[-2000:]
+    codes, outputs = _finish(_workers(["train", "--model-dir", str(tmp_path / "two"), *TRAIN,
+                                       "--strategy", "multi_worker"]))
+    assert codes == [0, 0], outputs[0][-2000:] + outputs[1][-2000:]
+    assert "MultiWorkerMirroredStrategy, 2 replica(s): global batch 8 = 4 per replica" in outputs[0]
+    losses = _train_losses(outputs[0])
+    assert len(losses) == 4 and len(set(losses)) > 1
+    np.testing.assert_allclose(losses, _train_losses(single.stdout), rtol=1e-4)
+    one, two = np.load(tmp_path / "one" / "bit_final.npz"), np.load(tmp_path / "two" / "bit_final.npz")
+    assert sorted(one.files) == sorted(two.files)
+    for name in one.files:
+        np.testing.assert_allclose(two[name], one[name], rtol=1e-4, atol=1e-6, err_msg=name)
+    assert "wrote" not in outputs[1]   # the other worker wrote nothing that stays
+    assert len(os.listdir(tmp_path / "two" / "train")) == 1
+
+
+# ------------------------------------------------------------------ JAX: keras.distribution.DataParallel
+
+JAX_SCRIPT = r"""
+import json, sys
+import keras
+from bit_keras.finetune.runner import finetune
+
+tmp, backbone = sys.argv[1], sys.argv[2]
+devices = keras.distribution.list_devices()
+headers = {}
+for name in ("one", "all"):
+    lines = []
+    run = lambda: finetune(backbone, dataset="digits", output=f"{tmp}/{name}", batch_size=16, steps=3, eval_every=1,
+                           resolution=16, base_learning_rate=0.05, eval_split="test[:16]", verbose=0,
+                           log=lines.append)
+    if name == "one":   # a distribution chosen by the caller is kept: here, one device
+        with keras.distribution.DataParallel(devices=devices[:1]).scope():
+            run()
+    else:
+        run()
+    headers[name] = lines[0]
+print("RESULT " + json.dumps({"devices": len(devices), "headers": headers}))
+"""
+
+
+def test_jax_fine_tunes_over_all_local_devices_like_one_device(backbone, tmp_path):
+    pytest.importorskip("jax")
+    env = {**ENV, "KERAS_BACKEND": "jax", "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    done = subprocess.run([sys.executable, "-c", JAX_SCRIPT, str(tmp_path), str(backbone)], capture_output=True,
+                          text=True, env=env, cwd=ROOT, timeout=400)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.split("RESULT ", 1)[1])
+    assert result["devices"] == 2
+    assert result["headers"]["all"].startswith("JAX DataParallel over 2 devices, 2 replica(s): global batch 16 = "
+                                               "2 replica(s) x 8 per replica")
+    assert result["headers"]["one"].startswith("strategy default (one device)")
+    _assert_same_run(tmp_path / "all", tmp_path / "one")
+    one, all_ = (json.loads((tmp_path / name / "metrics.json").read_text()) for name in ("one", "all"))
+    assert all_["eval_accuracy"] == pytest.approx(one["eval_accuracy"]) and all_["updates"] == 3
+
+
+# ------------------------------------------------------------------ vtab passes the hardware flags on
+
+
+def test_vtab_passes_the_strategy_to_every_finetune_and_only_the_chief_writes_the_tables(tmp_path, monkeypatch):
+    from bit_keras.cli import main as cli_main
+    from bit_keras.finetune import runner
+    from bit_keras.vtab import select
+    from bit_keras.vtab.run import run_vtab
+
+    calls = []
+
+    def fake_finetune(source, **kwargs):
+        calls.append(kwargs)
+        return {"eval_accuracy": 0.5}
+
+    monkeypatch.setattr(runner, "finetune", fake_finetune)
+    args = cli_main.build_parser().parse_args(["vtab", "--variant", "r14x1", "--output", str(tmp_path / "chief"),
+                                               "--tasks", "dsprites_location,clevr_count", "--strategy", "default"])
+    assert cli_main._main(args) == 0
+    assert [type(call["strategy"]).__name__ for call in calls] == ["_DefaultDistributionStrategy"] * 2
+    assert (tmp_path / "chief" / "results.csv").exists()
+
+    config = {"cluster": {"worker": ["127.0.0.1:1", "127.0.0.1:2"]}, "task": {"type": "worker", "index": 1}}
+    monkeypatch.setenv("TF_CONFIG", json.dumps(config))
+    rows = run_vtab("r14x1", output=str(tmp_path / "worker"), tasks=select("dsprites_location"),
+                    strategy="multi_worker")
+    assert rows[0]["accuracy"] == 50.0 and calls[-1]["strategy"] == "multi_worker"
+    assert not (tmp_path / "worker").exists()
+
+
+# ------------------------------------------------------------------ who writes
+
+
+def test_the_chief_is_the_chief_task_or_worker_0(monkeypatch):
+    from bit_keras.errors import SetupError
+    from bit_keras.train.strategy import choose_strategy_name, is_chief, multi_worker_strategy
+
+    for name in ("TF_CONFIG", "SLURM_PROCID", "SLURM_STEP_NUM_TASKS", "SLURM_STEP_NODELIST"):
+        monkeypatch.delenv(name, raising=False)
+    assert choose_strategy_name("multi_worker", num_gpus=0) == "multi_worker"
+    assert is_chief(name="multi_worker") and is_chief()
+    with pytest.raises(SetupError, match="needs TF_CONFIG"):
+        multi_worker_strategy()
+    workers = {"worker": ["127.0.0.1:1", "127.0.0.1:2"]}
+    for cluster, task, chief in [(workers, ("worker", 0), True), (workers, ("worker", 1), False),
+                                 ({**workers, "chief": ["127.0.0.1:3"]}, ("worker", 0), False),
+                                 ({**workers, "chief": ["127.0.0.1:3"]}, ("chief", 0), True)]:
+        monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": cluster, "task": {"type": task[0], "index": task[1]}}))
+        assert is_chief(name="multi_worker") is chief, (cluster, task)
+        assert is_chief(name="mirrored")   # only a multi-worker job has other writers
+    monkeypatch.delenv("TF_CONFIG")
+    monkeypatch.setenv("SLURM_PROCID", "3")
+    assert not is_chief(name="multi_worker")
