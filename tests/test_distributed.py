@@ -18,6 +18,8 @@ import time
 import numpy as np
 import pytest
 
+from tests.processes import kill_after_checkpoint
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1"}
 ENV.pop("TF_CONFIG", None)
@@ -146,15 +148,7 @@ def test_a_mirrored_cli_run_killed_with_sigkill_resumes(tmp_path, backbone):
     command = [sys.executable, "-m", "bit_keras", "finetune", "--variant", str(backbone), "--output", str(output),
                *FINETUNE, "--steps", "8", "--eval-every", "2", "--micro-batch", "4", "--strategy", "mirrored",
                "--cpu-devices", "2"]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV, cwd=ROOT)
-    metadata = output / "checkpoint" / "training_metadata.json"
-    deadline = time.time() + 240
-    while time.time() < deadline and process.poll() is None:
-        if metadata.exists() and json.loads(metadata.read_text() or "{}").get("epoch", 0) >= 2:
-            break
-        time.sleep(0.2)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
+    kill_after_checkpoint(command, output, epochs=2, timeout=240, env=ENV, cwd=ROOT)
     assert not (output / "metrics.json").exists()
     resumed = subprocess.run(command, capture_output=True, text=True, timeout=300, env=ENV, cwd=ROOT)
     assert resumed.returncode == 0, resumed.stderr[-2000:]

@@ -161,29 +161,20 @@ def test_the_weights_rule_on_the_command_line(tmp_path, capsys, monkeypatch):
 
 
 def test_a_sigkilled_cli_run_resumes_and_writes_a_savedmodel(tmp_path):
-    import signal
     import subprocess
     import sys
-    import time
 
     import tensorflow as tf
 
     from bit_keras.export import export_keras
+    from tests.processes import kill_after_checkpoint
 
     backbone = export_keras(_tiny_backbone(), tmp_path / "tiny.keras")
     output = tmp_path / "run"
     command = [sys.executable, "-m", "bit_keras", "finetune", "--variant", backbone, "--dataset", "digits",
                "--output", str(output), "--batch", "16", "--steps", "30", "--eval-every", "5", "--resolution", "16",
                "--learning-rate", "0.02", "--eval-split", "none", "--quiet", "--savedmodel"]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    metadata = output / "checkpoint" / "training_metadata.json"
-    deadline = time.time() + 300
-    while time.time() < deadline and process.poll() is None:
-        if metadata.exists() and json.loads(metadata.read_text() or "{}").get("epoch", 0) >= 2:
-            break
-        time.sleep(0.2)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
+    kill_after_checkpoint(command, output, epochs=2, timeout=300)
     assert not (output / "metrics.json").exists()
 
     resumed = subprocess.run(command, capture_output=True, text=True, timeout=300)

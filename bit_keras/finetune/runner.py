@@ -118,7 +118,7 @@ def _finetune(source, *, dataset, output, weights, random_weights, cache_dir, ex
     if os.path.exists(metrics_path) and not overwrite:
         raise ConfigError(f"{output} holds a finished run ({METRICS_FILE}); pass --overwrite or another --output.")
     strategy = resolve_strategy(strategy)
-    chief = is_chief(None if type(strategy).__name__.startswith("_") else strategy)
+    chief = is_chief(strategy)  # the default strategy and the JAX stand-in have no cluster: chief
     if jax_devices > 1:  # keras.distribution splits each step's batch over the devices
         per_replica_batch(micro_batch_size or batch_size, jax_devices)
     if overwrite and chief:  # refused now if not a run; replaced only once the data and model are known to work

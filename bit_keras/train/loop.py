@@ -136,6 +136,7 @@ def train(config: TrainConfig, *, strategy=None, source=None, eval_source=None, 
     from bit_keras.summaries import write_scalar
     from bit_keras.train import evaluation
     from bit_keras.train import input as upstream_input
+    from bit_keras.train.strategy import describe as describe_strategy
     from bit_keras.train.strategy import is_chief, make_strategy, per_replica_batch, worker_scratch
 
     _check_config(config)
@@ -215,7 +216,7 @@ def train(config: TrainConfig, *, strategy=None, source=None, eval_source=None, 
     start_step = int(optimizer.iterations.numpy())
     kernels = [v for v in model.trainable_variables if v.path.endswith("kernel")]
 
-    log(f"strategy {_strategy_label(strategy)}, {replicas} replica(s): global batch {batch} = {per_replica} "
+    log(f"strategy {describe_strategy(strategy)}, {replicas} replica(s): global batch {batch} = {per_replica} "
         f"per replica; precision {precision}; jit_compile {'on' if config.jit_compile else 'off'}")
     log(f"data {info.name}: {info.train_size} images, {info.num_classes} classes, crops of {schedule.image_size}px; "
         f"{'sigmoid' if schedule.multi_label else 'softmax'} cross-entropy")
@@ -409,12 +410,6 @@ def _backbone_switches(options):
     """The network switches that differ from BiT's (GroupNorm with 32 groups, WS, no drop-path)."""
     defaults = TrainingOptions().backbone_kwargs()
     return {key: value for key, value in options.backbone_kwargs().items() if value != defaults[key]}
-
-
-def _strategy_label(strategy):
-    from bit_keras.train.strategy import describe
-
-    return describe(strategy)  # e.g. MultiWorkerMirroredStrategy, not its class CollectiveAllReduceStrategy
 
 
 def _latest_step(manager):

@@ -121,7 +121,8 @@ def task_of(strategy=None):
                                                                 "CollectiveAllReduceStrategy"):
         return None, None, {}
     if os.environ.get("TF_CONFIG"):
-        return _tf_config()[1], _tf_config()[2], _tf_config()[0]
+        cluster, task_type, task_index = _tf_config()
+        return task_type, task_index, cluster
     if os.environ.get("SLURM_PROCID"):
         return "worker", int(os.environ["SLURM_PROCID"]), {}
     return None, None, {}
