@@ -36,6 +36,7 @@ _LAZY = {
     "read_metadata": "bit_keras.export",
     "build_finetuner": "bit_keras.finetune",
     "WarmupStepDecay": "bit_keras.schedules",
+    "AccumulatingSGD": "bit_keras.optimizers",
 }
 
 

@@ -571,6 +571,9 @@ def parameter_count(architecture, num_classes: int = 1000) -> int:
     return count + 2 * architecture.num_features + (architecture.num_features + 1) * num_classes
 
 
+ACCUMULATORS = ("momentum", "keras")
+
+
 def _memory_child(spec: str) -> None:
     """Runs in a fresh process: one fine-tuning update (and a second), prints RSS figures as JSON."""
     import json
@@ -583,12 +586,16 @@ def _memory_child(spec: str) -> None:
                     precision=options["precision"], num_classes=options["num_classes"])
     accumulation = options["accumulation"]
     model = _build_model(config)
+    if options["accumulator"] == "keras":  # Keras' own: a weight-sized accumulator beside the momentum
+        optimizer = keras.optimizers.SGD(0.003, momentum=0.9,
+                                         gradient_accumulation_steps=accumulation if accumulation > 1 else None)
+    else:  # what `bit_keras finetune` uses: micro-batches accumulate in the momentum buffer
+        from bit_keras.optimizers import AccumulatingSGD
+        optimizer = AccumulatingSGD(0.003, momentum=0.9, accumulation_steps=accumulation)
     rng = np.random.default_rng(0)
     images = rng.uniform(0, 1, (config.batch, config.size, config.size, 3)).astype("float32")
     labels = rng.integers(0, config.num_classes, (config.batch,))
-    model.compile(optimizer=keras.optimizers.SGD(0.003, momentum=0.9,
-                                                 gradient_accumulation_steps=accumulation if accumulation > 1 else None),
-                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.compile(optimizer=optimizer, loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     built = rss_bytes()
     start = time.perf_counter()
     for _ in range(options["updates"] * accumulation):
@@ -598,19 +605,24 @@ def _memory_child(spec: str) -> None:
 
 
 def measure_memory(variant: str, size: int, micro_batch: int, *, accumulation: int = 1, precision: str = "float32",
-                   num_classes: int = 1000, updates: int = 2, timeout: float = 3600) -> dict:
+                   accumulator: str = "momentum", num_classes: int = 1000, updates: int = 2,
+                   timeout: float = 3600) -> dict:
     """Peak RSS of fine-tuning `variant` at `size` px in a fresh subprocess.
 
-    The child builds the model, compiles SGD with momentum (Keras's gradient accumulation
-    over `accumulation` micro-batches of `micro_batch` images when > 1) and runs `updates`
-    updates. The peak is the child's `ru_maxrss` from `os.wait4`, so nothing of this
+    The child builds the model, compiles SGD with momentum and runs `updates` updates of
+    `accumulation` micro-batches of `micro_batch` images, accumulated as `bit_keras finetune`
+    does (`accumulator="momentum"`: in the momentum buffer, `bit_keras.optimizers`) or with
+    Keras' `gradient_accumulation_steps` (`"keras"`: a separate accumulator). The peak is the child's `ru_maxrss` from `os.wait4`, so nothing of this
     process is counted.
     """
     import json
     import subprocess
 
+    if accumulator not in ACCUMULATORS:
+        raise ConfigError(f"accumulator must be one of {', '.join(ACCUMULATORS)}. Received: {accumulator!r}")
     spec = json.dumps({"variant": variant, "size": size, "micro_batch": micro_batch, "accumulation": accumulation,
-                       "precision": precision, "num_classes": num_classes, "updates": updates})
+                       "precision": precision, "accumulator": accumulator, "num_classes": num_classes,
+                       "updates": updates})
     code = f"from bit_keras.benchmark import _memory_child; _memory_child({spec!r})"
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         child = subprocess.Popen([sys.executable, "-c", code], stdout=out, stderr=err)
@@ -630,22 +642,25 @@ def measure_memory(variant: str, size: int, micro_batch: int, *, accumulation: i
     activations = activation_bytes(architecture, size, micro_batch, 2 if precision == "bfloat16" else 4, num_classes)
     parameters = parameter_count(architecture, num_classes)
     return {"variant": variant, "size": size, "micro_batch": micro_batch, "accumulation": accumulation,
-            "batch": micro_batch * accumulation, "precision": precision, "peak_rss_bytes": peak,
+            "batch": micro_batch * accumulation, "precision": precision, "accumulator": accumulator,
+            "peak_rss_bytes": peak,
             "vm_hwm_bytes": child_report["vm_hwm_bytes"], "rss_after_build_bytes": child_report["rss_after_build_bytes"],
             "parameters": child_report["parameters"], "parameters_counted": parameters,
             "activation_estimate_bytes": activations,
-            # weights, gradients, momentum, and the accumulator under gradient accumulation
-            "optimizer_state_estimate_bytes": 4 * parameters * (3 + (accumulation > 1)),
+            # weights, gradients, momentum, and Keras' accumulator under its gradient accumulation
+            "optimizer_state_estimate_bytes": 4 * parameters * (3 + (accumulation > 1 and accumulator == "keras")),
             "seconds": round(time.perf_counter() - start, 1)}
 
 
 def memory_report(variant: str, size: int, micro_batches=(1, 2), *, accumulation: int = 2,
-                  precision: str = "float32") -> dict:
+                  precision: str = "float32", accumulators=("momentum",)) -> dict:
     """`measure_memory` for each micro-batch, and for the largest also accumulated over `accumulation`
-    micro-batches, with the measured growth per image (between the smallest and largest micro-batch)."""
+    micro-batches (once per accumulator), with the measured growth per image (between the
+    smallest and largest micro-batch)."""
     rows = [measure_memory(variant, size, micro_batch, precision=precision) for micro_batch in micro_batches]
     if accumulation > 1:
-        rows.append(measure_memory(variant, size, max(micro_batches), accumulation=accumulation, precision=precision))
+        rows += [measure_memory(variant, size, max(micro_batches), accumulation=accumulation, precision=precision,
+                                accumulator=accumulator) for accumulator in accumulators]
     plain = [row for row in rows if row["accumulation"] == 1]
     report = {"machine": cpu_name(), "variant": variant, "size": size, "precision": precision, "rows": rows}
     if len(plain) > 1 and plain[-1]["micro_batch"] > plain[0]["micro_batch"]:
@@ -661,12 +676,14 @@ def format_memory_report(report: dict) -> list:
     lines = [f"memory: {report['variant']} fine-tuning at {report['size']}px, {report['precision']}, "
              f"SGD momentum, peak RSS of a fresh subprocess per row (ru_maxrss)"]
     for row in report["rows"]:
-        accumulated = (f"accumulating {row['accumulation']} micro-batches (batch {row['batch']})"
+        keras_accumulator = row["accumulation"] > 1 and row.get("accumulator") == "keras"
+        accumulated = (f"accumulating {row['accumulation']} micro-batches (batch {row['batch']}) "
+                       f"{'with Keras gradient_accumulation_steps' if keras_accumulator else 'in the momentum'}"
                        if row["accumulation"] > 1 else "no accumulation")
         lines.append(f"micro-batch {row['micro_batch']}, {accumulated}: peak RSS {row['peak_rss_bytes'] / gib:.2f} GiB "
                      f"(after building {row['rss_after_build_bytes'] / gib:.2f} GiB; estimate: activations "
                      f"{row['activation_estimate_bytes'] / gib:.2f} GiB + weights/gradients/momentum"
-                     f"{'/accumulator' if row['accumulation'] > 1 else ''} "
+                     f"{'/accumulator' if keras_accumulator else ''} "
                      f"{row['optimizer_state_estimate_bytes'] / gib:.2f} GiB)")
     if "measured_bytes_per_image" in report:
         lines.append(f"per image: {report['measured_bytes_per_image'] / gib:.2f} GiB measured, "

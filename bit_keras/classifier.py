@@ -15,6 +15,9 @@ import keras
 
 from bit_keras.backbone import BiTBackbone, check_image_dtype, policy_name  # noqa: F401  (registers BiTBackbone)
 from bit_keras.layout import HEAD_LAYER
+# Imported here so that loading a fine-tuned .keras file, which names both, finds them registered.
+from bit_keras.optimizers import AccumulatingSGD
+from bit_keras.schedules import WarmupStepDecay
 from bit_keras.errors import ConfigError
 from bit_keras.regularization import check_rate
 
@@ -146,7 +149,6 @@ class BiTImageClassifier(keras.Model):
         """
         from bit_keras import hyperrule as rules
         from bit_keras import presets
-        from bit_keras.schedules import WarmupStepDecay
 
         if rule is None:
             if train_size is None or image_size is None:
@@ -168,9 +170,10 @@ class BiTImageClassifier(keras.Model):
                 raise ConfigError(f"base_learning_rate must be a positive finite number. Received: {base_learning_rate}")
             rule = dataclasses.replace(rule, base_learning_rate=float(base_learning_rate))
         accumulation = batch_size // micro_batch_size
-        optimizer = keras.optimizers.SGD(
-            learning_rate=WarmupStepDecay.from_rule(rule, steps_per_update=accumulation), momentum=rule.momentum,
-            gradient_accumulation_steps=accumulation if accumulation > 1 else None)
+        # Micro-batches accumulate in the momentum buffer (no weight-sized accumulator; works under
+        # tf.distribute and JAX alike): see bit_keras.optimizers.
+        optimizer = AccumulatingSGD(learning_rate=WarmupStepDecay.from_rule(rule, steps_per_update=accumulation),
+                                    momentum=rule.momentum, accumulation_steps=accumulation)
         if self.multi_label:
             loss = keras.losses.BinaryCrossentropy(from_logits=True)
             metrics = [keras.metrics.BinaryAccuracy(threshold=0.0, name="accuracy")]

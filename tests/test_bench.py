@@ -145,27 +145,32 @@ def test_input_throughput_runs_the_real_pipeline(tmp_path):
 
 
 def test_measure_memory_runs_a_fresh_subprocess():
-    row = benchmark.measure_memory(TINY, 32, 1, accumulation=2, updates=1)
-    assert (row["micro_batch"], row["accumulation"], row["batch"]) == (1, 2, 2)
+    row = benchmark.measure_memory(TINY, 32, 1, accumulation=2, updates=1, accumulator="keras")
+    assert (row["micro_batch"], row["accumulation"], row["batch"], row["accumulator"]) == (1, 2, 2, "keras")
     assert row["parameters"] == row["parameters_counted"]
     assert row["peak_rss_bytes"] >= row["rss_after_build_bytes"] > 100 * 2**20
     assert row["activation_estimate_bytes"] == benchmark.activation_bytes(bit_keras.Architecture((1, 1, 1, 1), 1), 32, 1)
     assert row["optimizer_state_estimate_bytes"] == 4 * 4 * row["parameters"]  # weights, gradients, momentum, accumulator
+    with pytest.raises(ValueError, match="accumulator must be one of momentum, keras"):
+        benchmark.measure_memory(TINY, 32, 1, accumulation=2, accumulator="adam")
 
 
 def test_memory_mode_rows_and_per_image(monkeypatch, capsys):
-    def fake(variant, size, micro_batch, *, accumulation=1, precision="float32"):
-        peak = (1000 + 300 * micro_batch + 200 * (accumulation > 1)) * 2**20
+    def fake(variant, size, micro_batch, *, accumulation=1, precision="float32", accumulator="momentum"):
+        keras_accumulator = accumulation > 1 and accumulator == "keras"
+        peak = (1000 + 300 * micro_batch + 200 * keras_accumulator) * 2**20
         return {"variant": variant, "size": size, "micro_batch": micro_batch, "accumulation": accumulation,
-                "batch": micro_batch * accumulation, "precision": precision, "peak_rss_bytes": peak,
-                "rss_after_build_bytes": 900 * 2**20, "activation_estimate_bytes": 2**30 * micro_batch,
-                "optimizer_state_estimate_bytes": 2**29 * (3 + (accumulation > 1))}
+                "batch": micro_batch * accumulation, "precision": precision, "accumulator": accumulator,
+                "peak_rss_bytes": peak, "rss_after_build_bytes": 900 * 2**20,
+                "activation_estimate_bytes": 2**30 * micro_batch,
+                "optimizer_state_estimate_bytes": 2**29 * (3 + keras_accumulator)}
 
     monkeypatch.setattr(benchmark, "measure_memory", fake)
     assert _run_cli("--variant", TINY, "--resolution", "32", "--mode", "memory", "--micro-batch", "1,2",
-                    "--accumulation", "2", "--json") == 0
+                    "--accumulation", "2", "--accumulator", "keras,momentum", "--json") == 0
     report = json.loads(capsys.readouterr().out)
-    assert [(r["micro_batch"], r["accumulation"], r["batch"]) for r in report["rows"]] == [(1, 1, 1), (2, 1, 2), (2, 2, 4)]
+    assert [(r["micro_batch"], r["accumulation"], r["batch"], r["accumulator"]) for r in report["rows"]] == [
+        (1, 1, 1, "momentum"), (2, 1, 2, "momentum"), (2, 2, 4, "keras"), (2, 2, 4, "momentum")]
     assert report["measured_bytes_per_image"] == 300 * 2**20
     assert report["estimated_activation_bytes_per_image"] == benchmark.activation_bytes(
         bit_keras.Architecture((1, 1, 1, 1), 1), 32)
@@ -173,8 +178,13 @@ def test_memory_mode_rows_and_per_image(monkeypatch, capsys):
     assert lines[0].startswith(f"memory: {TINY} fine-tuning at 32px, float32")
     assert lines[1] == ("micro-batch 1, no accumulation: peak RSS 1.27 GiB (after building 0.88 GiB; estimate: "
                         "activations 1.00 GiB + weights/gradients/momentum 1.50 GiB)")
-    assert lines[3].startswith("micro-batch 2, accumulating 2 micro-batches (batch 4): peak RSS 1.76 GiB")
+    assert lines[3].startswith("micro-batch 2, accumulating 2 micro-batches (batch 4) with Keras "
+                               "gradient_accumulation_steps: peak RSS 1.76 GiB")
     assert "weights/gradients/momentum/accumulator 2.00 GiB" in lines[3]
+    assert lines[4].startswith("micro-batch 2, accumulating 2 micro-batches (batch 4) in the momentum: "
+                               "peak RSS 1.56 GiB")
+    assert "weights/gradients/momentum 1.50 GiB" in lines[4]
+
     assert lines[-1].startswith("per image: 0.29 GiB measured, ")
 
 
@@ -205,6 +215,7 @@ def test_parameter_count_and_activation_estimate():
     (["--variant", TINY, "--mode", "train", "--fold"], "fold is for inference"),
     (["--variant", TINY, "--steps", "0"], "--steps >= 1"),
     (["--variant", TINY, "--mode", "memory", "--micro-batch", "1,x"], "--micro-batch as positive integers"),
+    (["--variant", TINY, "--mode", "memory", "--accumulator", "momentum,adam"], "--accumulator takes momentum or keras"),
     (["--variant", TINY, "--mode", "input", "--baseline"], "--mode input takes no --baseline"),
 ])
 def test_bad_requests_are_one_line_errors(capsys, args, message):

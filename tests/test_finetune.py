@@ -49,7 +49,7 @@ def test_wrapper_has_a_zero_head_and_the_hyperrule_optimizer():
     optimizer = ft.model.optimizer
     assert isinstance(optimizer, keras.optimizers.SGD)
     assert optimizer.momentum == pytest.approx(0.9) and not optimizer.nesterov
-    assert not optimizer.weight_decay and optimizer.gradient_accumulation_steps is None
+    assert not optimizer.weight_decay and optimizer.accumulation_steps == 1
     assert isinstance(optimizer._learning_rate, WarmupStepDecay) and optimizer._learning_rate.steps_per_update == 1
     assert ft.rule == hyperrule(30_000, (64, 64), batch_size=128)
     assert ft.rule.base_learning_rate == pytest.approx(0.003 * 128 / 512)
@@ -64,7 +64,7 @@ def test_wrapper_has_a_zero_head_and_the_hyperrule_optimizer():
     multi = build_finetuner(_tiny_backbone(), num_classes=3, train_size=100, image_size=(32, 32), batch_size=64,
                             micro_batch_size=16, multi_label=True)
     assert isinstance(multi.model.loss, keras.losses.BinaryCrossentropy) and multi.model.loss.from_logits
-    assert multi.model.optimizer.gradient_accumulation_steps == 4 == multi.accumulation_steps
+    assert multi.model.optimizer.accumulation_steps == 4 == multi.accumulation_steps
     assert multi.fit_steps == 4 * multi.rule.total_steps
     with pytest.raises(ValueError, match="must divide"):
         build_finetuner(_tiny_backbone(), num_classes=3, train_size=100, image_size=(32, 32), batch_size=64,

@@ -70,7 +70,7 @@ def test_compile_hyperrule_sets_the_rules_optimizer_and_loss():
     assert rule.total_steps == 4000 and rule.batch_size == 64   # 500 updates at 512 -> x8 at 64
     optimizer = model.optimizer
     assert isinstance(optimizer, keras.optimizers.SGD) and optimizer.momentum == 0.9
-    assert optimizer.gradient_accumulation_steps == 2
+    assert optimizer.accumulation_steps == 2 and not optimizer.gradient_accumulation_steps  # no accumulator copy
     assert float(optimizer.learning_rate) == pytest.approx(0.003 * 64 / 512 / rule.warmup_steps, rel=1e-5)
     assert isinstance(model.loss, keras.losses.CategoricalCrossentropy)
 

@@ -24,7 +24,7 @@ examples:
 on them (decode, resize, random crop, flip, MixUp) on one core and on all cores, next to the
 model's fine-tuning step at the same crop and batch.
 --mode memory runs one fresh subprocess per row (micro-batch, alone and with gradient
-accumulation) at the HyperRule's crop for the variant unless --resolution is given, and
+accumulation; --accumulator momentum,keras compares bit_keras's with Keras') at the HyperRule's crop for the variant unless --resolution is given, and
 reports each child's peak RSS next to an activation-size estimate.
 """
 
@@ -61,6 +61,10 @@ def register(subparsers):
                         help="--mode memory: comma-separated micro-batch sizes (default 1,2).")
     parser.add_argument("--accumulation", type=int, default=2,
                         help="--mode memory: also run the largest micro-batch accumulated over this many (1: no).")
+    parser.add_argument("--accumulator", default="momentum",
+                        help="--mode memory: how the accumulated row accumulates, comma-separated: momentum (in the "
+                             "SGD momentum buffer, as bit_keras finetune does; default), keras (Keras' "
+                             "gradient_accumulation_steps, a weight-sized accumulator).")
     parser.add_argument("--json", action="store_true", help="Print the report as JSON.")
     parser.add_argument("--plot", metavar="FILE", default=None,
                         help="Also draw images/s per configuration as a bar chart (.png, .svg or .pdf).")
@@ -136,9 +140,13 @@ def _memory(args, benchmark) -> int:
         micro_batches = tuple(int(part) for part in args.micro_batch.split(","))
     except ValueError:
         micro_batches = ()
+    accumulators = tuple(args.accumulator.split(","))
+    if not set(accumulators) <= set(benchmark.ACCUMULATORS):
+        raise ConfigError(f"--accumulator takes {' or '.join(benchmark.ACCUMULATORS)} (comma-separated); "
+                          f"received {args.accumulator!r}.")
     if not micro_batches or min(micro_batches) < 1 or args.accumulation < 1:
         raise ConfigError(f"Need --micro-batch as positive integers separated by commas and --accumulation >= 1; "
                          f"received --micro-batch {args.micro_batch!r} --accumulation {args.accumulation}.")
     report = benchmark.memory_report(args.variant, args.resolution, micro_batches, accumulation=args.accumulation,
-                                     precision=args.precision)
+                                     precision=args.precision, accumulators=accumulators)
     return _print_or_json(args, report, benchmark.format_memory_report(report))

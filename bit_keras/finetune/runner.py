@@ -36,6 +36,7 @@ import numpy as np
 
 from bit_keras import files, plots, runs
 from bit_keras.errors import BiTError, CheckpointError, ConfigError, MissingFileError
+from bit_keras.train.strategy import jax_data_parallel
 
 METRICS_FILE = "metrics.json"
 MODEL_FILE = "model.keras"
@@ -54,6 +55,7 @@ def _lock_dir(source, *, output, strategy=None, **_):
 
 
 @runs.holding_lock(_lock_dir)
+@jax_data_parallel()  # a fresh scope per call; only on JAX with several devices
 def finetune(source, *, dataset, output, weights=None, random_weights=False, cache_dir=None,
              examples_per_class=None, batch_size=512,
              micro_batch_size=None, steps=None, eval_every=None, flip=True, crop=True, resolution=None,
@@ -83,25 +85,9 @@ def finetune(source, *, dataset, output, weights=None, random_weights=False, cac
 
     Returns the final metrics (also written to output/metrics.json).
     """
-    from bit_keras.train.strategy import jax_data_parallel
-
-    with jax_data_parallel() as jax_devices:
-        return _finetune(source, dataset=dataset, output=output, weights=weights, random_weights=random_weights,
-                         cache_dir=cache_dir, examples_per_class=examples_per_class, batch_size=batch_size,
-                         micro_batch_size=micro_batch_size, steps=steps, eval_every=eval_every, flip=flip, crop=crop,
-                         resolution=resolution, base_learning_rate=base_learning_rate, train_split=train_split,
-                         eval_split=eval_split, data_dir=data_dir, download=download, seed=seed, overwrite=overwrite,
-                         savedmodel=savedmodel, callbacks=callbacks, verbose=verbose, log=log, strategy=strategy,
-                         jax_devices=jax_devices)
-
-
-def _finetune(source, *, dataset, output, weights, random_weights, cache_dir, examples_per_class, batch_size,
-              micro_batch_size, steps, eval_every, flip, crop, resolution, base_learning_rate, train_split,
-              eval_split, data_dir, download, seed, overwrite, savedmodel, callbacks, verbose, log, strategy,
-              jax_devices):
     from bit_keras.data import few_shot, load_source
     from bit_keras.finetune.wrapper import build_finetuner, resolve_strategy
-    from bit_keras.train.strategy import describe, is_chief, per_replica_batch, worker_scratch
+    from bit_keras.train.strategy import describe, is_chief, jax_devices_in_use, per_replica_batch, worker_scratch
 
     from bit_keras import weights as weights_rule
 
@@ -119,6 +105,7 @@ def _finetune(source, *, dataset, output, weights, random_weights, cache_dir, ex
         raise ConfigError(f"{output} holds a finished run ({METRICS_FILE}); pass --overwrite or another --output.")
     strategy = resolve_strategy(strategy)
     chief = is_chief(strategy)  # the default strategy and the JAX stand-in have no cluster: chief
+    jax_devices = jax_devices_in_use()
     if jax_devices > 1:  # keras.distribution splits each step's batch over the devices
         per_replica_batch(micro_batch_size or batch_size, jax_devices)
     if overwrite and chief:  # refused now if not a run; replaced only once the data and model are known to work

@@ -203,9 +203,6 @@ def build_finetuner(source, *, num_classes, train_size=None, image_size=None, ba
                                        rule=rule, micro_batch_size=micro_batch_size * replicas, steps=steps,
                                        resolution=resolution, base_learning_rate=base_learning_rate,
                                        jit_compile=jit_compile)
-        if replicas > 1 and keras.backend.backend() == "tensorflow" and model.optimizer.gradient_accumulation_steps:
-            model.optimizer = ReplicaAccumulatingSGD.from_config(model.optimizer.get_config())
-            model.optimizer.build(model.trainable_variables)
     if type(strategy).__name__ in MULTI_WORKER_CLASSES:
         # Keras peeks at the first batch with strategy.reduce, which MultiWorkerMirroredStrategy
         # cannot do on a batch; without a recorded strategy Keras takes the one in scope
@@ -219,53 +216,6 @@ def build_finetuner(source, *, num_classes, train_size=None, image_size=None, ba
     return FineTuner(model=model, backbone=backbone, rule=rule, num_classes=num_classes, batch_size=rule.batch_size,
                      micro_batch_size=micro_batch_size, flip=flip, crop=crop, multi_label=multi_label,
                      variant=variant, strategy=None if _is_default(strategy) else strategy, replicas=replicas)
-
-
-@keras.saving.register_keras_serializable(package="bit_keras")
-class ReplicaAccumulatingSGD(keras.optimizers.SGD):
-    """SGD with `gradient_accumulation_steps` that works with several tf.distribute replicas.
-
-    Keras' own accumulation puts the gradient all-reduce inside a `tf.cond` (update or
-    accumulate), which tf.distribute refuses ("merge_call called while defining a new
-    graph"). Here each micro-step's gradients are all-reduced first, then the choice between
-    accumulating and updating is made once, in cross-replica context. The arithmetic is
-    Keras': the update uses (sum of the micro-steps' gradients) / steps.
-    """
-
-    def _backend_apply_gradients(self, grads, trainable_variables):
-        import tensorflow as tf
-
-        context = tf.distribute.get_replica_context()
-        if (not self.gradient_accumulation_steps or context is None or context.num_replicas_in_sync == 1
-                or self.weight_decay or self.clipnorm or self.clipvalue or self.global_clipnorm or self.use_ema):
-            return super()._backend_apply_gradients(grads, trainable_variables)
-        variables = [v.value if isinstance(v, keras.Variable) else v for v in trainable_variables]
-        grads = [g for g, _ in self._all_reduce_sum_gradients(list(zip(grads, variables)))]
-        accumulators = [self._accumulated_gradients[self._get_variable_index(v)].value for v in trainable_variables]
-        context.merge_call(self._accumulate_or_update, args=(grads, variables, accumulators))
-
-    def _accumulate_or_update(self, distribution, grads, variables, accumulators):
-        import tensorflow as tf
-
-        steps = self.gradient_accumulation_steps
-        learning_rate = self.learning_rate
-
-        def update():
-            def step(variable, grad, accumulated):
-                self.update_step((grad + accumulated) / steps, variable, learning_rate)
-
-            for grad, variable, accumulated in zip(grads, variables, accumulators):
-                distribution.extended.update(variable, step, args=(grad, accumulated), group=False)
-            for accumulated in accumulators:
-                distribution.extended.update(accumulated, lambda a: a.assign(tf.zeros_like(a)), group=False)
-            return tf.constant(True)
-
-        def accumulate():
-            for grad, accumulated in zip(grads, accumulators):
-                distribution.extended.update(accumulated, lambda a, g: a.assign_add(g), args=(grad,), group=False)
-            return tf.constant(False)
-
-        tf.cond((self._iterations + 1) % steps == 0, update, accumulate)
 
 
 def _logs_as_vectors(step):

@@ -182,6 +182,15 @@ def jax_data_parallel():
         yield len(devices)
 
 
+def jax_devices_in_use() -> int:
+    """Devices the `keras.distribution` in force splits each batch over (1: none, or not JAX)."""
+    import keras
+
+    if keras.backend.backend() != "jax" or keras.distribution.distribution() is None:
+        return 1
+    return int(keras.distribution.distribution().device_mesh.devices.size)
+
+
 def _alive(pid) -> bool:
     try:
         os.kill(pid, 0)
