@@ -136,6 +136,14 @@ def peak_rss_bytes() -> int:
     return peak if sys.platform == "darwin" else peak * 1024  # Linux reports KiB.
 
 
+def machine_memory_bytes() -> int | None:
+    """Physical memory of this machine (None where sysconf cannot say)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
 def reset_peak_rss() -> None:
     """Restart the high-water mark from the current resident size (Linux 4.0+; else a no-op)."""
     try:
@@ -632,20 +640,22 @@ def measure_memory(variant: str, size: int, micro_batch: int, *, accumulation: i
         out.seek(0)
         err.seek(0)
         lines = out.read().decode(errors="replace").strip().splitlines()
-        if child.returncode != 0 or not lines:
+        # SIGKILL: on Linux the out-of-memory killer, which is this benchmark's answer "does not fit".
+        killed = child.returncode == -9
+        if (child.returncode != 0 or not lines) and not killed:
             tail = err.read().decode(errors="replace").strip().splitlines()[-1:] or ["no output"]
             raise SetupError(f"The memory benchmark's subprocess ({variant}, {size}px, micro-batch {micro_batch}, "
                              f"accumulation {accumulation}) failed with exit code {child.returncode}: {tail[0][:300]}")
-        child_report = json.loads(lines[-1])
+        child_report = {} if killed else json.loads(lines[-1])
     peak = usage.ru_maxrss * (1 if sys.platform == "darwin" else 1024)
     architecture = parse_variant(variant)
     activations = activation_bytes(architecture, size, micro_batch, 2 if precision == "bfloat16" else 4, num_classes)
     parameters = parameter_count(architecture, num_classes)
     return {"variant": variant, "size": size, "micro_batch": micro_batch, "accumulation": accumulation,
             "batch": micro_batch * accumulation, "precision": precision, "accumulator": accumulator,
-            "peak_rss_bytes": peak,
-            "vm_hwm_bytes": child_report["vm_hwm_bytes"], "rss_after_build_bytes": child_report["rss_after_build_bytes"],
-            "parameters": child_report["parameters"], "parameters_counted": parameters,
+            "fits": not killed, "peak_rss_bytes": peak, "machine_memory_bytes": machine_memory_bytes(),
+            "vm_hwm_bytes": child_report.get("vm_hwm_bytes"), "rss_after_build_bytes": child_report.get("rss_after_build_bytes"),
+            "parameters": child_report.get("parameters"), "parameters_counted": parameters,
             "activation_estimate_bytes": activations,
             # weights, gradients, momentum, and Keras' accumulator under its gradient accumulation
             "optimizer_state_estimate_bytes": 4 * parameters * (3 + (accumulation > 1 and accumulator == "keras")),
@@ -661,7 +671,7 @@ def memory_report(variant: str, size: int, micro_batches=(1, 2), *, accumulation
     if accumulation > 1:
         rows += [measure_memory(variant, size, max(micro_batches), accumulation=accumulation, precision=precision,
                                 accumulator=accumulator) for accumulator in accumulators]
-    plain = [row for row in rows if row["accumulation"] == 1]
+    plain = [row for row in rows if row["accumulation"] == 1 and row.get("fits", True)]
     report = {"machine": cpu_name(), "variant": variant, "size": size, "precision": precision, "rows": rows}
     if len(plain) > 1 and plain[-1]["micro_batch"] > plain[0]["micro_batch"]:
         images = plain[-1]["micro_batch"] - plain[0]["micro_batch"]
@@ -676,6 +686,12 @@ def format_memory_report(report: dict) -> list:
     lines = [f"memory: {report['variant']} fine-tuning at {report['size']}px, {report['precision']}, "
              f"SGD momentum, peak RSS of a fresh subprocess per row (ru_maxrss)"]
     for row in report["rows"]:
+        if not row.get("fits", True):
+            total = row.get("machine_memory_bytes")
+            lines.append(f"micro-batch {row['micro_batch']}, accumulation {row['accumulation']}: does not fit: killed "
+                         f"(out of memory) at {row['peak_rss_bytes'] / gib:.2f} GiB RSS"
+                         + (f", on a machine with {total / gib:.1f} GiB" if total else ""))
+            continue
         keras_accumulator = row["accumulation"] > 1 and row.get("accumulator") == "keras"
         accumulated = (f"accumulating {row['accumulation']} micro-batches (batch {row['batch']}) "
                        f"{'with Keras gradient_accumulation_steps' if keras_accumulator else 'in the momentum'}"

@@ -19,7 +19,10 @@ def standardize_kernel(kernel, epsilon: float = WS_EPSILON):
 
     Computed in float32, with a hand-written backward pass (`_standardize`): the same
     math as differentiating the forward, in three passes over the kernel instead of the
-    dozen that automatic differentiation of mean, center, variance and scale takes.
+    dozen that automatic differentiation of mean, center, variance and scale takes. The
+    backward pass keeps only per-channel statistics and the kernel (alive anyway), not the
+    standardized kernel: under mixed precision the convolution keeps its own bfloat16 copy,
+    and a kept float32 one was a third weight-sized tensor (3.5 GiB for R152x4).
     """
     return _standardize(ops.cast(kernel, "float32"), epsilon)
 
@@ -34,10 +37,16 @@ def _standardize(kernel, epsilon):
 
         def grad(*args, upstream=None):
             # d/dw of (w - mean) * rstd for upstream g, per output channel over n = H*W*I:
-            # rstd * (g - mean(g) - w_hat * mean(g * w_hat)).
+            # rstd * (g - mean(g) - w_hat * mean(g * w_hat)), with w_hat = (w - mean) * rstd
+            # expanded so that only w is touched: rstd * g + scale * w + shift, where
+            # scale = -rstd^3 * mean(g * (w - mean)) and shift = -rstd * mean(g) - scale * mean.
+            # (Written without `w - mean`, which graph optimisers would share with the forward
+            # pass and so keep alive until here.)
             upstream = ops.cast(args[0] if upstream is None else upstream, "float32")
-            return rstd * (upstream - ops.mean(upstream, axis=(0, 1, 2), keepdims=True)
-                           - standardized * ops.mean(upstream * standardized, axis=(0, 1, 2), keepdims=True))
+            upstream_mean = ops.mean(upstream, axis=(0, 1, 2), keepdims=True)
+            covariance = ops.mean(upstream * kernel, axis=(0, 1, 2), keepdims=True) - mean * upstream_mean
+            scale = -rstd * rstd * rstd * covariance
+            return rstd * upstream + scale * kernel + (-rstd * upstream_mean - scale * mean)
 
         return standardized, grad
 

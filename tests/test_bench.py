@@ -155,6 +155,20 @@ def test_measure_memory_runs_a_fresh_subprocess():
         benchmark.measure_memory(TINY, 32, 1, accumulation=2, accumulator="adam")
 
 
+def test_a_row_killed_for_memory_reads_does_not_fit(tmp_path, monkeypatch):
+    # The kernel's out-of-memory killer sends SIGKILL; a child that kills itself stands in for it.
+    python = tmp_path / "python"
+    python.write_text("#!/bin/sh\nkill -9 $$\n")
+    python.chmod(0o755)
+    monkeypatch.setattr(benchmark.sys, "executable", str(python))
+    row = benchmark.measure_memory(TINY, 32, 2, accumulation=2)
+    assert row["fits"] is False and row["rss_after_build_bytes"] is None
+    report = {"variant": TINY, "size": 32, "precision": "float32", "rows": [row]}
+    line = benchmark.format_memory_report(report)[1]
+    assert line.startswith("micro-batch 2, accumulation 2: does not fit: killed (out of memory) at ")
+    assert line.endswith(f"on a machine with {benchmark.machine_memory_bytes() / 2**30:.1f} GiB")
+
+
 def test_memory_mode_rows_and_per_image(monkeypatch, capsys):
     def fake(variant, size, micro_batch, *, accumulation=1, precision="float32", accumulator="momentum"):
         keras_accumulator = accumulation > 1 and accumulator == "keras"

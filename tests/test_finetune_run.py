@@ -41,6 +41,23 @@ def test_a_short_finetune_of_a_tiny_bit_learns_digits(tmp_path):
         finetune(_tiny_backbone(), dataset="digits", output=tmp_path, batch_size=32, steps=80, verbose=0)
 
 
+def test_the_cli_fine_tunes_in_bfloat16_and_records_it(tmp_path, capsys):
+    output = tmp_path / "run"
+    args = ["finetune", "--variant", "r14x1", "--dataset", "digits", "--output", str(output), "--batch", "16",
+            "--micro-batch", "8", "--steps", "2", "--resolution", "16", "--quiet"]
+    assert _cli(*args, "--precision", "bfloat16") == 0
+    assert json.loads((output / "run.json").read_text())["precision"] == "mixed_bfloat16"
+    model = keras.saving.load_model(output / "model.keras", compile=False)
+    conv = model.get_layer("block1-unit01-a-standardized_conv2d")
+    assert conv.compute_dtype == "bfloat16" and conv.kernel.dtype == "float32"
+    # A float32 run records nothing (as runs did before --precision), so older runs still resume.
+    assert _cli(*args, "--precision", "float32", "--overwrite") == 0
+    assert "precision" not in json.loads((output / "run.json").read_text())
+    assert keras.saving.load_model(output / "model.keras", compile=False).get_layer(
+        "block1-unit01-a-standardized_conv2d").compute_dtype == "float32"
+    capsys.readouterr()
+
+
 class _Interrupt(keras.callbacks.Callback):
     """Kills the run (an exception, as a crash would) after `epoch` evaluation periods, recording the state."""
 

@@ -36,9 +36,11 @@ import numpy as np
 
 from bit_keras import files, plots, runs
 from bit_keras.errors import BiTError, CheckpointError, ConfigError, MissingFileError
+from bit_keras.layout import HEAD_LAYER
 from bit_keras.train.strategy import jax_data_parallel
 
 METRICS_FILE = "metrics.json"
+PRECISIONS = {"auto": None, "float32": "float32", "bfloat16": "mixed_bfloat16"}  # -> build_finetuner's dtype
 MODEL_FILE = "model.keras"
 CHECKPOINT_DIR = "checkpoint"
 LOGS_DIR = "logs"
@@ -60,7 +62,8 @@ def finetune(source, *, dataset, output, weights=None, random_weights=False, cac
              examples_per_class=None, batch_size=512,
              micro_batch_size=None, steps=None, eval_every=None, flip=True, crop=True, resolution=None,
              base_learning_rate=None, train_split="train", eval_split="test", data_dir=None, download=True, seed=0,
-             overwrite=False, savedmodel=False, callbacks=(), verbose=1, log=None, strategy=None) -> dict:
+             overwrite=False, savedmodel=False, callbacks=(), verbose=1, log=None, strategy=None,
+             precision="auto") -> dict:
     """Fine-tunes `source` on `dataset` with the HyperRule.
 
     `source` is a model name (a release means its released weights, an architecture random
@@ -82,6 +85,8 @@ def finetune(source, *, dataset, output, weights=None, random_weights=False, cac
         strategy: a `tf.distribute.Strategy` or its name ("mirrored", "multi_worker", "tpu", ...);
             None: the one in force. `batch_size` is global; `micro_batch_size` is per replica.
             On the JAX backend every local device is used through `keras.distribution.DataParallel`.
+        precision: "float32", "bfloat16" (Keras mixed_bfloat16: float32 weights, bfloat16
+            compute; about half the activation memory) or "auto" (bfloat16 on a TPU, else float32).
 
     Returns the final metrics (also written to output/metrics.json).
     """
@@ -91,6 +96,8 @@ def finetune(source, *, dataset, output, weights=None, random_weights=False, cac
 
     from bit_keras import weights as weights_rule
 
+    if precision not in PRECISIONS:
+        raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}. Received: {precision!r}")
     for name, value in (("examples_per_class", examples_per_class), ("micro_batch_size", micro_batch_size),
                         ("eval_every", eval_every)):
         if value is not None and (int(value) != value or value < 1):  # 0 would silently mean "the default"
@@ -121,7 +128,7 @@ def finetune(source, *, dataset, output, weights=None, random_weights=False, cac
                          batch_size=batch_size, micro_batch_size=micro_batch_size, weights=weights,
                          random_weights=random_weights, cache_dir=cache_dir, steps=steps,
                          resolution=resolution, base_learning_rate=base_learning_rate, flip=flip, crop=crop,
-                         strategy=strategy)
+                         strategy=strategy, dtype=PRECISIONS[precision])
     eval_every = min(int(eval_every or max(1, math.ceil(ft.rule.total_steps / 10))), ft.rule.total_steps)
     run = {"dataset": dataset, "train_split": train_split, "eval_split": eval_split,
            "source": _describe_source(source), "weights": _describe_weights(source, weights), "examples_per_class": examples_per_class, "train_size": train_size,
@@ -130,6 +137,9 @@ def finetune(source, *, dataset, output, weights=None, random_weights=False, cac
            # depend on, so a run resumes on another number of devices when the math is the same.
            "micro_batch_size": ft.step_batch_size, "eval_every": eval_every, "seed": seed,
            "hyperrule": ft.rule.to_dict()}
+    policy = ft.model.get_layer(HEAD_LAYER).dtype_policy.name  # the functional model's own policy stays float32
+    if policy != "float32":  # absent means float32, as in runs recorded before precision could change
+        run["precision"] = policy
     # Only now: a bad dataset or variant leaves no empty run behind and destroys no old one. The
     # old run goes aside in one rename, so the new one starts clean (no old logs or checkpoint).
     if log is not None:
