@@ -7,12 +7,17 @@ from bit_keras.finetune.runner import finetune
 
 
 def _run(tmp_path, dtype):
+    import json
+
     keras.utils.set_random_seed(0)
     backbone = bit_keras.BiTBackbone((1, 1, 1, 1), width=1, name="tiny", dtype=dtype)
     gn = backbone.get_layer("block1-unit01-a-group_norm")
     assert gn.compute_dtype == ("bfloat16" if dtype == "mixed_bfloat16" else "float32")
-    return finetune(backbone, dataset="digits", output=tmp_path / dtype, batch_size=32, steps=80, eval_every=80,
-                    resolution=24, base_learning_rate=0.01, verbose=0)["eval_accuracy"]
+    accuracy = finetune(backbone, dataset="digits", output=tmp_path / dtype, batch_size=32, steps=80, eval_every=80,
+                        resolution=24, base_learning_rate=0.01, verbose=0)["eval_accuracy"]
+    # run.json says what the backbone computed in (a float32 run records nothing, as before).
+    assert json.loads((tmp_path / dtype / "run.json").read_text()).get("precision", "float32") == dtype
+    return accuracy
 
 
 def test_bfloat16_finetune_matches_float32_accuracy(tmp_path):

@@ -137,3 +137,12 @@ def test_accumulation_on_a_bit_backbone_matches_the_full_batch():
     assert max(changed) > 1e-4  # the backbone moved
     for a, b in zip(full, accumulated):
         np.testing.assert_allclose(a, b, atol=2e-5, rtol=1e-4)
+
+
+def test_a_ready_backbone_in_another_precision_is_refused_not_silently_mixed():
+    backbone = _tiny_backbone()  # float32
+    with pytest.raises(ValueError, match="computes in float32, but mixed_bfloat16 was asked for"):
+        build_finetuner(backbone, num_classes=3, train_size=100, image_size=(32, 32), batch_size=8,
+                        dtype="mixed_bfloat16")
+    ft = build_finetuner(backbone, num_classes=3, train_size=100, image_size=(32, 32), batch_size=8, dtype="float32")
+    assert ft.model.get_layer("head-conv2d").dtype_policy.name == "float32"

@@ -36,7 +36,6 @@ import numpy as np
 
 from bit_keras import files, plots, runs
 from bit_keras.errors import BiTError, CheckpointError, ConfigError, MissingFileError
-from bit_keras.layout import HEAD_LAYER
 from bit_keras.train.strategy import jax_data_parallel
 
 METRICS_FILE = "metrics.json"
@@ -91,7 +90,7 @@ def finetune(source, *, dataset, output, weights=None, random_weights=False, cac
     Returns the final metrics (also written to output/metrics.json).
     """
     from bit_keras.data import few_shot, load_source
-    from bit_keras.finetune.wrapper import build_finetuner, resolve_strategy
+    from bit_keras.finetune.wrapper import backbone_policy, build_finetuner, resolve_strategy
     from bit_keras.train.strategy import describe, is_chief, jax_devices_in_use, per_replica_batch, worker_scratch
 
     from bit_keras import weights as weights_rule
@@ -137,7 +136,7 @@ def finetune(source, *, dataset, output, weights=None, random_weights=False, cac
            # depend on, so a run resumes on another number of devices when the math is the same.
            "micro_batch_size": ft.step_batch_size, "eval_every": eval_every, "seed": seed,
            "hyperrule": ft.rule.to_dict()}
-    policy = ft.model.get_layer(HEAD_LAYER).dtype_policy.name  # the functional model's own policy stays float32
+    policy = backbone_policy(ft.backbone)
     if policy != "float32":  # absent means float32, as in runs recorded before precision could change
         run["precision"] = policy
     # Only now: a bad dataset or variant leaves no empty run behind and destroys no old one. The

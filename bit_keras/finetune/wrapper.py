@@ -188,6 +188,7 @@ def build_finetuner(source, *, num_classes, train_size=None, image_size=None, ba
     replicas = replicas_of(strategy)
     global_batch = rule.batch_size if rule is not None else batch_size
     micro_batch_size = per_replica_micro_batch(global_batch, micro_batch_size, replicas)
+    requested_dtype = dtype
     if dtype is None and type(strategy).__name__.startswith("TPUStrategy"):
         dtype = "mixed_bfloat16"  # as `bit_keras train` on TPU: the MXU computes in bfloat16
     if isinstance(source, (keras.layers.Layer, keras.Model)) and not _built_in(strategy, source):
@@ -196,6 +197,8 @@ def build_finetuner(source, *, num_classes, train_size=None, image_size=None, ba
     with strategy.scope():
         backbone, variant = _load_backbone(source, weights=weights, random_weights=random_weights,
                                            trainable=trainable, cache_dir=cache_dir, dtype=dtype)
+        if requested_dtype is not None:
+            _check_backbone_policy(backbone, requested_dtype)
         model = BiTImageClassifier(backbone, num_classes, multi_label=multi_label, dtype=dtype,
                                    name=f"{backbone.name}_finetune")
         # The pass the HyperRule sees is all replicas' micro-batches together: one fit step.
@@ -290,6 +293,20 @@ def _built_in(strategy, layer) -> bool:
         return True
     variable = layer.weights[0]
     return strategy.extended.variable_created_in_scope(getattr(variable, "value", variable))
+
+
+def backbone_policy(backbone) -> str:
+    """The dtype policy the backbone's convolutions run in (a Functional model's own stays float32)."""
+    convolutions = [layer for layer in getattr(backbone, "layers", ()) if isinstance(layer, keras.layers.Conv2D)]
+    return (convolutions[0] if convolutions else backbone).dtype_policy.name
+
+
+def _check_backbone_policy(backbone, dtype):
+    """A ready backbone (a Keras object, an export) keeps its own precision: refuse another one asked for."""
+    wanted, has = keras.dtype_policies.get(dtype).name, backbone_policy(backbone)
+    if has != wanted:
+        raise ConfigError(f"The backbone {backbone.name} computes in {has}, but {wanted} was asked for: build or "
+                          f"export it with dtype={wanted!r}, or leave the precision at its default.")
 
 
 def _load_backbone(source, *, weights, random_weights, trainable, cache_dir, dtype):
