@@ -235,7 +235,7 @@ def resolve_strategy(strategy):
     """A `tf.distribute.Strategy` from a strategy, a name ("auto", "mirrored", ...) or None (the one in force).
 
     On the JAX backend there is no tf.distribute: None, "auto" and "default" give a stand-in
-    whose scope does nothing; Keras' JAX distribution (`use_jax_data_parallel`) splits batches.
+    whose scope does nothing; Keras' JAX distribution (`jax_data_parallel`) splits batches.
     """
     if strategy is not None and not isinstance(strategy, str):
         return strategy

@@ -163,23 +163,23 @@ def worker_scratch() -> str:
 def jax_data_parallel():
     """On the JAX backend with several devices: `keras.distribution.DataParallel` over all of them.
 
-    Yields the number of devices each batch is split over (1: nothing to do, and always on
-    TensorFlow, where tf.distribute strategies do this). Multi-host JAX jobs first join
-    through `keras.distribution.initialize()` when KERAS_DISTRIBUTION_NUM_PROCESSES is set.
+    Does nothing elsewhere (on TensorFlow, tf.distribute strategies split batches); inside,
+    `jax_devices_in_use()` says how many devices a batch is split over. Multi-host JAX jobs
+    first join through `keras.distribution.initialize()` when KERAS_DISTRIBUTION_NUM_PROCESSES is set.
     """
     import keras
 
     if keras.backend.backend() != "jax":
-        yield 1
+        yield
         return
     if int(os.environ.get("KERAS_DISTRIBUTION_NUM_PROCESSES", "1")) > 1:
         keras.distribution.initialize()
     devices = keras.distribution.list_devices()
     if len(devices) < 2 or keras.distribution.distribution() is not None:
-        yield 1  # one device, or the caller chose a distribution already
+        yield  # one device, or the caller chose a distribution already
         return
     with keras.distribution.DataParallel(devices=devices).scope():
-        yield len(devices)
+        yield
 
 
 def jax_devices_in_use() -> int:
