@@ -40,6 +40,10 @@ class ImageRescaling(keras.layers.Layer):
         return input_shape
 
 
+# `--precision` of finetune, train and bench -> the Keras dtype policy every layer gets.
+PRECISION_POLICIES = {"float32": "float32", "bfloat16": "mixed_bfloat16"}
+
+
 def policy_name(dtype) -> str:
     """The dtype policy every layer gets: the one asked for, else Keras' global policy now."""
     return (keras.dtype_policies.get(dtype) if dtype is not None else keras.config.dtype_policy()).name

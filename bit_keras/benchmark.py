@@ -177,16 +177,12 @@ class MatmulProbe:
         return time.perf_counter() - start
 
 
-def _dtype_policy(precision):
-    return "mixed_bfloat16" if precision == "bfloat16" else "float32"
-
-
 def _build_model(config: Config):
-    from bit_keras.backbone import BiTBackbone
+    from bit_keras.backbone import PRECISION_POLICIES, BiTBackbone
     from bit_keras.classifier import BiTImageClassifier
 
     architecture = parse_variant(config.variant)
-    policy = _dtype_policy(config.precision)
+    policy = PRECISION_POLICIES[config.precision]
     # Random kernels: speed does not depend on the values, and nothing is downloaded.
     backbone = BiTBackbone(architecture.block_units, architecture.width, dtype=policy)
     return BiTImageClassifier(backbone, config.num_classes, dtype=policy)

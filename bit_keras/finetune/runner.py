@@ -39,7 +39,6 @@ from bit_keras.errors import BiTError, CheckpointError, ConfigError, MissingFile
 from bit_keras.train.strategy import jax_data_parallel
 
 METRICS_FILE = "metrics.json"
-PRECISIONS = {"auto": None, "float32": "float32", "bfloat16": "mixed_bfloat16"}  # -> build_finetuner's dtype
 MODEL_FILE = "model.keras"
 CHECKPOINT_DIR = "checkpoint"
 LOGS_DIR = "logs"
@@ -94,9 +93,10 @@ def finetune(source, *, dataset, output, weights=None, random_weights=False, cac
     from bit_keras.train.strategy import describe, is_chief, jax_devices_in_use, per_replica_batch, worker_scratch
 
     from bit_keras import weights as weights_rule
+    from bit_keras.backbone import PRECISION_POLICIES
 
-    if precision not in PRECISIONS:
-        raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}. Received: {precision!r}")
+    if precision != "auto" and precision not in PRECISION_POLICIES:
+        raise ConfigError(f"precision must be one of auto, {', '.join(PRECISION_POLICIES)}. Received: {precision!r}")
     for name, value in (("examples_per_class", examples_per_class), ("micro_batch_size", micro_batch_size),
                         ("eval_every", eval_every)):
         if value is not None and (int(value) != value or value < 1):  # 0 would silently mean "the default"
@@ -127,7 +127,7 @@ def finetune(source, *, dataset, output, weights=None, random_weights=False, cac
                          batch_size=batch_size, micro_batch_size=micro_batch_size, weights=weights,
                          random_weights=random_weights, cache_dir=cache_dir, steps=steps,
                          resolution=resolution, base_learning_rate=base_learning_rate, flip=flip, crop=crop,
-                         strategy=strategy, dtype=PRECISIONS[precision])
+                         strategy=strategy, dtype=PRECISION_POLICIES.get(precision))  # auto: None
     eval_every = min(int(eval_every or max(1, math.ceil(ft.rule.total_steps / 10))), ft.rule.total_steps)
     run = {"dataset": dataset, "train_split": train_split, "eval_split": eval_split,
            "source": _describe_source(source), "weights": _describe_weights(source, weights), "examples_per_class": examples_per_class, "train_size": train_size,

@@ -303,7 +303,9 @@ def backbone_policy(backbone) -> str:
 
 def _check_backbone_policy(backbone, dtype):
     """A ready backbone (a Keras object, an export) keeps its own precision: refuse another one asked for."""
-    wanted, has = keras.dtype_policies.get(dtype).name, backbone_policy(backbone)
+    from bit_keras.backbone import policy_name
+
+    wanted, has = policy_name(dtype), backbone_policy(backbone)
     if has != wanted:
         raise ConfigError(f"The backbone {backbone.name} computes in {has}, but {wanted} was asked for: build or "
                           f"export it with dtype={wanted!r}, or leave the precision at its default.")

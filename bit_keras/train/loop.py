@@ -130,7 +130,7 @@ def train(config: TrainConfig, *, strategy=None, source=None, eval_source=None, 
     import tensorflow as tf
 
     from bit_keras import checkpoint as release_checkpoint
-    from bit_keras.backbone import BiTBackbone
+    from bit_keras.backbone import PRECISION_POLICIES, BiTBackbone
     from bit_keras.classifier import BiTImageClassifier
     from bit_keras.schedules import WarmupCosineDecay, WarmupStepDecay
     from bit_keras.summaries import write_scalar
@@ -195,7 +195,7 @@ def train(config: TrainConfig, *, strategy=None, source=None, eval_source=None, 
     keras.utils.set_random_seed(config.seed)
     tf.random.set_seed(None)
     with strategy.scope():
-        policy = "mixed_bfloat16" if precision == "bfloat16" else "float32"
+        policy = PRECISION_POLICIES[precision]
         model = BiTImageClassifier(BiTBackbone(config.block_units, config.width, dtype=policy,
                                                **_backbone_switches(options)),
                                    info.num_classes, multi_label=schedule.multi_label, dtype=policy,
