@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 
-from bit_keras.cli.common import MODEL_HELP, add_model_flags, resolve_model
+from bit_keras.cli.common import MODEL_HELP, add_hardware_flags, add_model_flags, resolve_model
 from bit_keras.errors import ConfigError
 
 
@@ -44,17 +44,11 @@ def register(subparsers):
     what.add_argument("--no-download", dest="download", action="store_false",
                       help="Fail at once if a tfds dataset is not prepared in --data-dir, instead of downloading it.")
     what.add_argument("--model-dir", required=True, help="Checkpoints, TensorBoard logs, bit_final.npz and curves.png "
-                      "(local or gs://). Reuse it to resume.")
+                      "(local or gs://). Reuse it to resume. Under multi_worker only the chief writes it, and all "
+                      "workers must see it (gs:// or a shared filesystem) to resume.")
 
     run = p.add_argument_group("hardware")
-    run.add_argument("--tpu", default=None, help="TPU name or address for TPUClusterResolver "
-                     "('local' on a TPU VM, a TPU node name, grpc://HOST:8470).")
-    run.add_argument("--strategy", choices=("auto", "default", "mirrored", "multi_worker", "tpu"), default="auto",
-                     help="auto: tpu with --tpu, mirrored with GPUs, else default. multi_worker: several machines "
-                          "from TF_CONFIG or SLURM, the same command on each; only the chief writes --model-dir, "
-                          "which all workers must see (gs:// or a shared filesystem) to resume.")
-    run.add_argument("--cpu-devices", type=int, default=None,
-                     help="Split the CPU into N logical devices (for mirrored runs without accelerators).")
+    add_hardware_flags(run)
     run.add_argument("--precision", choices=("auto", "float32", "bfloat16"), default="auto",
                      help="auto: bfloat16 (Keras mixed_bfloat16) on TPU, float32 elsewhere.")
     run.add_argument("--jit", action="store_true", help="XLA-compile the forward/backward pass (jit_compile=True).")
