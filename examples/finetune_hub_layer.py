@@ -1,8 +1,9 @@
 """Fine-tune an exported BiT backbone with tf-keras, tensorflow-hub and `model.fit`.
 
-The fine-tuning part uses only TensorFlow, tf-keras and tensorflow-hub (what a TF Hub user
-has): the export is one `hub.KerasLayer(DIR, trainable=True)`, and the HyperRule's
-optimizer settings come from the export's plain-JSON metadata.
+The model and the training loop are plain TensorFlow, tf-keras and tensorflow-hub (what a
+TF Hub user has): the export is one `hub.KerasLayer(DIR, trainable=True)`, read with its
+plain-JSON metadata. The HyperRule's numbers (steps, warm-up, decays, learning rate) come
+from `bit_keras.hyperrule`, the rule the library itself fine-tunes with.
 
     # A real backbone (export once; downloads the checkpoint once):
     bit_keras export --variant m-r50x1 --output /tmp/bit_m_r50x1
@@ -18,6 +19,7 @@ upscaled to --image-size and given as float32 RGB in [0, 1], TF Hub's image conv
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import tempfile
@@ -50,19 +52,15 @@ def digits(image_size, seed=0):
     return (images[train], data.target[train]), (images[test], data.target[test])
 
 
-def hyperrule_schedule(tf_keras, base_learning_rate, total_steps, warmup_steps, decay_fractions, decay_factor):
-    """BiT-HyperRule's learning rate: linear warm-up, then /10 at 30%, 60% and 90% of the steps."""
+def hyperrule_schedule(tf_keras, rule):
+    """bit_keras's HyperRule learning rate (warm-up, /10 at each decay) as a tf-keras schedule."""
     import tensorflow as tf
-
-    boundaries = [int(total_steps * fraction) for fraction in decay_fractions]
+    from bit_keras.schedules import learning_rate
 
     class HyperRuleSchedule(tf_keras.optimizers.schedules.LearningRateSchedule):
         def __call__(self, step):
-            step = tf.cast(step, tf.float32)
-            warmup = base_learning_rate * (step + 1.0) / float(max(warmup_steps, 1))
-            decays = tf.add_n([tf.cast(step >= b, tf.float32) for b in boundaries])
-            after = base_learning_rate * tf.pow(decay_factor, decays)
-            return tf.where(step < warmup_steps, warmup, after)
+            return learning_rate(tf.cast(step, tf.float32), rule.base_learning_rate, rule.warmup_steps,
+                                 rule.decay_boundaries, minimum=tf.minimum, where=tf.where)
 
         def get_config(self):
             return {}
@@ -98,11 +96,9 @@ def _fine_tune(args, export_dir, tf, hub, tf_keras):
     # Plain JSON: no bit_keras needed to read what the export is and how to fine-tune it.
     with open(os.path.join(export_dir, "assets", "bit_keras.json")) as stream:
         meta = json.load(stream)
-    rule = meta["hyperrule"]
     random_weights = bool((meta.get("checkpoint") or {}).get("random_weights"))
-    learning_rate = args.learning_rate or (0.03 if random_weights else
-                                           rule["base_learning_rate"] * args.batch_size / rule["base_batch_size"])
-    print(f"Backbone: {meta['variant']} ({meta['num_features']} features), peak learning rate {learning_rate:g}")
+
+    from bit_keras.hyperrule import hyperrule, shorten
 
     (x_train, y_train), (x_test, y_test) = digits(args.image_size)
     backbone = hub.KerasLayer(export_dir, trainable=not args.freeze, name="bit")
@@ -114,11 +110,15 @@ def _fine_tune(args, export_dir, tf, hub, tf_keras):
     # Whole epochs of (at most) one pass over the data, `total_steps` updates in all.
     epochs = -(-args.steps // max(1, len(x_train) // args.batch_size))
     steps_per_epoch = max(1, args.steps // epochs)
-    total_steps = epochs * steps_per_epoch
-    warmup = max(1, total_steps // 10)
-    schedule = hyperrule_schedule(tf_keras, learning_rate, total_steps, warmup,
-                                  rule["decay_fractions"], rule["decay_factor"])
-    model.compile(optimizer=tf_keras.optimizers.SGD(schedule, momentum=rule["momentum"]),
+    rule = shorten(hyperrule(len(x_train), (args.image_size, args.image_size), batch_size=args.batch_size),
+                   epochs * steps_per_epoch)
+    if args.learning_rate or random_weights:  # the rule's rate is for pre-trained features
+        rule = dataclasses.replace(rule, base_learning_rate=args.learning_rate or 0.03)
+    print(f"Backbone: {meta['variant']} ({meta['num_features']} features), peak learning rate "
+          f"{rule.base_learning_rate:g}, {rule.total_steps} updates (warm-up {rule.warmup_steps}, "
+          f"/10 at {list(rule.decay_boundaries)})")
+    schedule = hyperrule_schedule(tf_keras, rule)
+    model.compile(optimizer=tf_keras.optimizers.SGD(schedule, momentum=rule.momentum),
                   loss=tf_keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
 
     before = [v.numpy().copy() for v in backbone.variables]

@@ -10,8 +10,18 @@
 import argparse
 import os
 
+from bit_keras import weights as weights_rule
 from bit_keras.data import load_source
 from bit_keras.finetune import build_finetuner
+
+
+def choose_weights(source, weights=None):
+    """(what to build from, whether its weights are random): the library's weights rule decides for a
+    model name (a release name downloads its checkpoint once); an existing path is an export."""
+    if os.path.exists(source):
+        return source, False
+    choice = weights_rule.resolve(source, weights)
+    return choice, choice.random
 
 
 def main():
@@ -28,11 +38,11 @@ def main():
 
     train, info = load_source(args.dataset, "train")
     test, _ = load_source(args.dataset, args.eval_split)
-    random_weights = args.source is None or (args.weights is None and not os.path.exists(args.source))
-    source = args.source or "r14x1"  # an architecture name: random weights
+    source, random_weights = choose_weights(args.source or "r14x1", args.weights)  # default: random r14x1
 
     ft = build_finetuner(
-        source, weights=args.weights, num_classes=info.num_classes, train_size=info.train_size,
+        source, weights=args.weights if isinstance(source, str) else None,  # a WeightsChoice holds its weights
+        num_classes=info.num_classes, train_size=info.train_size,
         image_size=info.image_size, batch_size=args.batch, micro_batch_size=args.micro_batch,
         steps=args.steps or None, resolution=args.resolution or None,
         # The HyperRule's 0.003 x batch/512 is tuned for BiT features; random weights need more.
