@@ -19,8 +19,10 @@ NOISE = re.compile(r"^([IWEF]\d{4} |WARNING: All log messages|.*(cuInit|oneDNN|c
                    r"Sharding callback|Collective all_reduce|Constructing tf\.data))", re.M)
 
 
-def _run(*args, cwd):
+def _run(*args, cwd, log_level=None):
     env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    if log_level is not None:  # as set in many Keras users' shell profiles
+        env["TF_CPP_MIN_LOG_LEVEL"] = log_level
     env["BIT_KERAS_CACHE"] = os.path.join(cwd, "cache")
     return subprocess.run([sys.executable, "-m", "bit_keras", *args], capture_output=True, text=True, env=env,
                           cwd=cwd, timeout=300)
@@ -60,6 +62,12 @@ def _check_demo(printed, output):
     assert result["test_examples"] == 360 and 0.0 <= result["test_accuracy"] <= 1.0
     assert result["load_backbone_max_abs_diff"] < 1e-5
     assert os.path.exists(os.path.join(output, "export", "saved_model.pb"))
+
+
+def test_a_users_own_log_level_keeps_the_start_up_lines_out(workdir):
+    done = _run("export", "--weights", "tiny.npz", "--output", "export_level3", cwd=workdir, log_level="3")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert not NOISE.search(done.stderr), done.stderr[:2000]
 
 
 def test_verbose_brings_tensorflow_lines_back_and_errors_stay_one_line(workdir):

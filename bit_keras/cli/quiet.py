@@ -5,7 +5,9 @@ absl::InitializeLog()") from native code while it is imported, straight to file
 descriptor 2, before any Python or environment setting can reach them. So the first
 `import tensorflow` runs with descriptor 2 pointed at /dev/null; `TF_CPP_MIN_LOG_LEVEL`
 silences what native code logs afterwards, and absl/Python logging is set to warnings.
-A user's own `TF_CPP_MIN_LOG_LEVEL` wins, and `--verbose` leaves everything as it was.
+A user's own `TF_CPP_MIN_LOG_LEVEL` wins for what native code logs after the import (the
+start-up lines are printed whatever the level, so they stay out all the same), and
+`--verbose` leaves everything as it was.
 """
 
 from __future__ import annotations
@@ -21,9 +23,7 @@ import warnings
 
 def quiet_tensorflow() -> None:
     """Called once by the CLI, before anything imports TensorFlow."""
-    if "TF_CPP_MIN_LOG_LEVEL" in os.environ:  # the user chose a level: theirs wins
-        return
-    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # a user's own level wins after the import
     if "tensorflow" not in sys.modules:
         sys.meta_path.insert(0, _QuietTensorFlowFinder())
     quiet_python_logs()
