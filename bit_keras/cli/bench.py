@@ -54,9 +54,22 @@ def register(subparsers):
                         help="Compile the step with XLA (on GPUs/TPUs; on CPUs it measured slower here).")
     parser.add_argument("--fold", action="store_true",
                         help="Inference only: fold weight standardization into plain convolutions.")
-    parser.add_argument("--steps", type=int, default=10, help="Timed steps (after one warm-up step).")
-    parser.add_argument("--baseline", action="store_true",
-                        help="Also time the straightforward implementation, interleaved, and report the speed-up.")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="Timed steps (after one warm-up step; default 10; --baseline pytorch: 3 per process "
+                             "after 2 warm-up steps).")
+    parser.add_argument("--baseline", nargs="?", const="keras", choices=("keras", "pytorch"), default=None,
+                        help="keras (the default when given alone): also time the straightforward Keras "
+                             "implementation, interleaved, and report the speed-up. pytorch: race a PyTorch BiT "
+                             "(eager nn.Module) against bit_keras on every Keras backend and the folded "
+                             "SavedModel, each row in its own process, and report the ratios to PyTorch.")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="--baseline pytorch: rounds; each runs every row once, in its own process.")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="--baseline pytorch: threads for every row (PyTorch, OpenMP, TensorFlow's intra-op "
+                             "pool; default: every core). 1 gives stable figures on a busy machine.")
+    parser.add_argument("--rows", default=None,
+                        help="--baseline pytorch: comma-separated rows to race (default: all for the mode; "
+                             "pytorch is always one).")
     parser.add_argument("--micro-batch", default="1,2",
                         help="--mode memory: comma-separated micro-batch sizes (default 1,2).")
     parser.add_argument("--accumulation", type=int, default=2,
@@ -82,11 +95,15 @@ def bench(args) -> int:
             args.resolution = presets.hyperrule_resolution(architecture)[1]
         else:
             args.resolution = 224
+    if args.steps is None:
+        args.steps = 3 if args.baseline == "pytorch" else 10
     if args.steps < 1 or args.batch < 1 or args.resolution < 32:
         raise ConfigError(f"Need --steps >= 1, --batch >= 1 and --resolution >= 32; received "
                          f"--steps {args.steps} --batch {args.batch} --resolution {args.resolution}.")
     if args.mode == "memory":
         return _memory(args, benchmark)
+    if args.baseline == "pytorch":
+        return _race(args)
     if args.mode == "input":
         return _input(args, benchmark)
     if args.plot:
@@ -112,6 +129,24 @@ def bench(args) -> int:
     if args.plot:
         print(f"picture: {args.plot}")
     return 0
+
+
+def _race(args) -> int:
+    import sys
+
+    from bit_keras.peers import race
+
+    if args.fold or args.jit or args.plot:
+        raise ConfigError("--baseline pytorch takes no --fold, --jit or --plot: its rows name what they run "
+                          "(savedmodel-folded, keras-tensorflow-xla, ...).")
+    job = race.Race(variant=args.variant, mode=args.mode, size=args.resolution, batch=args.batch,
+                    precision=args.precision, steps=args.steps, threads=max(0, args.threads))
+    rows = tuple(args.rows.split(",")) if args.rows else None
+    race.check(job, rows or job.rows())
+    log = None if args.json else (lambda line: print(line, file=sys.stderr, flush=True))
+    report = race.run(job, rounds=args.rounds, rows=rows, log=log)
+    bf16 = ", ".join(report["cpu_bfloat16"]) or "none: bfloat16 is emulated (slow)"
+    return _print_or_json(args, report, [f"CPU bfloat16 instructions: {bf16}", *race.format_report(report)])
 
 
 def _print_or_json(args, report, lines) -> int:

@@ -1,0 +1,43 @@
+"""`bench --baseline pytorch` really runs both sides, each in its own process, and its ratios are
+PyTorch's step time over the row's (checked from the per-round times it reports)."""
+
+import json
+import statistics
+import subprocess
+import sys
+
+import pytest
+
+pytest.importorskip("torch")
+
+
+def test_the_race_times_pytorch_and_keras_in_separate_processes_and_divides_right(tmp_path):
+    done = subprocess.run(
+        [sys.executable, "-m", "bit_keras", "bench", "--variant", "r14x1", "--resolution", "32", "--batch", "2",
+         "--mode", "train", "--baseline", "pytorch", "--rows", "pytorch,keras-tensorflow", "--rounds", "2",
+         "--steps", "1", "--threads", "1", "--json"], capture_output=True, text=True, timeout=900, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads(done.stdout)
+    rows = {result["row"]: result for result in report["results"]}
+    assert list(rows) == ["pytorch", "keras-tensorflow"] and report["rounds"] == 2
+    assert report["race"]["threads"] == 1 and report["race"]["mode"] == "train"
+    peer = [statistics.median(r) for r in rows["pytorch"]["step_seconds_by_round"]]
+    ours = [statistics.median(r) for r in rows["keras-tensorflow"]["step_seconds_by_round"]]
+    assert all(t > 0 for t in peer + ours) and len(peer) == len(ours) == 2
+    ratios = sorted(p / o for p, o in zip(peer, ours))
+    assert rows["keras-tensorflow"]["vs_pytorch"] == pytest.approx(statistics.median(ratios), rel=1e-3)
+    assert rows["keras-tensorflow"]["vs_pytorch_range"] == pytest.approx(ratios, rel=1e-3)
+    assert rows["pytorch"]["vs_pytorch"] == 1.0
+
+
+def test_the_race_refuses_what_it_cannot_run():
+    from bit_keras.errors import ConfigError
+    from bit_keras.peers import race
+
+    job = race.Race(variant="r14x1", mode="train")
+    with pytest.raises(ConfigError, match="savedmodel-folded"):
+        race.check(job, ("pytorch", "savedmodel-folded"))  # inference only
+    with pytest.raises(ConfigError, match="must include 'pytorch'"):
+        race.check(job, ("keras-tensorflow",))
+    with pytest.raises(ConfigError, match="--mode infer or train"):
+        race.check(race.Race(mode="memory"), ("pytorch",))
