@@ -58,8 +58,11 @@ def schedule(rule, path) -> str:
     return _save(figure, path)
 
 
-def finetune_curves(metrics_csv, path, *, title) -> str | None:
-    """Loss, accuracy and learning rate against updates from a finetune run's CSV log (all sessions)."""
+def finetune_curves(metrics_csv, path, *, title, rule=None) -> str | None:
+    """Loss, accuracy and learning rate against updates from a finetune run's CSV log (all sessions).
+
+    With the run's `rule` (a `HyperRule`) the learning rate is drawn for every update, so the
+    warm-up and the steps show; the log has it only at the evaluation points."""
     scalars = {}
     with open(metrics_csv, newline="", encoding="utf-8") as stream:
         for row in csv.DictReader(stream):  # a resumed run repeats an interrupted period: the last row wins
@@ -74,7 +77,15 @@ def finetune_curves(metrics_csv, path, *, title) -> str | None:
                                 "eval": _series(scalars, "val_loss")}),
         ("accuracy (%)", {"train (mean over the period)": _series(scalars, "accuracy", 100),
                           "eval": _series(scalars, "val_accuracy", 100)}),
-        ("learning rate (log scale)", {"for the next update": _series(scalars, "learning_rate")})])
+        ("learning rate (log scale)", _finetune_learning_rate(scalars, rule))])
+
+
+def _finetune_learning_rate(scalars, rule) -> dict:
+    logged = _series(scalars, "learning_rate")
+    if rule is None or not scalars.get("updates"):
+        return {"for the next update": logged}
+    updates = list(range(min(rule.total_steps, max(scalars["updates"]))))
+    return {"per update (the run's schedule)": (updates, [rule.learning_rate(step) for step in updates])}
 
 
 def train_curves(log_dir, path, *, title) -> str | None:

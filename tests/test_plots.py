@@ -55,6 +55,22 @@ def test_finetune_curves_read_every_session_of_the_csv_log(tmp_path):
     assert plots.finetune_curves(log, tmp_path / "none.png", title="t") is None and not (tmp_path / "none.png").exists()
 
 
+def test_finetune_curves_draw_the_learning_rate_of_every_update(tmp_path, monkeypatch):
+    from bit_keras.hyperrule import hyperrule, shorten
+
+    rule = shorten(hyperrule(1000, (32, 32), batch_size=64), 20)  # warm-up 4, /10 at 6, 12, 18
+    log = tmp_path / "metrics.csv"  # three evaluation points: the warm-up and two decays fall between them
+    log.write_text("epoch,learning_rate,loss,updates\n0,0.1,2.3,7\n1,0.01,2.1,14\n2,0.001,2.0,20\n")
+    drawn = {}
+    monkeypatch.setattr(plots, "_curves", lambda path, title, xlabel, panels: drawn.update(panels) or path)
+    plots.finetune_curves(log, tmp_path / "curves.png", title="t", rule=rule)
+    (steps, rates), = drawn["learning rate (log scale)"].values()
+    peak = rule.base_learning_rate
+    expected = [peak * min(1, (s + 1) / 4) * 0.1 ** ((s >= 6) + (s >= 12) + (s >= 18)) for s in range(20)]
+    assert steps == list(range(20))
+    np.testing.assert_allclose(rates, expected, rtol=1e-12)
+
+
 def test_a_train_run_leaves_curves_png_once_it_has_logged(tmp_path):
     from bit_keras.data import from_arrays
     from bit_keras.train.loop import TrainConfig, train

@@ -239,7 +239,7 @@ def _fit_and_save(ft, run, output, train_ds, eval_ds, eval_every, resumed_epoch,
         metrics["savedmodel"] = os.path.join(output, SAVEDMODEL_DIR)
     if chief:  # a picture nobody would see
         plots.finetune_curves(os.path.join(output, LOGS_DIR, "metrics.csv"), os.path.join(output, plots.CURVES_FILE),
-                              title=f"fine-tuning {os.path.basename(run['source'])} on {dataset}, batch {batch_size}")
+                              rule=ft.rule, title=f"fine-tuning {os.path.basename(run['source'])} on {dataset}, batch {batch_size}")
     files.write_json(metrics_path, metrics)
     files.remove(os.path.join(output, CHECKPOINT_DIR))  # only now: a kill before metrics.json resumes
     return metrics
