@@ -87,6 +87,7 @@ def test_every_flag_has_help_and_commands_show_no_absl_flags():
     assert not missing
     for command in commands.values():
         assert "--helpfull" not in command.format_help() and "--flagfile" not in command.format_help()
+    assert "--helpfull" not in parser.format_help()  # `bit_keras --help` too
 
 
 def test_export_infers_the_format_from_the_output_name(workdir):

@@ -36,6 +36,9 @@ def build_parser():
         prog="bit_keras", description="Big Transfer (BiT) models for Keras 3.")
     parser.add_argument("--verbose", action="store_true",
                         help="Also show TensorFlow's own log lines and full tracebacks (anywhere on the line).")
+    for action in parser._actions:  # absl's --helpfull lists absl's own flags, none of which are ours
+        if "--helpfull" in action.option_strings:
+            action.help = argparse.SUPPRESS
     # Plain argparse below the top level: no absl --helpfull/--flagfile noise in each command's help.
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=argparse.ArgumentParser)
     subparsers.required = True
