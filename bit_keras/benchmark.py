@@ -105,24 +105,6 @@ def cpu_name() -> str:
     return f"{name} ({cores} cores)"
 
 
-BFLOAT16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")  # x86 instructions that compute in bfloat16
-
-
-def cpu_bfloat16() -> list:
-    """The CPU's native bfloat16 instructions (Linux `/proc/cpuinfo` flags); [] where it has none or
-    where the flags cannot be read. Without them oneDNN emulates bfloat16, about 10x slower than
-    float32 on an AVX2 machine here, with them about 1.6x faster."""
-    try:
-        with open("/proc/cpuinfo") as info:
-            for line in info:
-                if line.startswith("flags"):
-                    flags = set(line.split(":", 1)[1].split())
-                    return [flag for flag in BFLOAT16_CPU_FLAGS if flag in flags]
-    except OSError:
-        pass
-    return []
-
-
 def _proc_status_bytes(field: str):
     """A `kB` field of /proc/self/status in bytes, or None off Linux."""
     try:

@@ -99,7 +99,8 @@ def report(race: Race, times: dict) -> dict:
             "vs_pytorch_best": min(min(r) for r in times[PEER]) / min(min(r) for r in rounds),
             "step_seconds_by_round": [[round(t, 4) for t in r] for r in rounds],
         })
-    from bit_keras.benchmark import cpu_bfloat16, cpu_name
+    from bit_keras.benchmark import cpu_name
+    from bit_keras.precision import cpu_bfloat16
 
     return {"race": dataclasses.asdict(race), "machine": cpu_name(), "cpu_bfloat16": cpu_bfloat16(),
             "rounds": len(peer), "results": results}

@@ -1,0 +1,37 @@
+"""--precision decided once: auto per device, and a warning where bfloat16 is only emulated."""
+
+import pytest
+
+from bit_keras.errors import ConfigError
+from bit_keras.precision import bfloat16_warning, cpu_bfloat16, resolve_precision
+
+
+class TPUStrategyV2:  # what the check looks at: the strategy's class name, as Keras and TF name it
+    pass
+
+
+def test_auto_means_bfloat16_on_a_tpu_and_float32_elsewhere():
+    assert resolve_precision("auto", None) == "float32"
+    assert resolve_precision("auto", TPUStrategyV2()) == "bfloat16"
+    assert resolve_precision("float32", TPUStrategyV2()) == "float32"
+    assert resolve_precision("bfloat16") == "bfloat16"
+    with pytest.raises(ConfigError, match="auto, float32, bfloat16"):
+        resolve_precision("fp16")
+
+
+def test_bfloat16_is_warned_about_only_where_it_is_emulated():
+    warning = bfloat16_warning("bfloat16", accelerator=False, cpu_flags=[])
+    assert "no bfloat16 instructions" in warning and "--precision float32" in warning
+    assert bfloat16_warning("bfloat16", accelerator=False, cpu_flags=["avx512_bf16"]) is None
+    assert bfloat16_warning("bfloat16", accelerator=True, cpu_flags=[]) is None
+    assert bfloat16_warning("bfloat16", TPUStrategyV2(), accelerator=False, cpu_flags=[]) is None
+    assert bfloat16_warning("float32", accelerator=False, cpu_flags=[]) is None
+
+
+def test_the_cpu_flags_are_read_from_cpuinfo(tmp_path):
+    native, emulated = tmp_path / "native", tmp_path / "emulated"
+    native.write_text("processor\t: 0\nflags\t\t: fpu avx2 avx512f avx512_bf16 amx_bf16 amx_tile\n")
+    emulated.write_text("processor\t: 0\nflags\t\t: fpu avx2 fma\n")
+    assert cpu_bfloat16(str(native)) == ["avx512_bf16", "amx_bf16"]
+    assert cpu_bfloat16(str(emulated)) == []
+    assert cpu_bfloat16(str(tmp_path / "absent")) == []
