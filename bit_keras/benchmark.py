@@ -349,8 +349,11 @@ def compare(configs, *, steps: int = 10, warmup: int = 1, probe_size: int = PEAK
         ratios = [a / b for a, b in zip(first, times)]
         result["speedup_vs_first"] = _median(ratios)
         result["speedup_vs_first_range"] = [min(ratios), max(ratios)]
+    from bit_keras.precision import cpu_bfloat16
+
     return {
         "machine": cpu_name(),
+        "cpu_bfloat16": cpu_bfloat16(),
         "backend": keras.backend.backend(),
         "steps": steps,
         "peak_rss_bytes": peak_rss_bytes(),

@@ -122,13 +122,21 @@ def bench(args) -> int:
     if args.json:
         print(json.dumps(report, indent=2))
         return 0
-    print(f"machine: {report['machine']}, Keras backend {report['backend']}")
+    print(f"machine: {report['machine']}, Keras backend {report['backend']}, {_bfloat16_line()}")
     for result in report["results"]:
         print(benchmark.format_result(result))
     print(f"peak memory (RSS high-water mark of the process): {report['peak_rss_bytes'] / 2**20:.0f} MiB")
     if args.plot:
         print(f"picture: {args.plot}")
     return 0
+
+
+def _bfloat16_line() -> str:
+    from bit_keras.precision import cpu_bfloat16
+
+    flags = cpu_bfloat16()
+    return f"CPU bfloat16 instructions: {', '.join(flags)}" if flags else \
+        "CPU bfloat16 instructions: none (bfloat16 is emulated: slow)"
 
 
 def _race(args) -> int:
@@ -145,8 +153,7 @@ def _race(args) -> int:
     race.check(job, rows or job.rows())
     log = None if args.json else (lambda line: print(line, file=sys.stderr, flush=True))
     report = race.run(job, rounds=args.rounds, rows=rows, log=log)
-    bf16 = ", ".join(report["cpu_bfloat16"]) or "none: bfloat16 is emulated (slow)"
-    return _print_or_json(args, report, [f"CPU bfloat16 instructions: {bf16}", *race.format_report(report)])
+    return _print_or_json(args, report, [_bfloat16_line(), *race.format_report(report)])
 
 
 def _print_or_json(args, report, lines) -> int:
