@@ -329,3 +329,17 @@ def test_impossible_numbers_and_models_are_refused_before_any_task(tmp_path, mon
     captured = capsys.readouterr()
     assert captured.out == "" and captured.err.count("\n") == 1 and message in captured.err, captured
     assert calls == [] and not os.path.exists(tmp_path / "out")
+
+
+def test_one_benchmark_per_output(tmp_path, monkeypatch):
+    from bit_keras import files
+    from bit_keras.errors import InUseError
+    from bit_keras.finetune import runner
+    from bit_keras.vtab.run import run_vtab
+
+    calls = []
+    monkeypatch.setattr(runner, "finetune", _fake_finetune(calls))
+    with files.locked(tmp_path / "out"):  # another benchmark writing this table and its task records
+        with pytest.raises(InUseError, match="in use by another bit_keras process"):
+            run_vtab("r14x1", output=tmp_path / "out", tasks=select("dtd"), steps=2)
+    assert calls == [] and not os.path.exists(tmp_path / "out" / "dtd")
