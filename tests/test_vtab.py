@@ -343,3 +343,17 @@ def test_one_benchmark_per_output(tmp_path, monkeypatch):
         with pytest.raises(InUseError, match="in use by another bit_keras process"):
             run_vtab("r14x1", output=tmp_path / "out", tasks=select("dtd"), steps=2)
     assert calls == [] and not os.path.exists(tmp_path / "out" / "dtd")
+
+
+def test_an_export_is_recorded_by_its_contents(tmp_path):
+    from bit_keras.vtab.run import task_record
+
+    export = tmp_path / "export"
+    (export / "variables").mkdir(parents=True)
+    (export / "saved_model.pb").write_bytes(b"graph")
+    (export / "variables" / "variables.data-00000-of-00001").write_bytes(b"weights")
+    record = lambda: task_record(str(export), protocol="1k", batch_size=512, steps=None, resolution=None, seed=0)  # noqa: E731
+    first = record()
+    assert first["model"] == str(export) and len(first["weights_sha256"]) == 64 and first["eval_split"] == "test"
+    (export / "variables" / "variables.data-00000-of-00001").write_bytes(b"other weights")
+    assert record()["weights_sha256"] != first["weights_sha256"]

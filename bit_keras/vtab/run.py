@@ -22,7 +22,7 @@ import os
 
 from bit_keras import files, hyperrule, plots, presets, runs
 from bit_keras.errors import ConfigError
-from bit_keras.vtab.tasks import GROUPS, PROTOCOLS, PUBLISHED_GROUP_MEANS, PUBLISHED_MEAN, TASKS
+from bit_keras.vtab.tasks import GROUPS, PROTOCOLS, PUBLISHED_GROUP_MEANS, PUBLISHED_MEAN, TASKS, select
 
 RESULTS = ("results.csv", "results.md", "results.json", "results.png")
 COLUMNS = ("task", "title", "group", "accuracy", "status", "error", "run")
@@ -74,7 +74,7 @@ def run_vtab(source, *, output, tasks, protocol="1k", data_dir=None, download=Tr
     """Fine-tunes `source` on each task (see the module docstring); returns the rows written to the tables.
 
     `source`: what `finetune` takes (a model name, a `WeightsChoice`, an export directory or a
-    Keras backbone). `strategy` goes to every `finetune` (a tf.distribute strategy or its name);
+    Keras backbone). `tasks`: `Task`s, or names as `select` takes them ("all", "natural", "dtd,svhn"). `strategy` goes to every `finetune` (a tf.distribute strategy or its name);
     in a multi-worker job only the chief writes the results tables and the task records.
     """
     from bit_keras.finetune.runner import METRICS_FILE, RUN_MARKERS, finetune
@@ -82,6 +82,7 @@ def run_vtab(source, *, output, tasks, protocol="1k", data_dir=None, download=Tr
 
     if protocol not in PROTOCOLS:
         raise ConfigError(f"Unknown VTAB protocol {protocol!r}: use one of {', '.join(PROTOCOLS)}.")
+    tasks = select(tasks) if isinstance(tasks, str) else tuple(tasks)
     check_numbers(batch_size=batch_size, micro_batch_size=micro_batch_size, steps=steps, resolution=resolution,
                   seed=seed)
     if not isinstance(strategy, (str, type(None))) and micro_batch_size is not None:
@@ -123,7 +124,7 @@ def run_vtab(source, *, output, tasks, protocol="1k", data_dir=None, download=Tr
                                        micro_batch_size=micro_batch_size, steps=steps, resolution=resolution,
                                        data_dir=data_dir, download=download, seed=seed, verbose=verbose, log=log,
                                        strategy=strategy)
-                    row["accuracy"], row["error"] = score(metrics, eval_split, metrics_path)
+                    row["accuracy"], row["error"] = score(metrics, None, metrics_path)  # the split it was given
                 except Exception as error:  # noqa: BLE001 - one task's failure must not end the benchmark
                     row["error"] = " ".join(f"{type(error).__name__}: {error}".split())
             if row["error"]:
@@ -155,10 +156,12 @@ def read_score(path, eval_split):
 
 
 def score(metrics, eval_split, path):
-    """(accuracy in percent, None) from a task's metrics, every value checked; else (None, why)."""
+    """(accuracy in percent, None) from a task's metrics, every value checked; else (None, why).
+
+    `eval_split`: the split the score must be of (None: not checked, for a run just made)."""
     if not isinstance(metrics, dict):
         return None, _damaged(path, f"holds a {type(metrics).__name__}, not the metrics of a run")
-    if metrics.get("eval_split") != eval_split:  # another --protocol's run: not this table's number
+    if eval_split is not None and metrics.get("eval_split") != eval_split:  # another --protocol's run: not this table's number
         return None, (f"{path} holds a run scored on {metrics.get('eval_split')!r}, not {eval_split!r} "
                       "(another --protocol); use another --output")
     accuracy = metrics.get("eval_accuracy")
