@@ -352,7 +352,9 @@ def test_an_export_is_recorded_by_its_contents(tmp_path):
     (export / "variables").mkdir(parents=True)
     (export / "saved_model.pb").write_bytes(b"graph")
     (export / "variables" / "variables.data-00000-of-00001").write_bytes(b"weights")
-    record = lambda: task_record(str(export), protocol="1k", batch_size=512, steps=None, resolution=None, seed=0)  # noqa: E731
+    def record():
+        return task_record(str(export), protocol="1k", batch_size=512, steps=None, resolution=None, seed=0)
+
     first = record()
     assert first["model"] == str(export) and len(first["weights_sha256"]) == 64 and first["eval_split"] == "test"
     (export / "variables" / "variables.data-00000-of-00001").write_bytes(b"other weights")

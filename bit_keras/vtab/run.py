@@ -74,8 +74,9 @@ def run_vtab(source, *, output, tasks, protocol="1k", data_dir=None, download=Tr
     """Fine-tunes `source` on each task (see the module docstring); returns the rows written to the tables.
 
     `source`: what `finetune` takes (a model name, a `WeightsChoice`, an export directory or a
-    Keras backbone). `tasks`: `Task`s, or names as `select` takes them ("all", "natural", "dtd,svhn"). `strategy` goes to every `finetune` (a tf.distribute strategy or its name);
-    in a multi-worker job only the chief writes the results tables and the task records.
+    Keras backbone). `tasks`: `Task`s, or names as `select` takes them ("all", "dtd,svhn").
+    `strategy` goes to every `finetune` (a tf.distribute strategy or its name); in a
+    multi-worker job only the chief writes the results tables and the task records.
     """
     from bit_keras.finetune.runner import METRICS_FILE, RUN_MARKERS, finetune
     from bit_keras.train.strategy import is_chief
@@ -161,7 +162,7 @@ def score(metrics, eval_split, path):
     `eval_split`: the split the score must be of (None: not checked, for a run just made)."""
     if not isinstance(metrics, dict):
         return None, _damaged(path, f"holds a {type(metrics).__name__}, not the metrics of a run")
-    if eval_split is not None and metrics.get("eval_split") != eval_split:  # another --protocol's run: not this table's number
+    if eval_split is not None and metrics.get("eval_split") != eval_split:  # another --protocol's number
         return None, (f"{path} holds a run scored on {metrics.get('eval_split')!r}, not {eval_split!r} "
                       "(another --protocol); use another --output")
     accuracy = metrics.get("eval_accuracy")
