@@ -201,6 +201,16 @@ def test_data_is_checked_before_the_strategy_is_made(tmp_path, monkeypatch):
         config.dataset = spec
         with pytest.raises(error, match=message):
             train(config)
+    # A prepared tfds dataset (tfds' own 20-example test builder) tells its split names without reading data.
+    import tensorflow_datasets.testing as tfds_testing
+
+    tfds_testing.DummyMnist(data_dir=str(tmp_path / "tfds")).download_and_prepare()
+    config.dataset, config.data_dir, config.eval_split = "tfds:dummy_mnist", str(tmp_path / "tfds"), "validation"
+    with pytest.raises(ConfigError, match=r"bad split 'validation'.*\(eval_split='validation'\)"):
+        train(config)
+    config.split, config.eval_split = "trian", "auto"
+    with pytest.raises(ConfigError, match="bad split 'trian'"):
+        train(config)
     assert not os.path.exists(tmp_path / "run" / "run.json")
 
 
