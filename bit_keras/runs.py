@@ -20,13 +20,15 @@ RUN_FILE = "run.json"
 SUMMARY = "summary"  # results the run writes as it goes (e.g. the last evaluation): not compared on resume
 
 
-def read_run(directory) -> dict | None:
-    return files.read_json(files.join(directory, RUN_FILE))
+def read_run(directory, name=RUN_FILE) -> dict | None:
+    return files.read_json(files.join(directory, name))
 
 
-def check_resume(directory, record, *, restart="pass --overwrite or use a new directory") -> None:
-    """Raises ConfigError (a ValueError) naming every key where `record` differs from `directory`'s run.json."""
-    previous = read_run(directory)
+def check_resume(directory, record, *, restart="pass --overwrite or use a new directory", name=RUN_FILE) -> None:
+    """Raises ConfigError (a ValueError) naming every key where `record` differs from `directory`'s run.json.
+
+    `name`: another record file in `directory` kept by the same rule (vtab's per-task vtab.json)."""
+    previous = read_run(directory, name)
     if previous is None:
         return
     # Tuples -> lists, as read back from the file; nested records compare key by key ("plan.momentum").

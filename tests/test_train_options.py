@@ -131,6 +131,89 @@ def test_bad_option_values_fail_with_one_line(flags, message):
     assert len(lines) == 1 and message in lines[0], done.stderr[-2000:]
 
 
+def test_dry_run_shows_the_warnings_the_run_prints(capsys):
+    # ResNet-RS's 5000-update warm-up and 0.9999 EMA in a 113-update run: neither can do what it looks like.
+    plan = _dry_run(capsys, "--recipe", "resnet-rs", "--epochs", "5")
+    assert plan["total_steps"] == 112 and len(plan["warnings"]) == 2, plan["warnings"]
+    assert plan["warnings"][0].startswith("the warm-up (5000 updates) is longer than the run (112)")
+    assert plan["warnings"][1].startswith("EMA decay 0.9999 averages over about 10000 updates, more than the run's 112")
+    late = _dry_run(capsys, "--epochs", "20", "--warmup-steps", "10")["warnings"]   # decay epochs 30, 60, 80
+    assert late == [f"decays at update(s) {[round(e * 1437 / 64) for e in (30, 60, 80)]} never happen: the run ends "
+                    f"after {round(20 * 1437 / 64)} updates"]
+    assert _dry_run(capsys, "--warmup-steps", "10")["warnings"] == []
+
+
+def test_run_header_prints_the_same_warnings(tmp_path):
+    from bit_keras.train.loop import run_warnings, train
+
+    config = _config(tmp_path, "warned", max_steps=0, eval_split="none", options={"ema": 0.999})
+    lines = []
+    train(config, source=_arrays()[1], log=lines.append)
+    plan = config.schedule.plan(48)
+    expected = run_warnings(plan, config.options)
+    assert len(expected) == 2 and "never happen" in expected[0]
+    assert "EMA decay 0.999 averages over about 1000 updates" in expected[1]
+    assert [line for line in lines if line.startswith("warning: ")] == [f"warning: {w}" for w in expected]
+
+
+def test_dry_run_reports_the_split_the_run_would_score(tmp_path, monkeypatch, capsys):
+    import tensorflow as tf
+
+    for split in ("train", "validation"):
+        for label in ("a", "b"):
+            os.makedirs(tmp_path / "data" / split / label)
+            image = tf.io.encode_png(np.zeros((8, 8, 3), np.uint8))
+            tf.io.write_file(str(tmp_path / "data" / split / label / "x.png"), image)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert _dry_run(capsys, "--dataset", "folder:~/data")["eval_split"] == "validation"
+    # A tfds dataset not prepared yet: its splits are known only once it is; the dry run says so, not null.
+    plan = _dry_run(capsys, "--dataset", "tfds:imagenet2012", "--data-dir", str(tmp_path / "tfds"),
+                    "--train-size", "1281167")
+    assert plan["eval_split"] == "auto" and "'validation' split, else its 'test'" in plan["eval_split_note"]
+    assert plan["eval_every"] == 1000
+
+
+@pytest.mark.parametrize("dry_run", [True, False])
+def test_a_bad_eval_split_is_named_as_eval_split(tmp_path, dry_run):
+    done = subprocess.run([sys.executable, "-m", "bit_keras", "train", "--dataset", "digits", "--variant", "r1-1-1-1x1",
+                           "--model-dir", str(tmp_path / "run"), "--eval-split", "tset", "--strategy", "default",
+                           *(["--dry-run"] if dry_run else [])],
+                          capture_output=True, text=True, env=ENV, cwd=ROOT, timeout=120)
+    lines = [line for line in done.stderr.splitlines() if not re.match(r"[IWE]\d{4} |WARNING: All log", line)]
+    assert done.returncode == 2 and len(lines) == 1, done.stderr[-2000:]  # TensorFlow's C++ start-up lines aside
+    assert "Received: --eval-split 'tset'" in lines[0] and "--split" not in lines[0].replace("--eval-split", "")
+    assert not os.path.exists(tmp_path / "run" / "run.json")
+
+
+def test_data_is_checked_before_the_strategy_is_made(tmp_path, monkeypatch):
+    from bit_keras.errors import ConfigError, MissingFileError
+    from bit_keras.train import strategy
+    from bit_keras.train.loop import train
+
+    def no_strategy(*args, **kwargs):
+        raise AssertionError("the strategy was made before the data was checked")
+
+    monkeypatch.setattr(strategy, "make_strategy", no_strategy)
+    config = _config(tmp_path, "run")
+    for spec, error, message in (("folder:" + str(tmp_path / "none"), MissingFileError, "--dataset"),
+                                 ("nope:x", ConfigError, "Unknown dataset spec 'nope:x'"),
+                                 ("tfds:no_such_dataset_here", ConfigError, "tensorflow-datasets cannot build")):
+        config.dataset = spec
+        with pytest.raises(error, match=message):
+            train(config)
+    # A prepared tfds dataset (tfds' own 20-example test builder) tells its split names without reading data.
+    import tensorflow_datasets.testing as tfds_testing
+
+    tfds_testing.DummyMnist(data_dir=str(tmp_path / "tfds")).download_and_prepare()
+    config.dataset, config.data_dir, config.eval_split = "tfds:dummy_mnist", str(tmp_path / "tfds"), "validation"
+    with pytest.raises(ConfigError, match=r"bad split 'validation'.*\(eval_split='validation'\)"):
+        train(config)
+    config.split, config.eval_split = "trian", "auto"
+    with pytest.raises(ConfigError, match="bad split 'trian'"):
+        train(config)
+    assert not os.path.exists(tmp_path / "run" / "run.json")
+
+
 # ------------------------------------------------------------------ label smoothing
 
 @pytest.mark.parametrize("multi_label", [False, True])

@@ -179,7 +179,7 @@ def test_vtab_runs_two_tasks_resumes_a_killed_one_and_skips_finished_ones(tmp_pa
     assert "| Clevr-Count | structured | failed: MissingFileError" in (tmp_path / "results.md").read_text()
     # Another protocol into the same folder is refused per task, not mixed into the table.
     assert _cli(*argv[:6], "dsprites_location", *argv[7:-4], "--protocol", "1k", "--quiet") == 1
-    assert "another --protocol" in next(csv.DictReader(open(tmp_path / "results.csv")))["error"]
+    assert 'protocol: "val" -> "1k"' in next(csv.DictReader(open(tmp_path / "results.csv")))["error"]
 
 
 def test_a_manual_download_dataset_names_its_folder(tmp_path):
@@ -188,3 +188,174 @@ def test_a_manual_download_dataset_names_its_folder(tmp_path):
 
     with pytest.raises(MissingFileError, match=f"in {tmp_path}/downloads/manual, then run again"):
         load_split("diabetic_retinopathy", "test", data_dir=str(tmp_path))
+
+
+# ------------------------------------------------------------------ what a rerun may reuse, and what it reads back
+
+def _fake_finetune(calls, accuracy=0.5):
+    """Stands in for `finetune`: writes run.json and metrics.json as a finished run does, records the call."""
+    from bit_keras import files, runs
+
+    def finetune(source, *, dataset, output, eval_split, **kwargs):
+        os.makedirs(output, exist_ok=True)
+        runs.write_run(output, {"dataset": dataset, "source": getattr(source, "name", str(source))})
+        metrics = {"dataset": dataset, "eval_split": eval_split, "eval_accuracy": accuracy}
+        files.write_json(os.path.join(output, "metrics.json"), metrics)
+        calls.append(dataset)
+        return metrics
+    return finetune
+
+
+def _rows(folder):
+    return {row["task"]: row for row in csv.DictReader(open(folder / "results.csv"))}
+
+
+def test_a_finished_task_is_reused_only_by_the_same_configuration(tmp_path, monkeypatch, capsys):
+    from bit_keras.finetune import runner
+
+    calls = []
+    monkeypatch.setattr(runner, "finetune", _fake_finetune(calls))
+    run = ("vtab", "--output", str(tmp_path), "--tasks", "dtd", "--steps", "2", "--batch", "16", "--quiet")
+    assert _cli(*run, "--variant", "r14x1") == 0 and calls == ["vtab:dtd"]
+    assert _rows(tmp_path)["dtd"]["accuracy"] == "50.0"
+    assert json.loads((tmp_path / "dtd" / "vtab.json").read_text())["model"] == "r14x1"
+    # Another model, seed, schedule, resolution or protocol is refused in its row, not scored as this one's.
+    for change, key in ((("--variant", "r26x1"), "model"), (("--variant", "r14x1", "--seed", "1"), "seed"),
+                        (("--variant", "r14x1", "--steps", "3"), "steps"),
+                        (("--variant", "r14x1", "--resolution", "32"), "resolution"),
+                        (("--variant", "r14x1", "--batch", "32"), "batch_size"),
+                        (("--variant", "r14x1", "--protocol", "val"), "protocol")):
+        capsys.readouterr()
+        assert _cli(*run, *change) == 1, change
+        row = _rows(tmp_path)["dtd"]
+        assert row["status"] == "failed" and row["accuracy"] == "" and f"{key}: " in row["error"], (change, row)
+        assert "holds a different run" in row["error"] and "another --output" in row["error"]
+        assert "dtd failed: " in capsys.readouterr().out
+    assert _cli(*run, "--variant", "r26x1") == 1
+    assert 'model: "r14x1" -> "r26x1"' in _rows(tmp_path)["dtd"]["error"]
+    assert calls == ["vtab:dtd"]  # nothing ran again
+    assert _cli(*run, "--variant", "r14x1") == 0
+    assert _rows(tmp_path)["dtd"]["status"] == "done earlier" and _rows(tmp_path)["dtd"]["accuracy"] == "50.0"
+
+
+def test_the_weights_digest_and_an_unrecorded_run_decide_reuse(tmp_path, monkeypatch):
+    from bit_keras.architecture import Architecture
+    from bit_keras.finetune import runner
+    from bit_keras.vtab.run import run_vtab
+    from bit_keras.weights import WeightsChoice
+
+    calls = []
+    monkeypatch.setattr(runner, "finetune", _fake_finetune(calls))
+    weights = tmp_path / "weights.npz"
+    weights.write_bytes(b"first weights")
+    choice = WeightsChoice(Architecture.parse("r14x1"), str(weights), str(weights), None)
+    output = tmp_path / "vtab"
+    run = lambda: run_vtab(choice, output=output, tasks=select("dtd,svhn"), steps=2, batch_size=16)  # noqa: E731
+    assert [row["status"] for row in run()] == ["done", "done"]
+    weights.write_bytes(b"other weights, same file name")
+    rows = run()
+    assert [row["status"] for row in rows] == ["failed", "failed"] and "weights_sha256: " in rows[0]["error"]
+    weights.write_bytes(b"first weights")
+    assert [(row["status"], row["accuracy"]) for row in run()] == [("done earlier", 50.0)] * 2
+    # An interrupted run without the record, and a finished one (an older bit_keras, finetune by hand): refused.
+    (output / "dtd" / "vtab.json").unlink()
+    (output / "dtd" / "metrics.json").unlink()
+    (output / "svhn" / "vtab.json").unlink()
+    rows = run()
+    assert all("without vtab.json" in row["error"] for row in rows) and len(calls) == 2
+
+
+@pytest.mark.parametrize("text, why", [
+    ('{"eval_split": "test", "eval_accuracy": 5.0}', "5.0 is not an accuracy in [0, 1]"),
+    ('{"eval_split": "test", "eval_accuracy": NaN}', "nan is not an accuracy"),
+    ('{"eval_split": "test", "eval_accuracy": "0.5"}', "'0.5' is not an accuracy"),
+    ('{"eval_split": "test", "eval_accuracy": true}', "True is not an accuracy"),
+    ('{"eval_split": "test"}', "None is not an accuracy"),
+    ("[0.5]", "holds a list"),
+    ('{"eval_split": "test", "eval_acc', "not readable JSON"),
+    (b"\xff\xfe\x00", "not readable JSON"),
+])
+def test_a_damaged_metrics_file_fails_its_own_row(tmp_path, monkeypatch, capsys, text, why):
+    from bit_keras.finetune import runner
+
+    calls = []
+    monkeypatch.setattr(runner, "finetune", _fake_finetune(calls, accuracy=0.25))
+    run = ("vtab", "--variant", "r14x1", "--output", str(tmp_path), "--tasks", "dtd,svhn", "--steps", "2",
+           "--quiet")
+    assert _cli(*run) == 0
+    metrics = tmp_path / "dtd" / "metrics.json"
+    metrics.write_bytes(text if isinstance(text, bytes) else text.encode())
+    capsys.readouterr()
+    assert _cli(*run) == 1
+    rows = _rows(tmp_path)
+    assert rows["dtd"]["status"] == "failed" and rows["dtd"]["accuracy"] == ""
+    assert f"{metrics} is damaged" in rows["dtd"]["error"] and why in rows["dtd"]["error"], rows["dtd"]["error"]
+    assert (rows["svhn"]["status"], rows["svhn"]["accuracy"]) == ("done earlier", "25.0")  # the others stand
+    assert f"dtd failed: {metrics} is damaged" in capsys.readouterr().out
+    assert "500.0" not in (tmp_path / "results.md").read_text()
+    assert metrics.read_bytes() == (text if isinstance(text, bytes) else text.encode())  # left as it was
+    assert calls == ["vtab:dtd", "vtab:svhn"]
+
+
+def test_a_damaged_task_record_is_named(tmp_path, monkeypatch):
+    from bit_keras.finetune import runner
+    from bit_keras.vtab.run import run_vtab
+
+    monkeypatch.setattr(runner, "finetune", _fake_finetune([]))
+    assert run_vtab("r14x1", output=tmp_path, tasks=select("dtd"), steps=2)[0]["status"] == "done"
+    (tmp_path / "dtd" / "vtab.json").write_text("[")
+    row = run_vtab("r14x1", output=tmp_path, tasks=select("dtd"), steps=2)[0]
+    assert row["status"] == "failed" and f"{tmp_path / 'dtd' / 'vtab.json'} is damaged" in row["error"]
+
+
+@pytest.mark.parametrize("flags, message", [
+    (("--batch", "0"), "batch_size must be a positive integer. Received: --batch 0"),
+    (("--micro-batch", "0"), "Received: --micro-batch 0"),
+    (("--batch", "16", "--micro-batch", "3"), "micro_batch_size must divide the batch of 16"),
+    (("--steps", "0"), "Received: --steps 0"),
+    (("--resolution", "-5"), "Received: --resolution -5"),
+    (("--seed", "-1"), "seed must be an integer in [0, 2**32)"),
+    (("--variant", "nonsense"), "Unknown BiT model 'nonsense'"),
+])
+@pytest.mark.parametrize("dry_run", [True, False])
+def test_impossible_numbers_and_models_are_refused_before_any_task(tmp_path, monkeypatch, capsys, flags, message,
+                                                                   dry_run):
+    from bit_keras.finetune import runner
+
+    calls = []
+    monkeypatch.setattr(runner, "finetune", _fake_finetune(calls))
+    argv = ["vtab", "--variant", "r14x1", "--output", str(tmp_path / "out"), "--tasks", "dtd", *flags]
+    assert _cli(*argv, *(("--dry-run",) if dry_run else ())) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err.count("\n") == 1 and message in captured.err, captured
+    assert calls == [] and not os.path.exists(tmp_path / "out")
+
+
+def test_one_benchmark_per_output(tmp_path, monkeypatch):
+    from bit_keras import files
+    from bit_keras.errors import InUseError
+    from bit_keras.finetune import runner
+    from bit_keras.vtab.run import run_vtab
+
+    calls = []
+    monkeypatch.setattr(runner, "finetune", _fake_finetune(calls))
+    with files.locked(tmp_path / "out"):  # another benchmark writing this table and its task records
+        with pytest.raises(InUseError, match="in use by another bit_keras process"):
+            run_vtab("r14x1", output=tmp_path / "out", tasks=select("dtd"), steps=2)
+    assert calls == [] and not os.path.exists(tmp_path / "out" / "dtd")
+
+
+def test_an_export_is_recorded_by_its_contents(tmp_path):
+    from bit_keras.vtab.run import task_record
+
+    export = tmp_path / "export"
+    (export / "variables").mkdir(parents=True)
+    (export / "saved_model.pb").write_bytes(b"graph")
+    (export / "variables" / "variables.data-00000-of-00001").write_bytes(b"weights")
+    def record():
+        return task_record(str(export), protocol="1k", batch_size=512, steps=None, resolution=None, seed=0)
+
+    first = record()
+    assert first["model"] == str(export) and len(first["weights_sha256"]) == 64 and first["eval_split"] == "test"
+    (export / "variables" / "variables.data-00000-of-00001").write_bytes(b"other weights")
+    assert record()["weights_sha256"] != first["weights_sha256"]

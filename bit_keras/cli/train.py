@@ -113,7 +113,8 @@ def register(subparsers):
     aug.add_argument("--crop-area-min", type=float, default=0.08, help="Smallest Inception-crop area fraction.")
     aug.add_argument("--no-flip", dest="flip", action="store_false", help="No random horizontal flip.")
     p.add_argument("--dry-run", action="store_true",
-                   help="Print the resolved schedule, training strategies and evaluation split as JSON and exit.")
+                   help="Print the resolved schedule, training strategies, evaluation split and the run's warnings "
+                   "as JSON and exit.")
     p.add_argument("--train-size", type=int, default=None, help="With --dry-run: examples in --split, so a tfds "
                    "dataset not yet prepared need not be (e.g. 1281167 for imagenet2012's train).")
     p.set_defaults(handler=run_training)
@@ -152,40 +153,52 @@ def build_config(args, choice=None):
         options=options, eval_split=args.eval_split or "auto", eval_every=args.eval_every)
 
 
-def _eval_split(config):
-    from bit_keras.train.evaluation import resolve_split
+def _dry_run(args, config):
+    """The plan as JSON: schedule, strategies, the split the run will score and the warnings it will print."""
+    from bit_keras.data import split_size
+    from bit_keras.train import evaluation
+    from bit_keras.train.loop import run_warnings
 
-    return resolve_split(config.eval_split, config.dataset, config.split, data_dir=config.data_dir)
+    # A dry run neither downloads nor prepares: tfds knows split sizes only from prepared data.
+    size = args.train_size if args.train_size is not None else split_size(
+        config.dataset, config.split, data_dir=config.data_dir)
+    if size is None:
+        raise ConfigError(f"{config.dataset} is not prepared, so the size of {config.split!r} is unknown: "
+                          "pass --train-size N (its number of examples) for a dry run.")
+    eval_split, note = evaluation.planned_split(config.eval_split, config.dataset, config.split,
+                                                data_dir=config.data_dir)
+    if eval_split is not None and note is None:
+        with evaluation.naming_eval_split(eval_split):  # a split the run could not load fails here too
+            split_size(config.dataset, eval_split, data_dir=config.data_dir)
+    plan = config.schedule.plan(size)  # refuses a size below 1
+    report = plan.to_dict()
+    report["learning_rate_at"] = [{"step": s, "learning_rate": lr} for s, lr in plan.milestones()]
+    report["recipe"] = args.recipe or "bit"
+    report["training"] = config.options.to_dict()
+    report["eval_split"] = eval_split
+    if note:
+        report["eval_split_note"] = note
+    report["eval_every"] = int(config.eval_every or config.checkpoint_every) if eval_split else None
+    report["warnings"] = run_warnings(plan, config.options)
+    print(json.dumps(report, indent=2))
+    return 0
 
 
 def run_training(args):
+    from bit_keras.train.loop import check_data
+
     if args.variant is None and args.weights is None:
         args.variant = "r50x1"
     # A dry run downloads nothing: it needs the architecture only (a --weights file names its own).
     choice = resolve_model(args) if not args.dry_run or args.variant is None else None
     config = build_config(args, choice)
+    check_data(config)  # a bad --dataset, --split or --eval-split fails before anything starts
     if args.cpu_devices:
         from bit_keras.train.strategy import split_cpu
 
         split_cpu(args.cpu_devices)  # before anything else initialises TensorFlow
     if args.dry_run:
-        from bit_keras.data import split_size
-
-        # A dry run neither downloads nor prepares: tfds knows split sizes only from prepared data.
-        size = args.train_size if args.train_size is not None else split_size(
-            config.dataset, config.split, data_dir=config.data_dir)
-        if size is None:
-            raise ConfigError(f"{config.dataset} is not prepared, so the size of {config.split!r} is unknown: "
-                              "pass --train-size N (its number of examples) for a dry run.")
-        plan = config.schedule.plan(size)  # refuses a size below 1
-        report = plan.to_dict()
-        report["learning_rate_at"] = [{"step": s, "learning_rate": lr} for s, lr in plan.milestones()]
-        report["recipe"] = args.recipe or "bit"
-        report["training"] = config.options.to_dict()
-        report["eval_split"] = _eval_split(config)
-        report["eval_every"] = int(config.eval_every or config.checkpoint_every) if report["eval_split"] else None
-        print(json.dumps(report, indent=2))
-        return 0
+        return _dry_run(args, config)
     from bit_keras.train.loop import PREEMPTED_EXIT_CODE, train
 
     result = train(config, log=lambda line: print(line, flush=True))

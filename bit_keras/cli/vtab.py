@@ -14,7 +14,8 @@ def register(subparsers):
         "vtab", help="Run VTAB-1k (19 tasks): fine-tune per task with the HyperRule and write the results table.",
         description="Fine-tunes one model per VTAB task (1000 examples: 500 steps at batch 512, no MixUp) in "
                     "OUTPUT/TASK, scores it on the task's test split and writes OUTPUT/results.{csv,md,json,png}. "
-                    "Running again skips finished tasks and resumes interrupted ones.")
+                    "Running again skips finished tasks and resumes interrupted ones, when they were run with the "
+                    "same model, weights, protocol, batch, steps, resolution and seed (else they are refused).")
     parser.add_argument("--list", action="store_true", help="Print the 19 tasks (group, classes, splits, tfds name).")
     parser.add_argument("--json", action="store_true", help="With --list or --dry-run: print JSON.")
     parser.add_argument("--dry-run", action="store_true", help="Print each task's HyperRule plan; touches no data.")
@@ -27,8 +28,9 @@ def register(subparsers):
     parser.add_argument("--no-download", dest="download", action="store_false",
                         help="Fail a task at once if its tfds dataset is not prepared, instead of downloading it.")
     parser.add_argument("--steps", type=int, default=None, help="Shorten every schedule to N updates (smoke runs).")
-    parser.add_argument("--batch", type=int, default=512, help="Effective batch of one update (HyperRule: 512).")
-    parser.add_argument("--micro-batch", type=int, default=None,
+    parser.add_argument("--batch", dest="batch_size", type=int, default=512,
+                        help="Effective batch of one update (HyperRule: 512).")
+    parser.add_argument("--micro-batch", dest="micro_batch_size", type=int, default=None,
                         help="Examples per forward/backward pass on each replica (gradient accumulation).")
     parser.add_argument("--resolution", type=int, default=None, help="Crop size instead of the HyperRule's.")
     parser.add_argument("--seed", type=int, default=0, help="Seed of the data order, crops and flips.")
@@ -43,9 +45,16 @@ def run_vtab(args):
 
     if args.list:
         return _print_list(TASKS, args.json)
+    from bit_keras.vtab.run import check_numbers, plan
+
     tasks = select(args.tasks)
+    # Every flag is checked before the first task (or the plan): a bad number or model fails here.
+    check_numbers(batch_size=args.batch_size, micro_batch_size=args.micro_batch_size, steps=args.steps,
+                  resolution=args.resolution, seed=args.seed)
+    rows = plan(tasks, args.protocol, variant=args.variant, batch_size=args.batch_size, steps=args.steps,
+                resolution=args.resolution)
     if args.dry_run:
-        return _print_plan(tasks, args)
+        return _print_plan(rows, args.json)
     if args.variant is None or args.output is None:
         raise UsageError("--variant and --output are required to run (or use --list / --dry-run).")
     source = resolve_source(args)
@@ -53,9 +62,9 @@ def run_vtab(args):
     from bit_keras.vtab.run import RESULTS, means, run_vtab as run  # Keras loads only now
 
     rows = run(source, output=args.output, tasks=tasks, protocol=args.protocol, data_dir=args.data_dir,
-               download=args.download, batch_size=args.batch, micro_batch_size=args.micro_batch, steps=args.steps,
-               resolution=args.resolution, seed=args.seed, verbose=2 if args.quiet or not sys.stdout.isatty() else 1,
-               log=print, strategy=strategy)
+               download=args.download, batch_size=args.batch_size, micro_batch_size=args.micro_batch_size,
+               steps=args.steps, resolution=args.resolution, seed=args.seed,
+               verbose=2 if args.quiet or not sys.stdout.isatty() else 1, log=print, strategy=strategy)
     for row in rows:
         score = f"{row['accuracy']:.1f}%" if row["accuracy"] is not None else row["error"]
         print(f"{row['task']:<22} {row['group']:<12} {row['status']:<13} {score}")
@@ -79,12 +88,8 @@ def _print_list(tasks, as_json):
     return 0
 
 
-def _print_plan(tasks, args):
-    from bit_keras.vtab.run import plan
-
-    rows = plan(tasks, args.protocol, variant=args.variant, batch_size=args.batch, steps=args.steps,
-                resolution=args.resolution)
-    if args.json:
+def _print_plan(rows, as_json):
+    if as_json:
         print(json.dumps(rows, indent=2))
         return 0
     for row in rows:

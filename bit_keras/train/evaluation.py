@@ -12,8 +12,10 @@ their labels (with one label per example it equals top-1).
 from __future__ import annotations
 
 import contextlib
+import os
+import re
 
-from bit_keras.errors import ConfigError
+from bit_keras.errors import ConfigError, MissingFileError
 
 NONE = ("none", "off", "")
 
@@ -33,9 +35,7 @@ def default_split(dataset, train_split="train", *, data_dir=None):
         builder = _tfds_builder(name, data_dir)
         names = tuple(builder.info.splits) if builder.is_prepared() else ()
     elif scheme == "folder" and name:
-        import os
-
-        names = tuple(d for d in candidates if os.path.isdir(os.path.join(name, d)))
+        names = tuple(d for d in candidates if os.path.isdir(os.path.join(os.path.expanduser(name), d)))
     else:
         names = ()
     base = str(train_split).split("[", 1)[0]
@@ -49,6 +49,38 @@ def resolve_split(eval_split, dataset, train_split="train", *, data_dir=None):
     if str(eval_split).strip().lower() == "auto":
         return default_split(dataset, train_split, data_dir=data_dir)
     return str(eval_split)
+
+
+def planned_split(eval_split, dataset, train_split="train", *, data_dir=None):
+    """(the split a run will score, None), or ("auto", why) when that is known only once the data is prepared.
+
+    A run resolves "auto" after loading (and so preparing) its training data; a dry run sees
+    only what is on disk, and a tfds dataset not yet prepared shows no split names.
+    """
+    split = resolve_split(eval_split, dataset, train_split, data_dir=data_dir)
+    scheme, _, name = str(dataset).partition(":")
+    if split is None and str(eval_split).strip().lower() == "auto" and scheme == "tfds" and name:
+        from bit_keras.data.sources import _tfds_builder
+
+        if not _tfds_builder(name, data_dir).is_prepared():
+            return "auto", (f"{dataset} is not prepared, so its split names are not known yet: the run scores its "
+                            "'validation' split, else its 'test' split; name one with --eval-split to be sure")
+    return split, None
+
+
+@contextlib.contextmanager
+def naming_eval_split(split):
+    """An error loading the held-out split names `eval_split=` (on the command line --eval-split), not `split=`.
+
+    The data sources name their argument `split=`, which a training command reads as its training split.
+    """
+    try:
+        yield
+    except (ConfigError, MissingFileError) as error:
+        message = re.sub(r"\bsplit=", "eval_split=", str(error))
+        if message == str(error):
+            message += f" (eval_split={split!r})"
+        raise type(error)(message) from None
 
 
 def metric_names(multi_label):

@@ -141,6 +141,8 @@ def train(config: TrainConfig, *, strategy=None, source=None, eval_source=None, 
 
     _check_config(config)
     given_source = source is not None
+    if not given_source:
+        check_data(config, held_out=eval_source is None)  # before a cluster is waited for
     strategy = strategy or make_strategy(config.strategy, config.tpu)
     # TensorFlow's multi-worker rule: all workers save (saving may be collective), only the chief
     # into model_dir; the others into a scratch folder removed at the end. All restore the chief's.
@@ -171,7 +173,9 @@ def train(config: TrainConfig, *, strategy=None, source=None, eval_source=None, 
         if eval_split is not None:
             from bit_keras.data import load_source
 
-            eval_source = load_source(config.dataset, eval_split, data_dir=config.data_dir, download=config.download)
+            with evaluation.naming_eval_split(eval_split):
+                eval_source = load_source(config.dataset, eval_split, data_dir=config.data_dir,
+                                          download=config.download)
     if eval_source is not None and eval_source[1].num_classes != info.num_classes:
         raise ConfigError(f"The evaluation split has {eval_source[1].num_classes} classes, training has "
                           f"{info.num_classes}; choose a split of the same dataset with --eval-split.")
@@ -234,7 +238,7 @@ def train(config: TrainConfig, *, strategy=None, source=None, eval_source=None, 
             + (" of the EMA weights" if options.ema else ""))
     else:
         log("evaluation: none (no held-out split; --eval-split names one)")
-    for warning in plan.warnings():
+    for warning in run_warnings(plan, options):
         log(f"warning: {warning}")
     if start_step:
         log(f"resuming from {os.path.basename(latest)} at step {start_step} "
@@ -388,6 +392,50 @@ def _check_config(config):
         raise ConfigError(f"crop-area-min must be in (0, 1]. Received: {config.crop_area_min}")
     if config.eval_every is not None and int(config.eval_every) < 1:
         raise ConfigError(f"eval-every must be >= 1. Received: {config.eval_every}")
+
+
+def run_warnings(plan, options) -> list:
+    """What the run header (and `--dry-run`) warns about: a plan that cannot do what it looks like.
+
+    The schedule's own (a warm-up longer than the run, decays after its end; the same sentences
+    as the HyperRule's), and an EMA that averages over more updates than the run has: its
+    weights, which are evaluated and exported, would stay close to the first update's.
+    """
+    warnings = plan.warnings()
+    if options.ema is not None and plan.total_steps < 1 / (1 - options.ema):
+        kept = options.ema ** max(plan.total_steps - 1, 0)
+        warnings.append(f"EMA decay {options.ema:g} averages over about {round(1 / (1 - options.ema))} updates, "
+                        f"more than the run's {plan.total_steps}: at the end the averaged weights (evaluated and "
+                        f"exported) are still {kept:.0%} the first update's (lower --ema, or --ema none)")
+    return warnings
+
+
+def check_data(config, *, held_out=True) -> None:
+    """Refuses a dataset spec or split that cannot load, where that is known without reading data or TensorFlow.
+
+    Runs before the strategy (a multi-worker one waits for its cluster): an unknown spec, a tfds
+    name tfds does not know or a split a prepared tfds dataset does not have, a missing folder.
+    Splits of folders and digits are checked as they load, before the network is built.
+    """
+    from bit_keras.data.sources import load_source, split_size
+    from bit_keras.errors import MissingFileError
+    from bit_keras.train import evaluation
+
+    scheme, _, name = str(config.dataset).partition(":")
+    if scheme == "folder" and name:
+        if not os.path.isdir(os.path.expanduser(name)):
+            raise MissingFileError(f"Image folder {name!r} (--dataset) does not exist. Expected PATH/<class>/*.jpg "
+                                   "or PATH/<split>/<class>/*.jpg.")
+        return
+    if not (scheme == "tfds" and name):
+        if config.dataset not in ("digits",) and scheme != "vtab":
+            load_source(config.dataset, config.split)  # an unknown spec: refused before anything loads
+        return
+    split_size(config.dataset, config.split, data_dir=config.data_dir)  # None: not prepared yet
+    eval_split = evaluation.resolve_split(config.eval_split, config.dataset, config.split, data_dir=config.data_dir)
+    if held_out and eval_split is not None:
+        with evaluation.naming_eval_split(eval_split):
+            split_size(config.dataset, eval_split, data_dir=config.data_dir)
 
 
 def _as_recorded(previous, record):
