@@ -73,7 +73,7 @@ def check_hardware_flags(args):
     if getattr(args, "cpu_devices", None) is not None:
         strategies.check_cpu_devices(args.cpu_devices)
     if getattr(args, "cluster_timeout", None) is not None:
-        seconds = strategies.check_cluster_timeout(args.cluster_timeout)
+        seconds = strategies.check_cluster_timeout(args.cluster_timeout, name="--cluster-timeout")
         os.environ[strategies.CLUSTER_TIMEOUT_VARIABLE] = repr(seconds)
     if getattr(args, "strategy", None) == "multi_worker" and os.environ.get("TF_CONFIG"):
         strategies.task_of()   # parses and checks TF_CONFIG (ConfigError)
