@@ -357,6 +357,46 @@ def test_tf_config_outside_its_cluster_and_impossible_hardware_flags_are_one_lin
     assert not (tmp_path / "run").exists()
 
 
+def test_a_lost_peer_is_named_in_one_line_and_anything_else_keeps_its_traceback(monkeypatch):
+    import tensorflow as tf
+
+    from bit_keras.errors import ClusterError
+    from bit_keras.train.strategy import lost_worker_error
+
+    class CollectiveAllReduceStrategy:   # what MultiWorkerMirroredStrategy() returns, without a cluster
+        cluster_resolver = None
+
+    workers = ["127.0.0.1:1", "127.0.0.1:2"]
+    monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": {"worker": workers}, "task": {"type": "worker",
+                                                                                        "index": 0}}))
+    unavailable = tf.errors.UnavailableError(None, None, "Collective ops is aborted by: failed to connect\n"
+                                             "Additional GRPC error information from remote target "
+                                             "/job:worker/replica:0/task:1 while calling RecvBuf")
+    error = lost_worker_error(unavailable, CollectiveAllReduceStrategy(), checkpoint="run/checkpoint")
+    assert isinstance(error, ClusterError) and str(error) == (
+        "worker 1 (127.0.0.1:2) stopped answering (UnavailableError), so this worker 0 stopped too; "
+        "run/checkpoint was kept: run the same command again on every worker to resume.")
+    assert "\n" not in str(error)
+    assert lost_worker_error(ValueError("a bug"), CollectiveAllReduceStrategy()) is None
+    assert lost_worker_error(unavailable, tf.distribute.get_strategy()) is None   # one process: not a lost peer
+
+
+SIGTERM_AFTER_JOINING = r"""
+import json, os, signal, sys, time
+os.environ["TF_CONFIG"] = json.dumps({"cluster": {"worker": [sys.argv[1]]}, "task": {"type": "worker", "index": 0}})
+from bit_keras.train.strategy import multi_worker_strategy
+multi_worker_strategy()
+os.kill(os.getpid(), signal.SIGTERM)   # TensorFlow's cluster agent would swallow it
+time.sleep(30)
+"""
+
+
+def test_sigterm_still_ends_a_worker_once_it_joined_its_cluster():
+    done = subprocess.run([sys.executable, "-c", SIGTERM_AFTER_JOINING, f"127.0.0.1:{_free_ports(1)[0]}"],
+                          capture_output=True, text=True, env=ENV, cwd=ROOT, timeout=120)
+    assert done.returncode == -signal.SIGTERM, done.stderr[-2000:]
+
+
 TRAIN = ["--variant", "r1-1-1-1x1", "--dataset", "digits", "--batch", "8", "--resolution", "16",
          "--epochs", str(4 * 8 / 1437), "--warmup-steps", "1", "--decay-epochs", str(2 * 8 / 1437),
          "--checkpoint-every", "2", "--log-every", "1", "--shuffle-buffer", "64"]
