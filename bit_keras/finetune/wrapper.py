@@ -105,7 +105,7 @@ class FineTuner:
         return self.replicas > 1 or jax_devices_in_use() > 1
 
     def evaluate(self, ds) -> dict:
-        """{"loss", "accuracy", "examples"} over every example of the split `ds` exactly once, on any strategy.
+        """{"loss", "accuracy"} over every example of the split `ds` exactly once, on any strategy.
 
         `ds` yields (uint8 image, class index), as `bit_keras.data.load_source` does; a split that
         does not divide over the replicas is scored whole (`bit_keras.train.evaluation.score_split`).

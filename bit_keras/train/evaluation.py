@@ -12,6 +12,7 @@ their labels (with one label per example it equals top-1).
 from __future__ import annotations
 
 import contextlib
+import weakref
 
 from bit_keras.errors import ConfigError
 
@@ -105,13 +106,14 @@ def make_evaluator(model, strategy, dataset_fn, *, num_classes, multi_label, los
 
 
 def score_split(model, source, *, crop, num_classes, batch_size, strategy=None) -> dict:
-    """{"loss", "accuracy", "examples"} of a compiled single-label classifier over every example of `source` once.
+    """{"loss", "accuracy"} of a compiled single-label classifier over every example of `source` once.
 
     `source` yields (uint8 image, class index), unbatched. On one device this is Keras'
     `evaluate` over `eval_pipeline` batches. Over several replicas a batch that does not divide
     over them (the split's last) would crash or leave a replica empty, so: a tf.distribute
     strategy counts through `make_evaluator` (the end padded with blank examples of weight 0),
-    and Keras' JAX distribution scores padded batches and drops the padding's logits.
+    and Keras' JAX distribution scores padded batches and drops the padding's logits; both
+    also return the "examples" they counted.
     """
     import types
 
@@ -139,7 +141,7 @@ def score_split(model, source, *, crop, num_classes, batch_size, strategy=None) 
     batches = eval_pipeline(source, types.SimpleNamespace(crop=int(crop)), batch_size=int(batch_size),
                             num_classes=int(num_classes))
     scores = model.evaluate(batches, verbose=0, return_dict=True)
-    return {"loss": float(scores["loss"]), "accuracy": float(scores["accuracy"]), "examples": _count(source)}
+    return {"loss": float(scores["loss"]), "accuracy": float(scores["accuracy"])}
 
 
 def _score_padded(model, source, *, crop, num_classes, batch_size, devices):
@@ -167,13 +169,22 @@ def _score_padded(model, source, *, crop, num_classes, batch_size, devices):
     return {"loss": loss_sum / examples, "accuracy": correct / examples, "examples": examples}
 
 
+_COUNTED = weakref.WeakKeyDictionary()   # split -> examples, so that each evaluation of a fit counts once
+
+
 def _count(source) -> int:
     import tensorflow as tf
 
     known = int(source.cardinality())
     if known >= 0:
         return known
-    return int(source.reduce(tf.constant(0, tf.int64), lambda count, _: count + 1))
+    with contextlib.suppress(TypeError):
+        if source in _COUNTED:
+            return _COUNTED[source]
+    counted = int(source.reduce(tf.constant(0, tf.int64), lambda count, _: count + 1))
+    with contextlib.suppress(TypeError):
+        _COUNTED[source] = counted
+    return counted
 
 
 def describe(result, multi_label):
