@@ -113,6 +113,9 @@ class FineTuner:
         from bit_keras.train.evaluation import score_split
 
         with self.scope(), self._lost_workers():
+            if self.multi_label:   # sigmoid losses: Keras' own evaluation (score_split is single-label)
+                scores = self.model.evaluate(self.eval_dataset(ds), verbose=0, return_dict=True)
+                return {"loss": float(scores["loss"]), "accuracy": float(scores.get("accuracy", float("nan")))}
             return score_split(self.model, ds, crop=self.rule.crop, num_classes=self.num_classes,
                                batch_size=self.step_batch_size, strategy=self.strategy)
 

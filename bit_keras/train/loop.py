@@ -141,7 +141,7 @@ def train(config: TrainConfig, *, strategy=None, source=None, eval_source=None, 
 
     _check_config(config)
     given_source = source is not None
-    strategy = strategy or make_strategy(config.strategy, config.tpu)
+    strategy = strategy or make_strategy(config.strategy, config.tpu, log=log)
     # TensorFlow's multi-worker rule: all workers save (saving may be collective), only the chief
     # into model_dir; the others into a scratch folder removed at the end. All restore the chief's.
     chief = is_chief(strategy)
