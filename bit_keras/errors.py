@@ -40,3 +40,7 @@ class InUseError(BiTError, RuntimeError):
 
 class DivergedError(BiTError, FloatingPointError):
     """The loss became NaN or infinite; the run stopped before saving anything from it."""
+
+
+class ClusterError(BiTError, RuntimeError):
+    """A multi-worker job lost (or never reached) one of its workers; the message names it and how to rerun."""

@@ -9,6 +9,7 @@ batch (weights and losses), on a network of one unit per block at 16 px.
 import csv
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -38,14 +39,16 @@ headers = {}
 for name, kind, micro in [("default", "default", None), ("mirrored", "mirrored", None),
                           ("default_micro", "default", 8), ("mirrored_micro", "mirrored", 4)]:
     lines = []
+    # 17 held-out examples: the last step batch (1 of 16) does not divide over 2 replicas.
     finetune(backbone, dataset="digits", output=f"{tmp}/{name}", batch_size=16, micro_batch_size=micro, steps=3,
-             eval_every=1, resolution=16, base_learning_rate=0.05, eval_split=None, verbose=0, log=lines.append,
-             strategy=make_strategy(kind))
+             eval_every=1, resolution=16, base_learning_rate=0.05, eval_split="test[:17]" if micro is None else None,
+             verbose=0, log=lines.append, strategy=make_strategy(kind))
     headers[name] = lines[0]
 for kind in ("default", "mirrored"):
-    scores = evaluate(f"{tmp}/default", dataset="digits", split="test[:40]", batch_size=8,
-                      strategy=make_strategy(kind))
-    headers["evaluate_" + kind] = [scores["loss"], scores["accuracy"]]
+    for split in ("test[:40]", "test[:15]", "test[:17]"):   # batches of 8: 8+7 and 8+8+1 over 2 replicas
+        scores = evaluate(f"{tmp}/default", dataset="digits", split=split, batch_size=8,
+                          strategy=make_strategy(kind))
+        headers[f"evaluate_{kind}_{split}"] = [scores["loss"], scores["accuracy"]]
 print("RESULT " + json.dumps(headers))
 """
 
@@ -58,9 +61,13 @@ def _weights(path):
     return keras.saving.load_model(path, compile=False).get_weights()
 
 
-def _losses(run):
+def _column(run, name):
     with open(os.path.join(run, "logs", "metrics.csv")) as handle:
-        return [float(row["loss"]) for row in csv.DictReader(handle)]
+        return [float(row[name]) for row in csv.DictReader(handle)]
+
+
+def _losses(run):
+    return _column(run, "loss")
 
 
 def _assert_same_run(run, reference, *, rtol=1e-4, atol=1e-6):
@@ -103,8 +110,25 @@ def test_mirrored_over_two_cpus_equals_one_device_at_the_same_global_batch(compa
     head = _weights(tmp / "default" / "model.keras")[-2]
     assert np.abs(head).max() > 1e-3
     assert len(set(_losses(tmp / "default"))) == 3
-    # evaluate() under the mirrored strategy scores the same.
-    np.testing.assert_allclose(headers["evaluate_mirrored"], headers["evaluate_default"], rtol=1e-5)
+    # evaluate() under the mirrored strategy scores the same, also when the split does not divide over the replicas.
+    for split in ("test[:40]", "test[:15]", "test[:17]"):
+        np.testing.assert_allclose(headers[f"evaluate_mirrored_{split}"], headers[f"evaluate_default_{split}"],
+                                   rtol=1e-5, err_msg=split)
+
+
+def test_every_example_of_an_odd_split_is_scored_once_over_two_replicas(compared):
+    tmp, headers = compared
+    # The fine-tune's own evaluations of 17 examples (during fit and at the end) equal one device's.
+    one, two = (json.loads((tmp / name / "metrics.json").read_text()) for name in ("default", "mirrored"))
+    assert one["eval_split"] == two["eval_split"] == "test[:17]"
+    np.testing.assert_allclose([two["eval_loss"], two["eval_accuracy"]], [one["eval_loss"], one["eval_accuracy"]],
+                               rtol=1e-5)
+    np.testing.assert_allclose(_column(tmp / "mirrored", "val_loss"), _column(tmp / "default", "val_loss"), rtol=1e-5)
+    # 17 examples scored once each: the accuracy is a whole number of examples out of 17.
+    for scores in (headers["evaluate_mirrored_test[:17]"], [two["eval_loss"], two["eval_accuracy"]]):
+        assert scores[1] * 17 == pytest.approx(round(scores[1] * 17), abs=1e-4)
+    assert headers["evaluate_mirrored_test[:15]"][1] * 15 == pytest.approx(
+        round(headers["evaluate_mirrored_test[:15]"][1] * 15), abs=1e-4)
 
 
 def test_mirrored_micro_batches_accumulate_like_one_device(compared):
@@ -235,8 +259,16 @@ def test_a_killed_worker_job_restarted_with_the_same_command_resumes(backbone, t
         time.sleep(0.2)
     processes[1].send_signal(signal.SIGKILL)   # a worker dies; the chief cannot go on without it
     processes[1].wait()
-    processes[0].send_signal(signal.SIGKILL)
-    processes[0].wait()
+    try:   # ...and ends by itself, with one line that says what happened and what to do
+        processes[0].wait(timeout=180)
+    finally:
+        processes[0].kill()
+    chief_log = (tmp_path / "worker0.log").read_text()
+    assert processes[0].returncode == 2, chief_log[-3000:]
+    assert "Traceback" not in chief_log and "UnavailableError:" not in chief_log, chief_log[-3000:]
+    last = chief_log.strip().splitlines()[-1]
+    assert last.startswith("bit_keras finetune: error: worker 1 (127.0.0.1:") and "stopped answering" in last, last
+    assert f"{output / 'checkpoint'} was kept: run the same command again on every worker to resume." in last
     assert not (output / "metrics.json").exists()
     epoch = json.loads(metadata.read_text())["epoch"]
     assert 1 <= epoch < 4
@@ -247,6 +279,122 @@ def test_a_killed_worker_job_restarted_with_the_same_command_resumes(backbone, t
     metrics = json.loads((output / "metrics.json").read_text())
     assert metrics["updates"] == 8
     assert metrics["final_learning_rate"] == pytest.approx(0.05 * 0.001, rel=1e-5)
+
+
+def test_a_worker_whose_peer_never_starts_gives_up_naming_it_and_sigterm_ends_the_wait(backbone, tmp_path):
+    """Only worker 0 of two is started: it fails after --cluster-timeout; a second one waiting ends on SIGTERM."""
+    def lone_worker(timeout):
+        workers = [f"127.0.0.1:{port}" for port in _free_ports(2)]
+        config = {"cluster": {"worker": workers}, "task": {"type": "worker", "index": 0}}
+        process = subprocess.Popen([sys.executable, "-m", "bit_keras", "finetune", "--variant", str(backbone),
+                                    "--output", str(tmp_path / f"run{timeout}"), *FINETUNE, "--strategy",
+                                    "multi_worker", "--cluster-timeout", str(timeout)],
+                                   env={**USER_ENV, "TF_CONFIG": json.dumps(config)}, cwd=ROOT, text=True,
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        return process, workers
+
+    (quick, quick_workers), (waiting, _) = lone_worker(3), lone_worker(600)
+    try:
+        for line in waiting.stdout:   # it says once that it waits, then waits
+            if line.startswith("Waiting up to 600 s for the cluster: worker 1 (127.0.0.1:"):
+                break
+        else:
+            raise AssertionError(waiting.stderr.read()[-3000:])
+        time.sleep(1)
+        waiting.send_signal(signal.SIGTERM)
+        started = time.time()
+        waiting.wait(timeout=10)
+        assert time.time() - started < 5 and waiting.returncode == -signal.SIGTERM
+        out, err = quick.communicate(timeout=120)
+    finally:
+        for process in (quick, waiting):
+            process.kill()
+    assert quick.returncode == 2, err[-3000:]
+    assert err.strip().splitlines() == [
+        f"bit_keras finetune: error: No answer from worker 1 ({quick_workers[1]}) after 3 s waiting for the cluster "
+        f"(this is worker 0, {quick_workers[0]}). Start the "
+        "same command on every machine, each with its own TF_CONFIG task, within --cluster-timeout seconds (or "
+        "$BIT_KERAS_CLUSTER_TIMEOUT) of each other."]
+    assert not (tmp_path / "run3").exists() and not (tmp_path / "run600").exists()
+
+
+def test_tf_config_outside_its_cluster_and_impossible_hardware_flags_are_one_line_before_any_work(
+        tmp_path, monkeypatch, capsys):
+    from bit_keras.cli import main as cli_main
+    from bit_keras.errors import ConfigError
+    from bit_keras.train.strategy import task_of
+
+    workers = ["127.0.0.1:1", "127.0.0.1:2"]
+    for task, problem in [({"type": "worker", "index": 2}, "(worker 2) is outside its cluster (worker: 2 task(s))"),
+                          ({"type": "chief", "index": 0}, "(chief 0) is outside its cluster (worker: 2 task(s))"),
+                          ({"type": "worker", "index": -1}, "(worker -1) is outside")]:
+        monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": {"worker": workers}, "task": task}))
+        with pytest.raises(ConfigError, match=re.escape(problem)):
+            task_of()
+    monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": {"worker": ["nohost"]}, "task": {"index": 0}}))
+    with pytest.raises(ConfigError, match="not valid JSON of the form"):
+        task_of()
+
+    def cli(*argv):
+        args = cli_main.build_parser().parse_args(["finetune", "--variant", "r14x1", "--output",
+                                                   str(tmp_path / "run"), *FINETUNE, *argv])
+        started = time.time()
+        code = cli_main._main(args)
+        return code, capsys.readouterr().err.strip().splitlines(), time.time() - started
+
+    monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": {"worker": workers}, "task": {"type": "worker",
+                                                                                         "index": 5}}))
+    code, lines, seconds = cli("--strategy", "multi_worker")
+    assert code == 2 and len(lines) == 1 and "TF_CONFIG's task (worker 5) is outside its cluster" in lines[0]
+    assert seconds < 2   # nothing was loaded or built first
+    monkeypatch.delenv("TF_CONFIG")
+    for count in ("0", "-3"):
+        code, lines, _ = cli("--strategy", "mirrored", "--cpu-devices", count)
+        assert code == 2 and lines == [f"bit_keras finetune: error: cpu device count must be >= 1. Received: {count}"]
+    for timeout in ("0", "nan", "-1"):
+        code, lines, _ = cli("--strategy", "multi_worker", "--cluster-timeout", timeout)
+        assert code == 2 and len(lines) == 1 and "--cluster-timeout must be a positive number of seconds" in lines[0]
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_lost_peer_is_named_in_one_line_and_anything_else_keeps_its_traceback(monkeypatch):
+    import tensorflow as tf
+
+    from bit_keras.errors import ClusterError
+    from bit_keras.train.strategy import lost_worker_error
+
+    class CollectiveAllReduceStrategy:   # what MultiWorkerMirroredStrategy() returns, without a cluster
+        cluster_resolver = None
+
+    workers = ["127.0.0.1:1", "127.0.0.1:2"]
+    monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": {"worker": workers}, "task": {"type": "worker",
+                                                                                        "index": 0}}))
+    unavailable = tf.errors.UnavailableError(None, None, "Collective ops is aborted by: failed to connect\n"
+                                             "Additional GRPC error information from remote target "
+                                             "/job:worker/replica:0/task:1 while calling RecvBuf")
+    error = lost_worker_error(unavailable, CollectiveAllReduceStrategy(), checkpoint="run/checkpoint")
+    assert isinstance(error, ClusterError) and str(error) == (
+        "worker 1 (127.0.0.1:2) stopped answering (UnavailableError), so this worker 0 stopped too; "
+        "run/checkpoint was kept: run the same command again on every worker to resume.")
+    assert "\n" not in str(error)
+    assert lost_worker_error(ValueError("a bug"), CollectiveAllReduceStrategy()) is None
+    assert lost_worker_error(unavailable, tf.distribute.get_strategy()) is None   # one process: not a lost peer
+
+
+SIGTERM_AFTER_JOINING = r"""
+import json, os, signal, sys, time
+os.environ["TF_CONFIG"] = json.dumps({"cluster": {"worker": [sys.argv[1]]}, "task": {"type": "worker", "index": 0}})
+from bit_keras.train.strategy import multi_worker_strategy
+multi_worker_strategy()
+os.kill(os.getpid(), signal.SIGTERM)   # TensorFlow's cluster agent would swallow it
+time.sleep(30)
+"""
+
+
+def test_sigterm_still_ends_a_worker_once_it_joined_its_cluster():
+    done = subprocess.run([sys.executable, "-c", SIGTERM_AFTER_JOINING, f"127.0.0.1:{_free_ports(1)[0]}"],
+                          capture_output=True, text=True, env=ENV, cwd=ROOT, timeout=120)
+    assert done.returncode == -signal.SIGTERM, done.stderr[-2000:]
 
 
 TRAIN = ["--variant", "r1-1-1-1x1", "--dataset", "digits", "--batch", "8", "--resolution", "16",
@@ -282,7 +430,7 @@ def test_two_workers_train_like_one_process_with_two_replicas_and_only_the_chief
 JAX_SCRIPT = r"""
 import json, sys
 import keras
-from bit_keras.finetune.runner import finetune
+from bit_keras.finetune.runner import evaluate, finetune
 
 tmp, backbone = sys.argv[1], sys.argv[2]
 devices = keras.distribution.list_devices()
@@ -290,15 +438,20 @@ headers = {}
 for name in ("one", "all"):
     lines = []
     run = lambda: finetune(backbone, dataset="digits", output=f"{tmp}/{name}", batch_size=16, steps=3, eval_every=1,
-                           resolution=16, base_learning_rate=0.05, eval_split="test[:16]", verbose=0,
-                           log=lines.append)
+                           resolution=16, base_learning_rate=0.05, eval_split="test[:17]", verbose=0,
+                           log=lines.append)   # 17: the last batch (1) does not divide over 2 devices
     if name == "one":   # a distribution chosen by the caller is kept: here, one device
         with keras.distribution.DataParallel(devices=devices[:1]).scope():
             run()
     else:
         run()
     headers[name] = lines[0]
-print("RESULT " + json.dumps({"devices": len(devices), "headers": headers}))
+scores = {}
+for split in ("test[:15]", "test[:17]"):   # batches of 8: 8+7 and 8+8+1 over 2 devices
+    with keras.distribution.DataParallel(devices=devices).scope():
+        scores["all" + split] = evaluate(f"{tmp}/one", dataset="digits", split=split, batch_size=8)
+    scores["one" + split] = evaluate(f"{tmp}/one", dataset="digits", split=split, batch_size=8)
+print("RESULT " + json.dumps({"devices": len(devices), "headers": headers, "scores": scores}))
 """
 
 
@@ -316,6 +469,13 @@ def test_jax_fine_tunes_over_all_local_devices_like_one_device(backbone, tmp_pat
     _assert_same_run(tmp_path / "all", tmp_path / "one")
     one, all_ = (json.loads((tmp_path / name / "metrics.json").read_text()) for name in ("one", "all"))
     assert all_["eval_accuracy"] == pytest.approx(one["eval_accuracy"]) and all_["updates"] == 3
+    # 17 held-out examples over 2 devices: every one scored once, as on one device (during fit and after).
+    assert all_["eval_loss"] == pytest.approx(one["eval_loss"], rel=1e-5)
+    np.testing.assert_allclose(_column(tmp_path / "all", "val_loss"), _column(tmp_path / "one", "val_loss"), rtol=1e-5)
+    for split in ("test[:15]", "test[:17]"):
+        mine, theirs = result["scores"]["all" + split], result["scores"]["one" + split]
+        assert mine["loss"] == pytest.approx(theirs["loss"], rel=1e-5)
+        assert mine["accuracy"] == pytest.approx(theirs["accuracy"], abs=1e-6)
 
 
 # ------------------------------------------------------------------ vtab passes the hardware flags on

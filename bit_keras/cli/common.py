@@ -55,6 +55,28 @@ def add_hardware_flags(parser):
                         "('local' on a TPU VM, a TPU node name, grpc://HOST:8470).")
     parser.add_argument("--cpu-devices", type=int, default=None,
                         help="Split the CPU into N logical devices (mirrored runs without accelerators; tests).")
+    parser.add_argument("--cluster-timeout", type=float, default=None, metavar="SECONDS",
+                        help="multi_worker: how long a worker waits for the others to start before it gives up "
+                             "naming them (default $BIT_KERAS_CLUSTER_TIMEOUT, else 600 = 10 minutes).")
+
+
+def check_hardware_flags(args):
+    """Refuses impossible hardware flags and a TF_CONFIG outside its cluster before any work (the CLI calls it first).
+
+    --cluster-timeout becomes $BIT_KERAS_CLUSTER_TIMEOUT, so every strategy built in this process
+    (finetune, train, vtab's runs) waits that long for the cluster.
+    """
+    import os
+
+    from bit_keras.train import strategy as strategies
+
+    if getattr(args, "cpu_devices", None) is not None:
+        strategies.check_cpu_devices(args.cpu_devices)
+    if getattr(args, "cluster_timeout", None) is not None:
+        seconds = strategies.check_cluster_timeout(args.cluster_timeout, name="--cluster-timeout")
+        os.environ[strategies.CLUSTER_TIMEOUT_VARIABLE] = repr(seconds)
+    if getattr(args, "strategy", None) == "multi_worker" and os.environ.get("TF_CONFIG"):
+        strategies.task_of()   # parses and checks TF_CONFIG (ConfigError)
 
 
 def make_cli_strategy(args):
@@ -62,7 +84,7 @@ def make_cli_strategy(args):
 
     On a backend other than TensorFlow the name is passed on, and the run refuses what it cannot do.
     """
-    if args.cpu_devices:
+    if args.cpu_devices is not None:
         from bit_keras.train.strategy import split_cpu
 
         split_cpu(args.cpu_devices)
@@ -72,4 +94,4 @@ def make_cli_strategy(args):
         return "default" if args.strategy == "auto" and not args.tpu else args.strategy
     from bit_keras.train.strategy import make_strategy
 
-    return make_strategy(args.strategy, args.tpu)
+    return make_strategy(args.strategy, args.tpu, log=print)

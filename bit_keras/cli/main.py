@@ -60,6 +60,10 @@ def _main(args):
 
         quiet_python_logs()
     try:
+        if hasattr(args, "strategy"):
+            from bit_keras.cli.common import check_hardware_flags
+
+            check_hardware_flags(args)   # before anything is loaded or built
         return args.handler(args) or 0
     except (UsageError, BiTError, OSError) as error:
         if getattr(args, "verbose", False):

@@ -199,7 +199,6 @@ def _fit_and_save(ft, run, output, train_ds, eval_ds, eval_every, resumed_epoch,
     dataset, seed, num_classes = run["dataset"], run["seed"], run["num_classes"]
     metrics_path = os.path.join(output, METRICS_FILE)
     batch_size = ft.batch_size
-    eval_batches = ft.eval_dataset(eval_ds) if eval_ds is not None else None
     os.makedirs(os.path.join(output, LOGS_DIR), exist_ok=True)
     run_callbacks = [
         # double_checkpoint keeps the previous state to fall back on if a kill lands mid-write;
@@ -213,7 +212,7 @@ def _fit_and_save(ft, run, output, train_ds, eval_ds, eval_every, resumed_epoch,
     ]
     started = time.time()
     # A resumed run draws a fresh data order instead of replaying the examples already seen.
-    history = ft.fit(train_ds, validation_data=eval_batches, eval_every=eval_every, callbacks=run_callbacks,
+    history = ft.fit(train_ds, validation_data=eval_ds, eval_every=eval_every, callbacks=run_callbacks,
                      seed=seed + resumed_epoch, verbose=verbose)
     seconds = time.time() - started
 
@@ -222,9 +221,8 @@ def _fit_and_save(ft, run, output, train_ds, eval_ds, eval_every, resumed_epoch,
                "updates": int(np.asarray(ft.model.optimizer.iterations)), "train_seconds_this_session": round(seconds, 1),
                "final_learning_rate": float(np.asarray(ft.model.optimizer.learning_rate)),
                "train_loss": _last(history, "loss"), "train_accuracy": _last(history, "accuracy")}
-    if eval_batches is not None:
-        with ft.scope():
-            scores = ft.model.evaluate(eval_batches, verbose=0, return_dict=True)
+    if eval_ds is not None:
+        scores = ft.evaluate(eval_ds)  # every example once, whatever the split's size and the replicas
         metrics.update({"eval_split": run["eval_split"], "eval_loss": float(scores["loss"]),
                         "eval_accuracy": float(scores["accuracy"])})
     metrics["hyperrule"] = ft.rule.to_dict()
@@ -254,8 +252,9 @@ def evaluate(model_path, *, dataset, split="test", batch_size=128, resolution=No
     """
     import keras
 
-    from bit_keras.data import eval_pipeline, load_source
+    from bit_keras.data import load_source
     from bit_keras.finetune.wrapper import resolve_strategy
+    from bit_keras.train.evaluation import score_split
 
     model_path = os.fspath(model_path)
     if os.path.isdir(model_path) and os.path.exists(os.path.join(model_path, MODEL_FILE)):
@@ -276,8 +275,9 @@ def evaluate(model_path, *, dataset, split="test", batch_size=128, resolution=No
             raise ConfigError(f"{model_path} has {num_classes} classes but {dataset} has {info.num_classes}.")
         model.compile(loss=keras.losses.CategoricalCrossentropy(from_logits=True),
                       metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")])
-    batches = eval_pipeline(ds, _Resolution(int(resolution)), batch_size=batch_size, num_classes=num_classes)
-    scores = model.evaluate(batches, verbose=0, return_dict=True)
+        # Every example once, also when the split does not divide over the replicas.
+        scores = score_split(model, ds, crop=int(resolution), num_classes=num_classes, batch_size=batch_size,
+                             strategy=strategy)
     return {"model": model_path, "dataset": dataset, "split": split, "examples": info.train_size,
             "resolution": int(resolution), "loss": float(scores["loss"]), "accuracy": float(scores["accuracy"]),
             "chance_accuracy": 1.0 / num_classes}
@@ -313,13 +313,6 @@ def _load_classifier(model_path, run):
         reason = " ".join(str(error).split())
         raise CheckpointError(f"{model_path} cannot be loaded as a bit_keras run (nothing stored in it is "
                               f"executed): {reason}") from None
-
-
-class _Resolution:
-    """What eval_pipeline reads from a rule: the crop size."""
-
-    def __init__(self, crop):
-        self.crop = crop
 
 
 def _resumed_epochs(output, run, log) -> int:

@@ -9,6 +9,7 @@ that rule and the matching input pipelines, so a fine-tune is `ft.fit(train_ds)`
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import os
@@ -97,6 +98,40 @@ class FineTuner:
 
         return self.strategy.scope() if self.strategy is not None else contextlib.nullcontext()
 
+    def splits_batches(self) -> bool:
+        """Whether each batch is split over several replicas (tf.distribute) or devices (Keras' JAX distribution)."""
+        from bit_keras.train.strategy import jax_devices_in_use
+
+        return self.replicas > 1 or jax_devices_in_use() > 1
+
+    def evaluate(self, ds) -> dict:
+        """{"loss", "accuracy"} over every example of the split `ds` exactly once, on any strategy.
+
+        `ds` yields (uint8 image, class index), as `bit_keras.data.load_source` does; a split that
+        does not divide over the replicas is scored whole (`bit_keras.train.evaluation.score_split`).
+        """
+        from bit_keras.train.evaluation import score_split
+
+        with self.scope(), self._lost_workers():
+            if self.multi_label:   # sigmoid losses: Keras' own evaluation (score_split is single-label)
+                scores = self.model.evaluate(self.eval_dataset(ds), verbose=0, return_dict=True)
+                return {"loss": float(scores["loss"]), "accuracy": float(scores.get("accuracy", float("nan")))}
+            return score_split(self.model, ds, crop=self.rule.crop, num_classes=self.num_classes,
+                               batch_size=self.step_batch_size, strategy=self.strategy)
+
+    @contextlib.contextmanager
+    def _lost_workers(self, checkpoint=None):
+        """A multi-worker step that fails because a task stopped answering becomes one line (ClusterError)."""
+        from bit_keras.train.strategy import lost_worker_error
+
+        try:
+            yield
+        except Exception as error:
+            lost = lost_worker_error(error, self.strategy, checkpoint=checkpoint)
+            if lost is None:
+                raise
+            raise lost from None
+
     def learning_rate(self) -> float:
         """The learning rate of the next update (what the optimizer will use)."""
         optimizer = self.model.optimizer
@@ -107,17 +142,48 @@ class FineTuner:
         """Runs the whole HyperRule schedule with `model.fit` and returns its History.
 
         An "epoch" is `eval_every` updates (default: the whole schedule in 10 parts); the
-        model is evaluated on `validation_data` (an `eval_dataset`) after each one. The run
-        stops after exactly `rule.total_steps` updates, counted by the optimizer, so a run
-        restored by `keras.callbacks.BackupAndRestore` stops at the same place.
+        model is evaluated on `validation_data` after each one: an `eval_dataset`, or the split
+        itself (unbatched, as `load_source` yields it), which is scored whole on every strategy
+        (`evaluate`). The run stops after exactly `rule.total_steps` updates, counted by the
+        optimizer, so a run restored by `keras.callbacks.BackupAndRestore` stops at the same place.
         """
         eval_every = eval_every or max(1, math.ceil(self.rule.total_steps / 10))
         epochs = math.ceil(self.rule.total_steps / eval_every)
-        callbacks = [StopAfterUpdates(self.rule.total_steps), LearningRateLogger(), StopOnNonFiniteLoss(), *callbacks]
-        with self.scope():
+        validation = []
+        if validation_data is not None and _is_split(validation_data):
+            if self.splits_batches() and not self.multi_label:
+                validation, validation_data = [ValidationScores(self, validation_data)], None
+            else:
+                validation_data = self.eval_dataset(validation_data)
+        callbacks = [*validation, StopAfterUpdates(self.rule.total_steps), LearningRateLogger(), StopOnNonFiniteLoss(),
+                     *callbacks]
+        checkpoint = next((c.backup_dir for c in callbacks if getattr(c, "backup_dir", None)), None)
+        with self.scope(), self._lost_workers(checkpoint):
             return self.model.fit(self.train_dataset(ds, seed=seed), validation_data=validation_data,
                                   steps_per_epoch=eval_every * self.accumulation_steps, epochs=epochs,
                                   initial_epoch=initial_epoch, callbacks=callbacks, verbose=verbose, shuffle=False)
+
+
+def _is_split(ds) -> bool:
+    """An unbatched split of (image [h, w, 3], label), as opposed to batches."""
+    spec = getattr(ds, "element_spec", None)
+    return isinstance(spec, tuple) and len(spec) == 2 and spec[0].shape.rank == 3
+
+
+class ValidationScores(keras.callbacks.Callback):
+    """Keras' val_loss and val_accuracy, from `FineTuner.evaluate`: every example once over any replicas.
+
+    First in the callback list, so the loggers and checkpoints after it see the scores.
+    """
+
+    def __init__(self, finetuner, split):
+        super().__init__()
+        self.finetuner, self.split = finetuner, split
+
+    def on_epoch_end(self, epoch, logs=None):
+        scores = self.finetuner.evaluate(self.split)
+        if logs is not None:
+            logs["val_loss"], logs["val_accuracy"] = scores["loss"], scores["accuracy"]
 
 
 class StopAfterUpdates(keras.callbacks.Callback):

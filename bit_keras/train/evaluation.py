@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import weakref
 
 from bit_keras.errors import ConfigError, MissingFileError
 
@@ -87,11 +88,12 @@ def metric_names(multi_label):
     return ("precision_at_1",) if multi_label else ("top1", "top5")
 
 
-def make_evaluator(model, strategy, dataset_fn, *, num_classes, multi_label):
+def make_evaluator(model, strategy, dataset_fn, *, num_classes, multi_label, loss=False):
     """A function returning {metric: rate, "examples": n} over the whole distributed split.
 
     `dataset_fn(input_context)` builds one pipeline's batches of (images, one-hot targets, weights),
     as `strategy.distribute_datasets_from_function` wants; the dataset is re-read each call.
+    `loss=True` adds "loss", the mean softmax cross-entropy (single-label).
     """
     import tensorflow as tf
 
@@ -102,9 +104,10 @@ def make_evaluator(model, strategy, dataset_fn, *, num_classes, multi_label):
         logits = tf.cast(model(images, training=False), tf.float32)
         best = tf.math.top_k(logits, k=k).indices         # ties: the lower class index first, as np.argmax
         correct = tf.cast(tf.gather(targets, best, batch_dims=1) > 0, tf.float32)
+        losses = tf.nn.softmax_cross_entropy_with_logits(targets, logits) if loss else tf.zeros_like(weights)
         return tf.stack([tf.reduce_sum(correct[:, 0] * weights),
                          tf.reduce_sum(tf.reduce_max(correct, axis=1) * weights),
-                         tf.reduce_sum(weights)])
+                         tf.reduce_sum(weights), tf.reduce_sum(losses * weights)])
 
     @tf.function
     def count_batch(images, targets, weights):
@@ -113,16 +116,18 @@ def make_evaluator(model, strategy, dataset_fn, *, num_classes, multi_label):
 
     def count():
         # Batches come from Python, as in Keras' evaluate: every batch is full (padded), so one trace.
-        totals = tf.zeros([3], tf.float32)
+        totals = tf.zeros([4], tf.float32)
         for images, targets, weights in distributed:
             totals += count_batch(images, targets, weights)
         return totals
 
     def evaluate():
-        top1, top5, examples = (float(v) for v in count().numpy())
+        top1, top5, examples, loss_sum = (float(v) for v in count().numpy())
         if examples < 1:
             raise ConfigError("The evaluation split is empty; choose another --eval-split or pass --eval-split none.")
         result = {"examples": int(examples)}
+        if loss:
+            result["loss"] = loss_sum / examples
         if multi_label:
             result["precision_at_1"] = top1 / examples
         else:
@@ -130,6 +135,88 @@ def make_evaluator(model, strategy, dataset_fn, *, num_classes, multi_label):
         return result
 
     return evaluate
+
+
+def score_split(model, source, *, crop, num_classes, batch_size, strategy=None) -> dict:
+    """{"loss", "accuracy"} of a compiled single-label classifier over every example of `source` once.
+
+    `source` yields (uint8 image, class index), unbatched. On one device this is Keras'
+    `evaluate` over `eval_pipeline` batches. Over several replicas a batch that does not divide
+    over them (the split's last) would crash or leave a replica empty, so: a tf.distribute
+    strategy counts through `make_evaluator` (the end padded with blank examples of weight 0),
+    and Keras' JAX distribution scores padded batches and drops the padding's logits; both
+    also return the "examples" they counted.
+    """
+    import types
+
+    from bit_keras.train.strategy import jax_devices_in_use
+
+    replicas = int(getattr(strategy, "num_replicas_in_sync", 1)) if strategy is not None else 1
+    if jax_devices_in_use() > 1:
+        return _score_padded(model, source, crop=crop, num_classes=num_classes, batch_size=batch_size,
+                             devices=jax_devices_in_use())
+    if replicas > 1:
+        from bit_keras.train.input import eval_dataset
+
+        examples = _count(source)
+        per_replica = max(1, int(batch_size) // replicas)
+
+        def dataset_fn(input_context):
+            return eval_dataset(source, num_classes=num_classes, image_size=crop, batch_size=per_replica,
+                                num_examples=examples, input_context=input_context)
+
+        result = make_evaluator(model, strategy, dataset_fn, num_classes=num_classes, multi_label=False,
+                                loss=True)()
+        return {"loss": result["loss"], "accuracy": result["top1"], "examples": result["examples"]}
+    from bit_keras.data import eval_pipeline
+
+    batches = eval_pipeline(source, types.SimpleNamespace(crop=int(crop)), batch_size=int(batch_size),
+                            num_classes=int(num_classes))
+    scores = model.evaluate(batches, verbose=0, return_dict=True)
+    return {"loss": float(scores["loss"]), "accuracy": float(scores["accuracy"])}
+
+
+def _score_padded(model, source, *, crop, num_classes, batch_size, devices):
+    """Keras' JAX DataParallel: each batch padded with zero images to a multiple of `devices`; their logits dropped."""
+    import types
+
+    import numpy as np
+
+    from bit_keras.data import eval_pipeline
+
+    batches = eval_pipeline(source, types.SimpleNamespace(crop=int(crop)), batch_size=int(batch_size),
+                            num_classes=int(num_classes))
+    loss_sum, correct, examples = 0.0, 0, 0
+    for images, targets in batches.as_numpy_iterator():
+        n = len(images)
+        padded = np.concatenate([images, np.zeros((-n % devices, *images.shape[1:]), images.dtype)])
+        logits = np.asarray(model.predict_on_batch(padded), np.float64)[:n]
+        shifted = logits - logits.max(axis=1, keepdims=True)
+        log_probs = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+        loss_sum += float(-(targets * log_probs).sum())
+        correct += int((logits.argmax(axis=1) == targets.argmax(axis=1)).sum())
+        examples += n
+    if examples < 1:
+        raise ConfigError("The evaluation split is empty; choose another --eval-split or pass --eval-split none.")
+    return {"loss": loss_sum / examples, "accuracy": correct / examples, "examples": examples}
+
+
+_COUNTED = weakref.WeakKeyDictionary()   # split -> examples, so that each evaluation of a fit counts once
+
+
+def _count(source) -> int:
+    import tensorflow as tf
+
+    known = int(source.cardinality())
+    if known >= 0:
+        return known
+    with contextlib.suppress(TypeError):
+        if source in _COUNTED:
+            return _COUNTED[source]
+    counted = int(source.reduce(tf.constant(0, tf.int64), lambda count, _: count + 1))
+    with contextlib.suppress(TypeError):
+        _COUNTED[source] = counted
+    return counted
 
 
 def describe(result, multi_label):

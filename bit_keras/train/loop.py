@@ -137,13 +137,13 @@ def train(config: TrainConfig, *, strategy=None, source=None, eval_source=None, 
     from bit_keras.train import evaluation
     from bit_keras.train import input as upstream_input
     from bit_keras.train.strategy import describe as describe_strategy
-    from bit_keras.train.strategy import is_chief, make_strategy, per_replica_batch, worker_scratch
+    from bit_keras.train.strategy import is_chief, lost_worker_error, make_strategy, per_replica_batch, worker_scratch
 
     _check_config(config)
     given_source = source is not None
     if not given_source:
         check_data(config, held_out=eval_source is None)  # before a cluster is waited for
-    strategy = strategy or make_strategy(config.strategy, config.tpu)
+    strategy = strategy or make_strategy(config.strategy, config.tpu, log=log)
     # TensorFlow's multi-worker rule: all workers save (saving may be collective), only the chief
     # into model_dir; the others into a scratch folder removed at the end. All restore the chief's.
     chief = is_chief(strategy)
@@ -357,6 +357,11 @@ def train(config: TrainConfig, *, strategy=None, source=None, eval_source=None, 
                 manager.save(checkpoint_number=step)
             log(f"checkpoint {manager.latest_checkpoint} at step {step}"
                 + (" (SIGTERM: stopping; rerun the same command to resume)" if preempted else ""))
+    except Exception as error:   # a multi-worker peer that stopped answering: one line, not pages of TF
+        lost = lost_worker_error(error, strategy, checkpoint=getattr(manager, "directory", None))
+        if lost is None:
+            raise
+        raise lost from None
     finally:
         _install(signal.SIGTERM, previous_handler)
 

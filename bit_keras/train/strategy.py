@@ -7,6 +7,12 @@ MirroredStrategy runs with more than one replica on a machine without accelerato
 Multi-worker runs follow TensorFlow's multi-worker guide: every worker runs the same
 command, only the chief writes into the run directory, and the others write into a
 private scratch folder (`worker_scratch`) that they remove when they finish.
+
+Joining a cluster is bounded: before TensorFlow starts its server, each worker listens on its
+own address and waits (in Python, where SIGTERM still ends it) until every other worker's
+address answers, for at most `cluster_timeout()` seconds; then it fails with one line naming
+the workers that did not. Once the job runs, a worker that stops answering ends the others
+with one line too (`lost_worker_error`).
 """
 
 from __future__ import annotations
@@ -14,20 +20,26 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
+import socket
 import tempfile
+import time
 
-from bit_keras.errors import ConfigError, SetupError
+from bit_keras.errors import ClusterError, ConfigError, SetupError
 
 STRATEGIES = ("auto", "default", "mirrored", "multi_worker", "tpu")
 SLURM_VARIABLES = ("SLURM_PROCID", "SLURM_STEP_NUM_TASKS", "SLURM_STEP_NODELIST")
+# TensorFlow has no variable of its own for this wait (its coordination service waits an hour).
+CLUSTER_TIMEOUT_VARIABLE = "BIT_KERAS_CLUSTER_TIMEOUT"
+DEFAULT_CLUSTER_TIMEOUT = 600.0   # seconds: time to start the same command on every machine
+COLLECTIVE_JOBS = ("chief", "worker")  # the tasks that take part in every step (not "evaluator", "ps")
 
 
 def split_cpu(count: int) -> None:
     """Splits the first CPU into `count` logical devices. Must run before TensorFlow initialises."""
+    check_cpu_devices(count)
     import tensorflow as tf
 
-    if int(count) < 1:
-        raise ConfigError(f"cpu device count must be >= 1. Received: {count}")
     cpu = tf.config.list_physical_devices("CPU")[0]
     try:
         tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * int(count))
@@ -36,6 +48,11 @@ def split_cpu(count: int) -> None:
         if current != int(count):
             raise SetupError(f"Cannot split the CPU into {count} devices: TensorFlow is already "
                                f"initialised with {current}. Split it before building any model.") from None
+
+
+def check_cpu_devices(count) -> None:
+    if isinstance(count, bool) or int(count) != count or int(count) < 1:
+        raise ConfigError(f"cpu device count must be >= 1. Received: {count}")
 
 
 def choose_strategy_name(strategy: str = "auto", tpu: str | None = None, *, num_gpus: int | None = None) -> str:
@@ -55,7 +72,8 @@ def choose_strategy_name(strategy: str = "auto", tpu: str | None = None, *, num_
     return "mirrored" if num_gpus > 0 else "default"
 
 
-def make_strategy(strategy: str = "auto", tpu: str | None = None, *, resolver_factory=None):
+def make_strategy(strategy: str = "auto", tpu: str | None = None, *, resolver_factory=None, cluster_timeout=None,
+                  log=None):
     """A `tf.distribute.Strategy`.
 
     Args:
@@ -64,6 +82,7 @@ def make_strategy(strategy: str = "auto", tpu: str | None = None, *, resolver_fa
         tpu: the TPU's name or address for `TPUClusterResolver` ("local" on a TPU VM,
             a TPU node name, or grpc://host:8470). Implies strategy "tpu".
         resolver_factory: builds the resolver from `tpu=`; tests pass a fake one.
+        cluster_timeout, log: `multi_worker_strategy`'s.
     """
     import tensorflow as tf
 
@@ -75,36 +94,182 @@ def make_strategy(strategy: str = "auto", tpu: str | None = None, *, resolver_fa
         devices = [d.name for d in (gpus or tf.config.list_logical_devices("CPU"))]
         return tf.distribute.MirroredStrategy(devices=devices)
     if name == "multi_worker":
-        return multi_worker_strategy()
+        return multi_worker_strategy(timeout=cluster_timeout, log=log)
     return tpu_strategy(tpu or "local", resolver_factory=resolver_factory)
 
 
-def multi_worker_strategy():
-    """MultiWorkerMirroredStrategy from TF_CONFIG, else from SLURM's variables (TensorFlow's resolver)."""
-    import tensorflow as tf
+def multi_worker_strategy(*, timeout=None, log=None):
+    """MultiWorkerMirroredStrategy from TF_CONFIG, else from SLURM's variables (TensorFlow's resolver).
 
+    With TF_CONFIG, waits at most `timeout` seconds (default `cluster_timeout()`) for the other
+    workers first (`wait_for_cluster`); `log` hears once that it is waiting.
+    """
     if os.environ.get("TF_CONFIG"):
-        cluster, _, _ = _tf_config()
-        if not cluster.get("worker") and not cluster.get("chief"):
+        cluster, task_type, task_index = _tf_config()
+        if not any(cluster.get(job) for job in COLLECTIVE_JOBS):
             raise SetupError("TF_CONFIG names no worker or chief; give it cluster.worker (host:port list) and "
                              "task {type, index} on every machine.")
-        return tf.distribute.MultiWorkerMirroredStrategy()
+        wait_for_cluster(cluster, task_type, task_index, cluster_timeout() if timeout is None else timeout, log=log)
+        return _keeping_sigterm(lambda tf: tf.distribute.MultiWorkerMirroredStrategy())
     if all(os.environ.get(name) for name in SLURM_VARIABLES):
-        resolver = tf.distribute.cluster_resolver.SlurmClusterResolver()
-        return tf.distribute.MultiWorkerMirroredStrategy(cluster_resolver=resolver)
+        return _keeping_sigterm(lambda tf: tf.distribute.MultiWorkerMirroredStrategy(
+            cluster_resolver=tf.distribute.cluster_resolver.SlurmClusterResolver()))
     raise SetupError("--strategy multi_worker needs TF_CONFIG (the cluster and this worker's task) or a SLURM "
                      "job step (srun sets SLURM_PROCID); set TF_CONFIG on every worker or launch with srun.")
 
 
+def _keeping_sigterm(build):
+    """`build(tf)`, then SIGTERM's handler as it was: TensorFlow's cluster agent installs one that swallows it."""
+    import tensorflow as tf
+
+    previous = signal.getsignal(signal.SIGTERM)
+    strategy = build(tf)
+    with contextlib.suppress(ValueError, TypeError):   # not the main thread, or a handler set outside Python
+        signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
+    return strategy
+
+
+def cluster_timeout() -> float:
+    """Seconds a worker waits for the others: $BIT_KERAS_CLUSTER_TIMEOUT, else 600 (10 minutes)."""
+    value = os.environ.get(CLUSTER_TIMEOUT_VARIABLE, "").strip()
+    if not value:
+        return DEFAULT_CLUSTER_TIMEOUT
+    return check_cluster_timeout(value, name=f"${CLUSTER_TIMEOUT_VARIABLE}")
+
+
+def check_cluster_timeout(value, *, name="cluster_timeout") -> float:
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        seconds = float("nan")
+    if not seconds > 0 or seconds == float("inf"):
+        raise ConfigError(f"{name} must be a positive number of seconds. Received: {value!r}")
+    return seconds
+
+
+def wait_for_cluster(cluster, task_type, task_index, timeout, *, log=None, poll=0.5):
+    """Waits until every other chief/worker address accepts connections; ClusterError after `timeout` s.
+
+    This task listens on its own address meanwhile, so that the others see it before
+    TensorFlow's server takes the port over. All of it is plain Python: a SIGTERM (default
+    action) ends the process at once. A task outside the collective jobs (an evaluator) waits for nothing.
+    """
+    if task_type not in COLLECTIVE_JOBS:
+        return
+    others = [(job, index, address) for job in COLLECTIVE_JOBS for index, address in enumerate(cluster.get(job, ()))
+              if (job, index) != (task_type, task_index)]
+    own = cluster[task_type][task_index]
+    listener = _listen(own, task_type, task_index)
+    try:
+        deadline, waiting, said = time.monotonic() + float(timeout), list(others), False
+        while True:
+            waiting = [task for task in waiting if not _answers(task[2])]
+            if not waiting:
+                return
+            if time.monotonic() >= deadline:
+                names = ", ".join(f"{job} {index} ({address})" for job, index, address in waiting)
+                raise ClusterError(
+                    f"No answer from {names} after {timeout:g} s waiting for the cluster (this is {task_type} "
+                    f"{task_index}, {own}). Start the same command on every machine, each with its own TF_CONFIG "
+                    f"task, within --cluster-timeout seconds (or ${CLUSTER_TIMEOUT_VARIABLE}) of each other.")
+            if log is not None and not said:
+                names = ", ".join(f"{job} {index} ({address})" for job, index, address in waiting)
+                log(f"Waiting up to {timeout:g} s for the cluster: {names}.")
+                said = True
+            time.sleep(poll)
+    finally:
+        if listener is not None:
+            listener.close()
+
+
+def _split_address(address):
+    host, _, port = str(address).rpartition(":")
+    return host.strip("[]") or "localhost", int(port)
+
+
+def _listen(address, task_type, task_index):
+    """A plain socket on this task's port (None when the host part is not this machine's to bind)."""
+    _, port = _split_address(address)
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        listener.bind(("", port))
+    except OSError as error:
+        listener.close()
+        import errno
+
+        if error.errno == errno.EADDRINUSE:
+            raise ClusterError(f"Port {port} of {task_type} {task_index} ({address}) is already in use on this "
+                               "machine (another job, or a worker of this one still running); stop it or give "
+                               "TF_CONFIG another port.") from None
+        return None
+    listener.listen(16)
+    return listener
+
+
+def _answers(address) -> bool:
+    try:
+        with socket.create_connection(_split_address(address), timeout=1.0):
+            return True
+    except OSError:
+        return False
+
+
 def _tf_config():
-    """(cluster, task type, task index) from TF_CONFIG; ConfigError when it is not such JSON."""
+    """(cluster, task type, task index) from TF_CONFIG; ConfigError when it is not such JSON or not consistent."""
+    example = ("{\"cluster\": {\"worker\": [\"host:port\", ...]}, \"task\": {\"type\": \"worker\", "
+               "\"index\": 0}}")
     try:
         config = json.loads(os.environ["TF_CONFIG"])
         task = config.get("task") or {}
-        return dict(config.get("cluster") or {}), task.get("type"), int(task.get("index", 0))
+        cluster = {str(job): list(addresses) for job, addresses in dict(config.get("cluster") or {}).items()}
+        task_type, task_index = task.get("type"), task.get("index", 0)
+        if isinstance(task_index, bool) or int(task_index) != task_index:
+            raise ValueError(task_index)
+        task_index = int(task_index)
+        if not all(isinstance(address, str) and _split_address(address) for addresses in cluster.values()
+                   for address in addresses):
+            raise ValueError(cluster)
     except (ValueError, TypeError, AttributeError):
-        raise ConfigError("TF_CONFIG is not valid JSON of the form {\"cluster\": {\"worker\": [\"host:port\", ...]}, "
-                          "\"task\": {\"type\": \"worker\", \"index\": 0}}.") from None
+        raise ConfigError(f"TF_CONFIG is not valid JSON of the form {example}.") from None
+    if task_type is not None and (task_type not in cluster or not 0 <= task_index < len(cluster[task_type])):
+        jobs = ", ".join(f"{job}: {len(addresses)} task(s)" for job, addresses in cluster.items()) or "no tasks"
+        raise ConfigError(f"TF_CONFIG's task ({task_type} {task_index}) is outside its cluster ({jobs}); give each "
+                          "machine the index of its own address in that job's list (counting from 0).")
+    return cluster, task_type, task_index
+
+
+# What a collective step raises when a peer is gone (TensorFlow's error class names).
+LOST_PEER_ERRORS = ("UnavailableError", "DeadlineExceededError", "CancelledError", "AbortedError", "InternalError",
+                    "UnknownError", "FailedPreconditionError")
+
+
+def lost_worker_error(error, strategy, *, checkpoint=None):
+    """A one-line ClusterError for a multi-worker job whose step failed because a task stopped answering.
+
+    None when `error` is anything else (a real bug keeps its traceback). The task is named from
+    TensorFlow's message ("/job:worker/replica:0/task:1"); `checkpoint` is the folder that was kept.
+    """
+    import re
+
+    if type(strategy).__name__ not in ("MultiWorkerMirroredStrategy", "CollectiveAllReduceStrategy"):
+        return None
+    if type(error).__name__ not in LOST_PEER_ERRORS or not type(error).__module__.startswith("tensorflow"):
+        return None
+    task_type, task_index, cluster = task_of(strategy)
+    text = str(error)
+    named = []
+    for job, index in re.findall(r"/job:(\w+)/replica:\d+/task:(\d+)", text):
+        if (job, int(index)) != (task_type, task_index) and (job, int(index)) not in named:
+            named.append((job, int(index)))
+    if named:
+        who = ", ".join(f"{job} {index}" + (f" ({cluster[job][index]})" if index < len(cluster.get(job, ())) else "")
+                        for job, index in named)
+    else:
+        who = "another worker"
+    kept = (f"{checkpoint} was kept" if checkpoint else "the last checkpoint was kept")
+    return ClusterError(f"{who} stopped answering ({type(error).__name__}), so this {task_type} {task_index} "
+                        f"stopped too; {kept}: run the same command again on every worker to resume.")
 
 
 def task_of(strategy=None):
