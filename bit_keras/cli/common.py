@@ -95,3 +95,13 @@ def make_cli_strategy(args):
     from bit_keras.train.strategy import make_strategy
 
     return make_strategy(args.strategy, args.tpu, log=print)
+
+
+def add_precision_flag(parser) -> None:
+    """--precision for finetune and train: the choices are bit_keras.precision's."""
+    from bit_keras.precision import PRECISIONS
+
+    parser.add_argument("--precision", choices=PRECISIONS, default="auto",
+                        help="bfloat16: Keras mixed_bfloat16 (float32 weights, bfloat16 compute, about half the "
+                             "activation memory; warned about on a CPU without bfloat16 instructions, where it is "
+                             "emulated and slow); auto: bfloat16 on a TPU, float32 elsewhere.")

@@ -9,7 +9,8 @@ import json
 import os
 import sys
 
-from bit_keras.cli.common import MODEL_HELP, add_hardware_flags, add_model_flags, make_cli_strategy, resolve_source
+from bit_keras.cli.common import (MODEL_HELP, add_hardware_flags, add_model_flags, add_precision_flag,
+                                  make_cli_strategy, resolve_source)
 
 
 def register(subparsers):
@@ -41,9 +42,7 @@ def register(subparsers):
     parser.add_argument("--no-download", dest="download", action="store_false",
                         help="Fail at once if a tfds dataset is not prepared in --data-dir, instead of downloading it.")
     parser.add_argument("--seed", type=int, default=0, help="Seed of the data order, crops, flips and MixUp.")
-    parser.add_argument("--precision", choices=("auto", "float32", "bfloat16"), default="auto",
-                        help="bfloat16: Keras mixed_bfloat16 (float32 weights, bfloat16 compute, about half the "
-                             "activation memory); auto: bfloat16 on TPU, float32 elsewhere.")
+    add_precision_flag(parser)
     parser.add_argument("--overwrite", action="store_true", help="Start again even if --output holds a run.")
     parser.add_argument("--savedmodel", action="store_true",
                         help="Also write OUTPUT/savedmodel: the fine-tuned classifier as a TF-Hub SavedModel.")

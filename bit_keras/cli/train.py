@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 
-from bit_keras.cli.common import MODEL_HELP, add_hardware_flags, add_model_flags, resolve_model
+from bit_keras.cli.common import MODEL_HELP, add_hardware_flags, add_model_flags, add_precision_flag, resolve_model
 from bit_keras.errors import ConfigError
 
 
@@ -49,8 +49,7 @@ def register(subparsers):
 
     run = p.add_argument_group("hardware")
     add_hardware_flags(run)
-    run.add_argument("--precision", choices=("auto", "float32", "bfloat16"), default="auto",
-                     help="auto: bfloat16 (Keras mixed_bfloat16) on TPU, float32 elsewhere.")
+    add_precision_flag(run)
     run.add_argument("--jit", action="store_true", help="XLA-compile the forward/backward pass (jit_compile=True).")
     run.add_argument("--steps-per-loop", type=int, default=1, help="Updates per host call (50-200 on TPU).")
 

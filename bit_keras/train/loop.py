@@ -130,8 +130,9 @@ def train(config: TrainConfig, *, strategy=None, source=None, eval_source=None, 
     import tensorflow as tf
 
     from bit_keras import checkpoint as release_checkpoint
-    from bit_keras.backbone import PRECISION_POLICIES, BiTBackbone
+    from bit_keras.backbone import BiTBackbone
     from bit_keras.classifier import BiTImageClassifier
+    from bit_keras.precision import PRECISION_POLICIES, bfloat16_warning, resolve_precision
     from bit_keras.schedules import WarmupCosineDecay, WarmupStepDecay
     from bit_keras.summaries import write_scalar
     from bit_keras.train import evaluation
@@ -150,7 +151,6 @@ def train(config: TrainConfig, *, strategy=None, source=None, eval_source=None, 
     writes = config.model_dir if chief else worker_scratch()
     if not chief:
         files.remove(writes)
-    on_tpu = isinstance(strategy, (tf.distribute.TPUStrategy,))
     replicas = strategy.num_replicas_in_sync
     schedule = config.schedule
     batch = int(schedule.batch_size)
@@ -182,7 +182,7 @@ def train(config: TrainConfig, *, strategy=None, source=None, eval_source=None, 
     eval_every = int(config.eval_every or config.checkpoint_every)
     plan = schedule.plan(info.train_size)
     stop_step = plan.total_steps if config.max_steps is None else min(plan.total_steps, int(config.max_steps))
-    precision = config.precision if config.precision != "auto" else ("bfloat16" if on_tpu else "float32")
+    precision = resolve_precision(config.precision, strategy)
     run = {"dataset": config.dataset, "split": config.split, "block_units": list(config.block_units),
            "width": int(config.width), "num_classes": int(info.num_classes), "train_size": int(info.train_size),
            "batch_size": batch, "image_size": int(schedule.image_size), "seed": int(config.seed),
@@ -238,7 +238,7 @@ def train(config: TrainConfig, *, strategy=None, source=None, eval_source=None, 
             + (" of the EMA weights" if options.ema else ""))
     else:
         log("evaluation: none (no held-out split; --eval-split names one)")
-    for warning in run_warnings(plan, options):
+    for warning in run_warnings(plan, options) + [w for w in [bfloat16_warning(precision, strategy)] if w]:
         log(f"warning: {warning}")
     if start_step:
         log(f"resuming from {os.path.basename(latest)} at step {start_step} "
@@ -391,8 +391,9 @@ def _check_config(config):
             raise ConfigError(f"{name.replace('_', '-')} must be >= 1. Received: {getattr(config, name)}")
     if config.max_steps is not None and int(config.max_steps) < 0:
         raise ConfigError(f"max-steps must be >= 0. Received: {config.max_steps}")
-    if config.precision not in ("auto", "float32", "bfloat16"):
-        raise ConfigError(f"precision must be auto, float32 or bfloat16. Received: {config.precision!r}")
+    from bit_keras.precision import resolve_precision
+
+    resolve_precision(config.precision)  # refuses an unknown name
     if not 0 < config.crop_area_min <= 1:
         raise ConfigError(f"crop-area-min must be in (0, 1]. Received: {config.crop_area_min}")
     if config.eval_every is not None and int(config.eval_every) < 1:
