@@ -233,11 +233,26 @@ class BiTBackbone(keras_hub.models.FeaturePyramidBackbone):
         standardization): asking for another with them is a ConfigError, before any download.
         """
         from bit_keras import weights as weights_rule
+        from bit_keras.export import keras_hub as hub_presets
 
+        if hub_presets.is_keras_hub_handle(preset):  # keras-hub's own loader: config + .h5 weights
+            return super().from_preset(preset, load_weights=load_weights, dtype=dtype, **kwargs)
         if load_weights:
             weights_rule.refuse_release_into(preset, weights, **kwargs)
         choice = weights_rule.resolve(preset, weights, random_weights=not load_weights, cache_dir=cache_dir)
         return choice.build_backbone(dtype=dtype, **kwargs)
+
+    def save_to_preset(self, preset_dir, max_shard_size=10):
+        """keras-hub's preset (config, weights) plus an image converter at the release's
+        resolution (so keras-hub's `ImageClassifier.from_preset(DIR, num_classes=...)` has a
+        preprocessor) and `bit_keras.json` (resolution, class names, HyperRule defaults)."""
+        from bit_keras.export import keras_hub as hub_presets
+        from bit_keras.preprocessing import BiTImageConverter
+
+        super().save_to_preset(preset_dir, max_shard_size=max_shard_size)
+        resolution = hub_presets.describe(self)["resolution"]
+        BiTImageConverter(image_size=tuple(resolution)).save_to_preset(preset_dir)
+        hub_presets.write_metadata(self, preset_dir)
 
 
 def feature_maps(model: keras.Model, blocks=(1, 2, 3, 4)) -> keras.Model:

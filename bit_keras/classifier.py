@@ -21,6 +21,7 @@ import keras_hub
 from bit_keras.backbone import BiTBackbone, check_image_dtype, policy_name
 from bit_keras.labels import ClassificationAccuracy, ClassificationLoss
 from bit_keras.layout import HEAD_LAYER
+from bit_keras.preprocessing import BiTImageClassifierPreprocessor
 # Imported here so that loading a fine-tuned .keras file, which names both, finds them registered.
 from bit_keras.optimizers import AccumulatingSGD
 from bit_keras.schedules import WarmupStepDecay
@@ -64,6 +65,7 @@ class BiTImageClassifier(keras_hub.models.ImageClassifier):
     """
 
     backbone_cls = BiTBackbone
+    preprocessor_cls = BiTImageClassifierPreprocessor
 
     def __init__(self, backbone, num_classes, *, preprocessor=None, multi_label=False, dropout=0.0, dtype=None,
                  name=None, compile=True, **kwargs):
@@ -169,7 +171,8 @@ class BiTImageClassifier(keras_hub.models.ImageClassifier):
 
     @classmethod
     def from_preset(cls, preset, *, num_classes=None, load_weights: bool = True, weights=None, dtype=None,
-                    cache_dir=None, name=None, dropout=0.0, **backbone_kwargs) -> "BiTImageClassifier":
+                    cache_dir=None, name=None, dropout=0.0, preprocessor=None,
+                    **backbone_kwargs) -> "BiTImageClassifier":
         """A classifier by model name, with the weights rule of `bit_keras.weights`.
 
         A release (`m-r50x1`) comes with its weights; its head is loaded when `num_classes`
@@ -177,13 +180,35 @@ class BiTImageClassifier(keras_hub.models.ImageClassifier):
         (`r50x1`) gets random weights. `weights=` overrides; `load_weights=False` gives
         random weights for a release name. `dropout` is the classifier's; other keyword
         arguments go to `BiTBackbone` (research switches; see `BiTBackbone.from_preset`).
+
+        `preprocessor=True` attaches the name's `BiTImageClassifierPreprocessor` (resize to the
+        release's resolution, uint8 -> [0, 1]) for `predict`/`fit` on raw images; or pass one.
+        A keras-hub preset (a directory `save_to_preset` wrote, `kaggle://...`, `hf://...`)
+        loads through keras-hub's own loader.
         """
         from bit_keras import weights as weights_rule
+        from bit_keras.export import keras_hub as hub_presets
 
+        if hub_presets.is_keras_hub_handle(preset):
+            extra = {"num_classes": num_classes} if num_classes is not None else {}
+            return super().from_preset(preset, load_weights=load_weights, dtype=dtype, **extra)
         if load_weights:
             weights_rule.refuse_release_into(preset, weights, **backbone_kwargs)
         choice = weights_rule.resolve(preset, weights, random_weights=not load_weights, cache_dir=cache_dir)
-        return choice.build_classifier(num_classes, dtype=dtype, name=name, dropout=dropout, **backbone_kwargs)
+        if preprocessor is True:
+            from bit_keras.preprocessing import for_preset
+
+            preprocessor = for_preset(choice.preset or choice.architecture)
+        return choice.build_classifier(num_classes, dtype=dtype, name=name, dropout=dropout,
+                                       preprocessor=preprocessor, **backbone_kwargs)
+
+    def save_to_preset(self, preset_dir, max_shard_size=10):
+        """keras-hub's task preset (`task.json`, head weights, the backbone's preset) plus
+        `bit_keras.json`: resolution, class names where the release has them, HyperRule defaults."""
+        from bit_keras.export import keras_hub as hub_presets
+
+        super().save_to_preset(preset_dir, max_shard_size=max_shard_size)
+        hub_presets.write_metadata(self, preset_dir)
 
     def compile_hyperrule(self, *, train_size=None, image_size=None, batch_size=512, rule=None,
                           micro_batch_size=None, steps=None, resolution=None, base_learning_rate=None,

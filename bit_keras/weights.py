@@ -59,9 +59,11 @@ class WeightsChoice:
                                initializer="zeros" if self.path else "he_normal", **kwargs)
         if self.path and load:
             checkpoint.load_weights(backbone, self.path)
+        backbone.release = self.preset  # what a keras-hub preset's metadata names
         return backbone
 
-    def build_classifier(self, num_classes=None, *, dtype=None, name=None, dropout=0.0, **backbone_kwargs):
+    def build_classifier(self, num_classes=None, *, dtype=None, name=None, dropout=0.0, preprocessor=None,
+                         **backbone_kwargs):
         """A `BiTImageClassifier`; the file's head is loaded when its class count is `num_classes`.
 
         `backbone_kwargs` go to `BiTBackbone` (research switches), `dropout` to the classifier."""
@@ -71,9 +73,10 @@ class WeightsChoice:
         same_head = self.preset is not None and num_classes == self.preset.num_classes
         model = BiTImageClassifier(self.build_backbone(dtype=dtype, load=False, **backbone_kwargs), num_classes,
                                    dtype=dtype, multi_label=same_head and self.preset.multi_label, name=name,
-                                   dropout=dropout)
+                                   dropout=dropout, preprocessor=preprocessor)
         if self.path:
             checkpoint.load_weights(model, self.path)
+        model.release = self.preset
         return model
 
 

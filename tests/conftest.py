@@ -74,7 +74,8 @@ def run_precision_test(model, policy="mixed_bfloat16"):
     if getattr(model, "num_classes", None):
         logits = model(images)
         assert _dtype(logits) == "float32"
-        model.compile(optimizer=keras.optimizers.SGD(0.1), loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        model.compile(optimizer=keras.optimizers.SGD(0.1), loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                      metrics=None)
         kernel = model.get_layer("block1-unit01-a-standardized_conv2d").kernel
         before = np.asarray(kernel).copy()
         head = model.get_layer("head-conv2d").kernel
