@@ -79,12 +79,18 @@ def read_metadata(directory) -> dict | None:
     return files.read_json(os.path.join(os.fspath(directory), METADATA_FILE))
 
 
-def export_preset(model, directory, *, overwrite=False) -> str:
-    """Writes `model`'s keras-hub preset to `directory` atomically (a staged folder renamed into place)."""
+def check_preset_target(directory, *, overwrite=False) -> str:
+    """`files.check_target` for presets: `overwrite` replaces only an earlier preset of ours or an empty folder."""
     directory = os.path.abspath(os.fspath(directory))
     if directory.endswith(".keras"):
         raise ConfigError(f"A keras-hub preset is a directory; {directory} ends in .keras.")
-    files.check_target(directory, overwrite=overwrite, markers=(METADATA_FILE,), kind="an earlier bit_keras preset")
+    return files.check_target(directory, overwrite=overwrite, markers=(METADATA_FILE,),
+                              kind="an earlier bit_keras keras-hub preset")
+
+
+def export_preset(model, directory, *, overwrite=False) -> str:
+    """Writes `model`'s keras-hub preset to `directory` atomically (a staged folder renamed into place)."""
+    directory = check_preset_target(directory, overwrite=overwrite)
     with files.locked(directory), files.staged_directory(directory, overwrite=overwrite) as staging:
         model.save_to_preset(staging)
     return directory
