@@ -148,6 +148,9 @@ class BiTImageClassifier(keras_hub.models.ImageClassifier):
             metrics = [keras.metrics.BinaryAccuracy(threshold=0.0, name="accuracy") if self.multi_label
                        else ClassificationAccuracy(name="accuracy")]
         super().compile(optimizer=optimizer, loss=loss, metrics=metrics, **kwargs)
+        if metrics is None and kwargs.get("weighted_metrics") is None:
+            # Keras keeps the previous compile's metrics when given none: drop the constructor's.
+            self._compile_metrics = None
 
     def compile_from_config(self, config):
         # Keras skips this for a model whose compile() is overridden; ours takes compile's arguments
