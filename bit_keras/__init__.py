@@ -6,7 +6,9 @@ The pipeline, module by module: `architecture` (the shape and its one walk) and 
 `checkpoint`/`download` (release .npz I/O) -> `hyperrule`/`schedules` -> data ->
 fine-tuning, upstream training, export -> `cli`.
 
-Heavy imports (Keras) happen on first use, so `bit_keras list` stays fast.
+Heavy imports (Keras, keras-hub) happen on first use, so `bit_keras list` stays fast; the
+first use of any model class (or `import bit_keras.models`) registers all of BiT's classes
+with Keras and keras-hub.
 """
 
 from bit_keras.architecture import Architecture
@@ -16,8 +18,12 @@ from bit_keras.presets import PRESETS
 __version__ = "0.1.0"
 
 _LAZY = {
-    "BiTBackbone": "bit_keras.backbone",
-    "BiTImageClassifier": "bit_keras.classifier",
+    "BiTBackbone": "bit_keras.models",
+    "BiTImageClassifier": "bit_keras.models",
+    "BiTImageConverter": "bit_keras.models",
+    "BiTImageClassifierPreprocessor": "bit_keras.models",
+    "ClassificationLoss": "bit_keras.models",
+    "ClassificationAccuracy": "bit_keras.models",
     "create_model": "bit_keras.models",
     "feature_maps": "bit_keras.backbone",
     "freeze_up_to": "bit_keras.backbone",
@@ -46,6 +52,11 @@ def __getattr__(name):
 
         return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'bit_keras' has no attribute {name!r}")
+
+
+def __dir__():
+    # The lazy names too, so tab completion and dir(bit_keras) show the classes.
+    return sorted(set(globals()) | set(_LAZY))
 
 
 __all__ = ["Architecture", "PRESETS", "BiTError", "CheckpointError", "ConfigError", "DownloadError", *_LAZY]

@@ -2,13 +2,15 @@
 
 Every weighted layer is named after its checkpoint key (`layout.py`), so weights map by
 name; every unit ends in a named `Add` (`block3-unit06-add`) and the four block outputs
-are `pyramid_outputs`. `dtype` is handed to every layer: Keras' functional constructor
-drops a model-level `dtype`, which would leave a "bfloat16" model computing in float32.
+are `pyramid_outputs` keyed as keras-hub's (`P2`..`P5`). `dtype` is handed to every layer
+(Keras' functional constructor drops a model-level `dtype`) and keras-hub's `Backbone` sets
+the model's own `dtype_policy` from it.
 """
 
 from __future__ import annotations
 
 import keras
+import keras_hub
 from keras import ops
 
 from bit_keras import layout
@@ -42,6 +44,10 @@ class ImageRescaling(keras.layers.Layer):
 
 # `--precision` of finetune, train and bench -> the Keras dtype policy every layer gets.
 PRECISION_POLICIES = {"float32": "float32", "bfloat16": "mixed_bfloat16"}
+
+
+# keras-hub's pyramid level of each block: level n has stride 2**n (block1 is at stride 4).
+PYRAMID_LEVELS = {1: "P2", 2: "P3", 3: "P4", 4: "P5"}
 
 
 def policy_name(dtype) -> str:
@@ -118,7 +124,7 @@ class _Layers:
 
 
 @keras.saving.register_keras_serializable(package="bit_keras")
-class BiTBackbone(keras.Model):
+class BiTBackbone(keras_hub.models.FeaturePyramidBackbone):
     """A BiT ResNet-v2 feature extractor: float images in [0, 1] of any size -> [batch, 2048*width].
 
     Args:
@@ -142,8 +148,12 @@ class BiTBackbone(keras.Model):
     into it. Other settings are for research (see "Research switches" in the README).
 
     Attributes:
-        pyramid_outputs: {"block1": ..., "block4": ...}, the block outputs (pre-activation,
-            as in the release), for `keras.Model(backbone.input, backbone.pyramid_outputs)`.
+        pyramid_outputs: {"P2": block1, "P3": block2, "P4": block3, "P5": block4} (keras-hub's
+            keys; strides 4, 8, 16, 32): each block's last `Add`, the pre-activation residual
+            sum (not normalized: ResNet-v2 normalizes at the start of the next unit, and only
+            the final map gets the "pre_head" GroupNorm + ReLU). For
+            `keras.Model(backbone.input, backbone.pyramid_outputs)` and keras-hub's
+            RetinaNet/DeepLabV3 `image_encoder`.
 
     Example:
         >>> backbone = BiTBackbone.from_preset("r14x1")          # random weights
@@ -169,11 +179,12 @@ class BiTBackbone(keras.Model):
         x = layers.root(x, architecture.root_channels)
         pyramid = {}
         for unit in units:
-            x = pyramid[f"block{unit.block}"] = layers.unit(x, unit)
+            x = pyramid[PYRAMID_LEVELS[unit.block]] = layers.unit(x, unit)
         x = layers.norm(x)
         x = keras.layers.ReLU(dtype=dtype, name=layer_name("pre_head", "relu"))(x)
         features = keras.layers.GlobalAveragePooling2D(dtype=dtype, name="pre_logits")(x)
-        super().__init__(inputs=images, outputs=features, name=name or f"bit_{architecture.name}", **kwargs)
+        super().__init__(inputs=images, outputs=features, name=name or f"bit_{architecture.name}",
+                         dtype=policy_name(dtype), **kwargs)
         self.architecture = architecture
         self.initializer = initializer
         self.normalization = normalization
@@ -184,7 +195,6 @@ class BiTBackbone(keras.Model):
         self.network = network
         self.drop_path_rates = rates
         self.pyramid_outputs = pyramid
-        self._policy_name = policy_name(dtype)
 
     @property
     def block_units(self) -> tuple:
@@ -205,17 +215,11 @@ class BiTBackbone(keras.Model):
         return super().call(inputs, training=training, mask=mask)
 
     def get_config(self):
-        # Not Functional.get_config (a layer graph, which the constructor cannot take):
-        # the base layer's name/trainable/dtype plus our own arguments, as keras-hub does.
-        config = {**keras.layers.Layer.get_config(self), "dtype": self._policy_name}
-        return {**config, "block_units": list(self.block_units), "width": self.width,
+        # keras-hub's Backbone config (name, trainable, the model's dtype policy) plus our arguments.
+        return {**super().get_config(), "block_units": list(self.block_units), "width": self.width,
                 "normalization": self.normalization, "weight_standardization": self.weight_standardization,
                 "groups": self.groups, "stochastic_depth": self.stochastic_depth,
                 "sync_batch_norm": self.sync_batch_norm, "initializer": self.initializer}
-
-    @classmethod
-    def from_config(cls, config):
-        return cls(**config)
 
     @classmethod
     def from_preset(cls, preset, *, load_weights: bool = True, weights=None, dtype=None, cache_dir=None,
@@ -229,24 +233,53 @@ class BiTBackbone(keras.Model):
         standardization): asking for another with them is a ConfigError, before any download.
         """
         from bit_keras import weights as weights_rule
+        from bit_keras.export import keras_hub as hub_presets
 
+        if hub_presets.is_keras_hub_handle(preset):  # keras-hub's own loader: config + .h5 weights
+            return super().from_preset(preset, load_weights=load_weights, dtype=dtype, **kwargs)
         if load_weights:
             weights_rule.refuse_release_into(preset, weights, **kwargs)
         choice = weights_rule.resolve(preset, weights, random_weights=not load_weights, cache_dir=cache_dir)
         return choice.build_backbone(dtype=dtype, **kwargs)
 
+    def save_to_preset(self, preset_dir, max_shard_size=10):
+        """keras-hub's preset (config, weights) plus an image converter at the release's
+        resolution (so keras-hub's `ImageClassifier.from_preset(DIR, num_classes=...)` has a
+        preprocessor) and `bit_keras.json` (resolution, class names, HyperRule defaults)."""
+        from bit_keras.export import keras_hub as hub_presets
+        from bit_keras.preprocessing import BiTImageConverter
+
+        super().save_to_preset(preset_dir, max_shard_size=max_shard_size)
+        resolution = hub_presets.describe(self)["resolution"]
+        BiTImageConverter(image_size=tuple(resolution)).save_to_preset(preset_dir)
+        hub_presets.write_metadata(self, preset_dir)
+
 
 def feature_maps(model: keras.Model, blocks=(1, 2, 3, 4)) -> keras.Model:
-    """A model from images to the output maps of the given blocks (a dict keyed "block{b}")."""
+    """A model from images to the output maps of the given blocks (a dict keyed "block{b}").
+
+    The maps are `pyramid_outputs` (block b is keras-hub's level P{b+1}).
+    """
     backbone = getattr(model, "backbone", model)
     pyramid = getattr(backbone, "pyramid_outputs", None)
-    if pyramid is None:
+    if not pyramid:
         raise ConfigError(f"{model.name!r} is not a BiT backbone or classifier; feature maps need one.")
-    missing = [b for b in blocks if f"block{b}" not in pyramid]
+    have = sorted(b for b, level in PYRAMID_LEVELS.items() if level in pyramid)
+    missing = [b for b in blocks if not isinstance(b, int) or isinstance(b, bool) or b not in have]
     if missing:
-        raise ConfigError(f"Model {model.name!r} has no block {missing[0]}; it has blocks {sorted(pyramid)}.")
-    return keras.Model(backbone.input, {f"block{b}": pyramid[f"block{b}"] for b in blocks},
+        raise ConfigError(f"Model {model.name!r} has no block {missing[0]!r}; it has blocks {have}.")
+    return keras.Model(backbone.input, {f"block{b}": pyramid[PYRAMID_LEVELS[b]] for b in blocks},
                        name=f"{backbone.name}_feature_maps")
+
+
+def _block_index(block) -> int | None:
+    """0 for "root", b for b, "b" or "block{b}" with b in 1..4, else None."""
+    if block == "root":
+        return 0
+    if isinstance(block, str):
+        digits = block[len("block"):] if block.startswith("block") else block
+        block = int(digits) if digits.isdigit() else None
+    return block if isinstance(block, int) and not isinstance(block, bool) and block in PYRAMID_LEVELS else None
 
 
 def freeze_up_to(model: keras.Model, block: str | int) -> list:
@@ -255,10 +288,10 @@ def freeze_up_to(model: keras.Model, block: str | int) -> list:
     Returns the names of the frozen layers. Partial fine-tuning of this kind is what the
     old TF-Hub models (one opaque layer) could not do.
     """
-    text = str(block)
-    if text != "root" and not text.replace("block", "").isdigit():
-        raise ConfigError(f"Nothing to freeze up to {block!r}; use 'root' or a block number 1-4.")
-    last = 0 if text == "root" else int(text.replace("block", ""))
+    last = _block_index(block)
+    if last is None:
+        raise ConfigError(f"Nothing to freeze up to {block!r}: the blocks are 'root', 'block1', 'block2', "
+                          f"'block3' and 'block4' (or 1-4).")
     frozen = []
     for layer in getattr(model, "backbone", model).layers:
         prefix = layer.name.split(SEPARATOR)[0]
@@ -267,5 +300,5 @@ def freeze_up_to(model: keras.Model, block: str | int) -> list:
             layer.trainable = False
             frozen.append(layer.name)
     if not frozen:
-        raise ConfigError(f"Nothing to freeze up to {block!r}; use 'root' or a block number 1-4.")
+        raise ConfigError(f"{model.name!r} has no BiT blocks to freeze; freeze_up_to needs a BiT backbone or classifier.")
     return frozen

@@ -4,6 +4,10 @@ This is the fine-tuning head wrapper: `compile_hyperrule(train_size=..., image_s
 batch_size=...)` picks the schedule, resolution and MixUp from the dataset alone (BiT's
 "no hyper-parameter search") and compiles SGD with momentum and the warm-up/step-decay
 learning rate, so fine-tuning is a plain `model.fit`.
+
+It is a keras-hub `ImageClassifier` (a `Task`): `keras_hub.models.ImageClassifier.from_preset`
+finds it for a BiT preset, `save_to_preset` writes one, and an optional `preprocessor`
+(`BiTImageClassifierPreprocessor`) lets `predict`/`fit` take uint8 images of any size.
 """
 
 from __future__ import annotations
@@ -12,9 +16,12 @@ import dataclasses
 import math
 
 import keras
+import keras_hub
 
-from bit_keras.backbone import BiTBackbone, check_image_dtype, policy_name  # noqa: F401  (registers BiTBackbone)
+from bit_keras.backbone import BiTBackbone, check_image_dtype, policy_name
+from bit_keras.labels import ClassificationAccuracy, ClassificationLoss
 from bit_keras.layout import HEAD_LAYER
+from bit_keras.preprocessing import BiTImageClassifierPreprocessor
 # Imported here so that loading a fine-tuned .keras file, which names both, finds them registered.
 from bit_keras.optimizers import AccumulatingSGD
 from bit_keras.schedules import WarmupStepDecay
@@ -32,19 +39,24 @@ def _image_shape(backbone):
 
 
 @keras.saving.register_keras_serializable(package="bit_keras")
-class BiTImageClassifier(keras.Model):
-    """Images in [0, 1] -> float32 logits [batch, num_classes].
+class BiTImageClassifier(keras_hub.models.ImageClassifier):
+    """Images in [0, 1] -> float32 logits [batch, num_classes]; a keras-hub `ImageClassifier`.
 
     Args:
         backbone: a `BiTBackbone`, or any Keras layer mapping images to features (e.g. an
             export loaded with `bit_keras.export.load_backbone`).
         num_classes: classes of the head. BiT initialises it to zeros, so fine-tuning starts
             from uniform predictions and the backbone's features stay intact at first.
+        preprocessor: None (the model takes float images in [0, 1]) or a
+            `BiTImageClassifierPreprocessor`: `predict`/`fit`/`evaluate` then resize and scale
+            uint8 images of any size first (float images pass through it unchanged).
         multi_label: the head is read with sigmoids (BiT-M's ImageNet-21k head) rather than
             a softmax; `compile_hyperrule` picks the matching loss.
         dropout: rate of a `keras.layers.Dropout` on the features before the head (0: none,
             the default; ResNet-RS uses 0.25 on ImageNet). Active in training only.
         dtype: dtype policy of the head (default: the backbone's). Logits are float32.
+        compile: compile with keras-hub's defaults on construction (Adam 5e-5, cross-entropy
+            on integer class ids or one-hot labels); `compile_hyperrule` replaces them.
 
     Example:
         >>> model = BiTImageClassifier.from_preset("m-r50x1", num_classes=37)   # released backbone, zero head
@@ -52,11 +64,19 @@ class BiTImageClassifier(keras.Model):
         >>> model.fit(train_batches, steps_per_epoch=rule.total_steps)
     """
 
-    def __init__(self, backbone, num_classes, *, multi_label=False, dropout=0.0, dtype=None, name=None, **kwargs):
+    backbone_cls = BiTBackbone
+    preprocessor_cls = BiTImageClassifierPreprocessor
+
+    def __init__(self, backbone, num_classes, *, preprocessor=None, multi_label=False, dropout=0.0, dtype=None,
+                 name=None, compile=True, **kwargs):
         if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
             raise ConfigError(f"num_classes must be a positive integer. Received: num_classes={num_classes!r}")
         dropout = check_rate(dropout, "dropout")
-        dtype = policy_name(dtype if dtype is not None else getattr(backbone, "_policy_name", None))
+        dtype = policy_name(dtype if dtype is not None else getattr(backbone, "dtype_policy", None))
+        # keras-hub's Task reads these before the functional graph exists.
+        self.backbone = backbone
+        self.preprocessor = preprocessor
+        self.multi_label = bool(multi_label)
         images = keras.Input(shape=_image_shape(backbone), name="images")
         features = backbone(images)
         if dropout > 0:  # absent at 0, so the default classifier's layers are exactly BiT's
@@ -64,13 +84,16 @@ class BiTImageClassifier(keras.Model):
         logits = keras.layers.Dense(num_classes, kernel_initializer="zeros", dtype=dtype, name=HEAD_LAYER)(features)
         # Logits stay float32 under mixed precision, as Keras recommends for the loss.
         logits = keras.layers.Activation("linear", dtype="float32", name="logits")(logits)
-        super().__init__(inputs=images, outputs=logits, name=name or f"{backbone.name}_classifier", **kwargs)
-        self.backbone = backbone
+        # Task's constructor, not ImageClassifier's: that one adds a pooler and head of its own.
+        keras_hub.models.Task.__init__(self, inputs=images, outputs=logits,
+                                       name=name or f"{backbone.name}_classifier", compile=False, **kwargs)
+        self.dtype_policy = keras.dtype_policies.get(dtype)
         self.num_classes = num_classes
-        self.multi_label = bool(multi_label)
+        self.activation = None   # logits, as keras-hub's `activation=None`
         self.dropout = dropout
-        self._policy_name = dtype
         self.hyperrule = None
+        if compile:
+            self.compile()
 
     @property
     def architecture(self):
@@ -101,20 +124,58 @@ class BiTImageClassifier(keras.Model):
         check_image_dtype(inputs)
         return super().call(inputs, training=training, mask=mask)
 
+    # Without a preprocessor, Keras' own fit/evaluate/predict (any dataset, tf.distribute, JAX
+    # data parallel, exactly as before); with one, keras-hub's, which map it over the data.
+    def fit(self, *args, **kwargs):
+        runner = super().fit if self.preprocessor is not None else keras.Model.fit.__get__(self)
+        return runner(*args, **kwargs)
+
+    def evaluate(self, *args, **kwargs):
+        runner = super().evaluate if self.preprocessor is not None else keras.Model.evaluate.__get__(self)
+        return runner(*args, **kwargs)
+
+    def predict(self, *args, **kwargs):
+        runner = super().predict if self.preprocessor is not None else keras.Model.predict.__get__(self)
+        return runner(*args, **kwargs)
+
+    def compile(self, optimizer="auto", loss="auto", *, metrics="auto", **kwargs):
+        """keras-hub's defaults (Adam 5e-5), with a loss and accuracy for integer or one-hot labels
+        (sigmoid cross-entropy for a multi-label head)."""
+        if loss == "auto":
+            loss = (keras.losses.BinaryCrossentropy(from_logits=True) if self.multi_label
+                    else ClassificationLoss(from_logits=True))
+        if metrics == "auto":
+            metrics = [keras.metrics.BinaryAccuracy(threshold=0.0, name="accuracy") if self.multi_label
+                       else ClassificationAccuracy(name="accuracy")]
+        super().compile(optimizer=optimizer, loss=loss, metrics=metrics, **kwargs)
+        if metrics is None and kwargs.get("weighted_metrics") is None:
+            # Keras keeps the previous compile's metrics when given none: drop the constructor's.
+            self._compile_metrics = None
+
+    def compile_from_config(self, config):
+        # Keras skips this for a model whose compile() is overridden; ours takes compile's arguments
+        # as they are, so a saved model comes back compiled (optimizer state, schedule and all).
+        self.compile(**keras.saving.deserialize_keras_object(config))
+        if self.built:
+            self.optimizer.build(self.trainable_variables)
+
     def get_config(self):
-        config = {**keras.layers.Layer.get_config(self), "dtype": self._policy_name}
-        return {**config, "backbone": keras.layers.serialize(self.backbone), "num_classes": self.num_classes,
+        # Task's (backbone, preprocessor, name) plus the model's dtype policy and our arguments.
+        return {**keras_hub.models.Task.get_config(self), "trainable": self.trainable,
+                "dtype": keras.dtype_policies.serialize(self.dtype_policy), "num_classes": self.num_classes,
                 "multi_label": self.multi_label, "dropout": self.dropout}
 
     @classmethod
     def from_config(cls, config):
         config = dict(config)
-        backbone = keras.layers.deserialize(config.pop("backbone"))
-        return cls(backbone, **config)
+        if isinstance(config.get("dtype"), dict):
+            config["dtype"] = keras.dtype_policies.get(config["dtype"])
+        return super().from_config(config)
 
     @classmethod
     def from_preset(cls, preset, *, num_classes=None, load_weights: bool = True, weights=None, dtype=None,
-                    cache_dir=None, name=None, dropout=0.0, **backbone_kwargs) -> "BiTImageClassifier":
+                    cache_dir=None, name=None, dropout=0.0, preprocessor=None,
+                    **backbone_kwargs) -> "BiTImageClassifier":
         """A classifier by model name, with the weights rule of `bit_keras.weights`.
 
         A release (`m-r50x1`) comes with its weights; its head is loaded when `num_classes`
@@ -122,13 +183,35 @@ class BiTImageClassifier(keras.Model):
         (`r50x1`) gets random weights. `weights=` overrides; `load_weights=False` gives
         random weights for a release name. `dropout` is the classifier's; other keyword
         arguments go to `BiTBackbone` (research switches; see `BiTBackbone.from_preset`).
+
+        `preprocessor=True` attaches the name's `BiTImageClassifierPreprocessor` (resize to the
+        release's resolution, uint8 -> [0, 1]) for `predict`/`fit` on raw images; or pass one.
+        A keras-hub preset (a directory `save_to_preset` wrote, `kaggle://...`, `hf://...`)
+        loads through keras-hub's own loader.
         """
         from bit_keras import weights as weights_rule
+        from bit_keras.export import keras_hub as hub_presets
 
+        if hub_presets.is_keras_hub_handle(preset):
+            extra = {"num_classes": num_classes} if num_classes is not None else {}
+            return super().from_preset(preset, load_weights=load_weights, dtype=dtype, **extra)
         if load_weights:
             weights_rule.refuse_release_into(preset, weights, **backbone_kwargs)
         choice = weights_rule.resolve(preset, weights, random_weights=not load_weights, cache_dir=cache_dir)
-        return choice.build_classifier(num_classes, dtype=dtype, name=name, dropout=dropout, **backbone_kwargs)
+        if preprocessor is True:
+            from bit_keras.preprocessing import for_preset
+
+            preprocessor = for_preset(choice.preset or choice.architecture)
+        return choice.build_classifier(num_classes, dtype=dtype, name=name, dropout=dropout,
+                                       preprocessor=preprocessor, **backbone_kwargs)
+
+    def save_to_preset(self, preset_dir, max_shard_size=10):
+        """keras-hub's task preset (`task.json`, head weights, the backbone's preset) plus
+        `bit_keras.json`: resolution, class names where the release has them, HyperRule defaults."""
+        from bit_keras.export import keras_hub as hub_presets
+
+        super().save_to_preset(preset_dir, max_shard_size=max_shard_size)
+        hub_presets.write_metadata(self, preset_dir)
 
     def compile_hyperrule(self, *, train_size=None, image_size=None, batch_size=512, rule=None,
                           micro_batch_size=None, steps=None, resolution=None, base_learning_rate=None,
@@ -174,13 +257,7 @@ class BiTImageClassifier(keras.Model):
         # tf.distribute and JAX alike): see bit_keras.optimizers.
         optimizer = AccumulatingSGD(learning_rate=WarmupStepDecay.from_rule(rule, steps_per_update=accumulation),
                                     momentum=rule.momentum, accumulation_steps=accumulation)
-        if self.multi_label:
-            loss = keras.losses.BinaryCrossentropy(from_logits=True)
-            metrics = [keras.metrics.BinaryAccuracy(threshold=0.0, name="accuracy")]
-        else:
-            loss = keras.losses.CategoricalCrossentropy(from_logits=True)
-            metrics = [keras.metrics.CategoricalAccuracy(name="accuracy")]
-        self.compile(optimizer=optimizer, loss=loss, metrics=metrics, jit_compile=jit_compile)
+        self.compile(optimizer=optimizer, jit_compile=jit_compile)  # loss and accuracy: compile's own
         # Built eagerly: inside fit's graph, TFSMLayer variables (names ending ":0") make invalid
         # name scopes for the momentum slots; eagerly they are fine.
         optimizer.build(self.trainable_variables)

@@ -114,6 +114,15 @@ def _check(source, path, digest, sha256, check) -> None:
     """Raises DownloadError unless `path` is a whole BiT checkpoint of the expected kind and digest."""
     if sha256 and digest != sha256.lower():
         raise DownloadError(f"{source} has SHA-256 {digest}, not the release's {sha256}; nothing was cached.")
+    if os.fspath(path).endswith(".safetensors"):  # timm's layout (bit_keras.timm): header and key names
+        from bit_keras import timm
+
+        try:
+            header, _ = timm.read_safetensors_header(path)
+            timm.architecture_of({name: tuple(entry["shape"]) for name, entry in header.items()})
+        except (CheckpointError, KeyError, TypeError, ValueError) as error:
+            raise DownloadError(f"{source} is not a usable timm BiT safetensors file ({error}); nothing was cached.") from None
+        return
     try:
         info = checkpoint.identify(checkpoint.read_headers(path))
         with zipfile.ZipFile(path) as archive:

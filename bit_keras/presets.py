@@ -83,10 +83,27 @@ def _key(name: str) -> str:
 _BY_KEY = {_key(name): preset for name, preset in PRESETS.items()}
 
 
+def timm_name(preset: Preset) -> str | None:
+    """timm's name of a release (`resnetv2_50x1_bit.goog_in21k`), where timm has it (not BiT-S)."""
+    depth_width = preset.architecture.name[1:]  # "50x1"
+    if preset.name.endswith("-ILSVRC2012"):
+        return f"resnetv2_{depth_width}_bit.goog_in21k_ft_in1k"
+    if preset.name == "BiT-M-R50x1-distilled-224":
+        return "resnetv2_50x1_bit.goog_distilled_in1k"
+    return f"resnetv2_{depth_width}_bit.goog_in21k" if preset.name.startswith("BiT-M-") and "distilled" not in preset.name else None
+
+
+# timm's names are accepted wherever a release name is (also as `hf://timm/NAME`).
+TIMM_NAMES = {timm_name(p): p for p in PRESETS.values() if timm_name(p)}
+_BY_KEY.update({_key(name): preset for name, preset in TIMM_NAMES.items()})
+
+
 def find_preset(name) -> Preset | None:
     """The release a name stands for, or None (an architecture, or not a name at all)."""
     if isinstance(name, Preset):
         return name
+    if isinstance(name, str) and name.startswith("hf://timm/"):
+        name = name[len("hf://timm/"):].strip("/")
     return _BY_KEY.get(_key(name)) if isinstance(name, str) else None
 
 

@@ -5,7 +5,9 @@
   naming the cache path and the URL;
 - an architecture (`r50x1`, `r2-3-4-1x2`) means random weights (`WeightsChoice.random`);
 - `weights=` (a local `.npz`, a URL or a release name) overrides either;
-- `random_weights=True` asks for random weights on a released name.
+- `random_weights=True` asks for random weights on a released name;
+- timm's names (`resnetv2_50x1_bit.goog_in21k`) are release names; `hf://timm/NAME` (as a
+  name or `weights=`) and a local timm `.safetensors` file read timm's layout (`timm.py`).
 
 `resolve` only finds (and if needed downloads) the file and checks that it fits; nothing
 here imports Keras until a model is built, so a bad name or a missing file fails fast.
@@ -59,9 +61,11 @@ class WeightsChoice:
                                initializer="zeros" if self.path else "he_normal", **kwargs)
         if self.path and load:
             checkpoint.load_weights(backbone, self.path)
+        backbone.release = self.preset  # what a keras-hub preset's metadata names
         return backbone
 
-    def build_classifier(self, num_classes=None, *, dtype=None, name=None, dropout=0.0, **backbone_kwargs):
+    def build_classifier(self, num_classes=None, *, dtype=None, name=None, dropout=0.0, preprocessor=None,
+                         **backbone_kwargs):
         """A `BiTImageClassifier`; the file's head is loaded when its class count is `num_classes`.
 
         `backbone_kwargs` go to `BiTBackbone` (research switches), `dropout` to the classifier."""
@@ -71,9 +75,10 @@ class WeightsChoice:
         same_head = self.preset is not None and num_classes == self.preset.num_classes
         model = BiTImageClassifier(self.build_backbone(dtype=dtype, load=False, **backbone_kwargs), num_classes,
                                    dtype=dtype, multi_label=same_head and self.preset.multi_label, name=name,
-                                   dropout=dropout)
+                                   dropout=dropout, preprocessor=preprocessor)
         if self.path:
             checkpoint.load_weights(model, self.path)
+        model.release = self.preset
         return model
 
 
@@ -86,14 +91,23 @@ def resolve(name=None, weights=None, *, random_weights: bool = False, cache_dir=
         raise ConfigError("Pass either weights=... or random_weights=True (--random-weights), not both.")
     if name is None and weights is None:
         raise ConfigError("Name a model (e.g. 'm-r50x1') or a checkpoint (weights=FILE.npz).")
-    architecture, preset = presets.resolve(name) if name is not None else (None, None)
+    from bit_keras import timm
+
+    if timm.hub_name(name) is not None and weights is None and not random_weights:
+        weights = name  # `hf://timm/NAME`: timm's own file from the Hugging Face Hub
+    architecture, preset = presets.resolve(timm.hub_name(name) or name) if name is not None else (None, None)
     if weights is None:
         if preset is None or random_weights:
             return WeightsChoice(architecture, None, "random", preset)
         return _checked(architecture, preset, download.fetch_preset(preset, directory=cache_dir), preset.url)
     weights = os.fspath(weights)
     weights_preset = presets.find_preset(weights)
-    if download.is_url(weights):
+    if timm.hub_name(weights) is not None:  # timm's layout, converted once into a release-layout .npz
+        path, source = timm.fetch(timm.hub_name(weights), cache_dir), timm.HF_URL.format(name=timm.hub_name(weights))
+        preset = preset or weights_preset
+    elif weights.endswith(".safetensors") and os.path.isfile(weights):
+        path, source = timm.as_npz(weights, cache_dir), os.path.abspath(weights)
+    elif download.is_url(weights):
         path, source = download.fetch(weights, directory=cache_dir), weights
     elif os.path.exists(weights):
         path, source = weights, os.path.abspath(weights)

@@ -84,6 +84,18 @@ assert tuple(model(np.zeros((0, 32, 32, 3), "float32")).shape) == (0, 5)
 # Bad input is refused by our check, not deep inside the backend.
 with pytest.raises(ValueError, match="float images in \\[0, 1\\]; received dtype uint8"):
     model(np.zeros((1, 32, 32, 3), "uint8"))
+
+# keras-hub: integer class ids after compile_hyperrule, and a preset loaded back bit for bit.
+import keras_hub
+assert list(model.backbone.pyramid_outputs) == ["P2", "P3", "P4", "P5"]
+model.compile_hyperrule(train_size=100, image_size=(40, 40), batch_size=2, steps=2)
+model.fit(x, np.array([1, 3]), epochs=1, batch_size=2, verbose=0)
+want = keras.ops.convert_to_numpy(model(x))
+model.save_to_preset("{tmp}/preset")
+for loaded in (keras_hub.models.ImageClassifier.from_preset("{tmp}/preset"),
+               bit_keras.BiTImageClassifier.from_preset("{tmp}/preset")):
+    assert type(loaded) is bit_keras.BiTImageClassifier
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(loaded(x)), want)
 print("features ok")
 """
 

@@ -19,10 +19,11 @@ def register(subparsers):
     parser.add_argument("--output", required=True, help="The SavedModel directory (or .keras file) to write.")
     parser.add_argument("--classifier", action="store_true",
                         help="Export the logits of the checkpoint's head instead of the feature vector.")
-    parser.add_argument("--format", choices=("savedmodel", "keras"), default=None,
-                        help="savedmodel (TF Hub) or keras (a .keras file with named blocks, for partial "
-                             "fine-tuning with bit_keras.freeze_up_to). Default: keras when --output ends in "
-                             ".keras, else savedmodel.")
+    parser.add_argument("--format", choices=("savedmodel", "keras", "keras-hub"), default=None,
+                        help="savedmodel (TF Hub), keras (a .keras file with named blocks, for partial "
+                             "fine-tuning with bit_keras.freeze_up_to) or keras-hub (a preset directory for "
+                             "keras_hub.models.ImageClassifier/Backbone.from_preset and keras_hub.upload_preset). "
+                             "Default: keras when --output ends in .keras, else savedmodel.")
     parser.add_argument("--overwrite", action="store_true", help="Replace an existing output.")
     parser.add_argument("--fold-standardization", action="store_true",
                         help="Serve `serving_default` from a copy with pre-standardized kernels (faster "
@@ -66,6 +67,15 @@ def export(args):
         raise UsageError(str(error)) from None
     if args.format == "keras":
         print(f"Wrote {path} ({os.path.getsize(path) / 1e6:.1f} MB)")
+        return 0
+    if args.format == "keras-hub":
+        from bit_keras.export.keras_hub import read_metadata as read_preset_metadata
+
+        meta = read_preset_metadata(path)
+        print(f"Wrote {path}: a keras-hub preset of {meta['model']} ({'logits' if meta['num_classes'] else 'features'}, "
+              f"images resized to {meta['resolution'][0]}x{meta['resolution'][1]}); load it with "
+              f"keras_hub.models.{'ImageClassifier' if meta['num_classes'] else 'Backbone'}.from_preset({path!r}) "
+              "after `import bit_keras.models`")
         return 0
     meta = read_metadata(path)
     print(f"Wrote {path}: {meta['variant']}, {meta['outputs']} "

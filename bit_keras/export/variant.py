@@ -6,7 +6,7 @@ from bit_keras import download, weights as weights_rule
 from bit_keras.errors import ConfigError
 from bit_keras.export.metadata import check_export_target
 
-FORMATS = ("savedmodel", "keras")
+FORMATS = ("savedmodel", "keras", "keras-hub")
 
 
 def export_variant(variant, directory, *, weights=None, classifier=False, overwrite=False,
@@ -23,13 +23,20 @@ def export_variant(variant, directory, *, weights=None, classifier=False, overwr
         overwrite: replace an existing export.
         random_weights: export untrained weights on purpose (an architecture alone is
             refused, so untrained weights are never exported by accident).
-        format: "savedmodel" (TF Hub Reusable SavedModel) or "keras" (a `.keras` file with named blocks).
+        format: "savedmodel" (TF Hub Reusable SavedModel), "keras" (a `.keras` file with named blocks)
+            or "keras-hub" (a keras-hub preset directory, with the preprocessor for uint8 images).
         serving_model_fn: optional `fn(model) -> model` giving an inference-only model with the
             same outputs for the `serving_default` signature.
     """
     if format not in FORMATS:
         raise ConfigError(f"format must be one of {FORMATS}. Received: format={format!r}")
-    check_export_target(directory, overwrite=overwrite)  # fail before any download or build
+    # Fail before any download or build.
+    if format == "keras-hub":
+        from bit_keras.export.keras_hub import check_preset_target
+
+        check_preset_target(directory, overwrite=overwrite)
+    else:
+        check_export_target(directory, overwrite=overwrite)
     choice = weights_rule.resolve(variant, weights, random_weights=random_weights, cache_dir=cache_dir)
     if choice.random and not random_weights:
         raise ConfigError(
@@ -43,6 +50,15 @@ def export_variant(variant, directory, *, weights=None, classifier=False, overwr
     from bit_keras.export.keras_file import export_keras
     from bit_keras.export.savedmodel import export_model
 
+    if format == "keras-hub":
+        from bit_keras.export.keras_hub import export_preset
+        from bit_keras.preprocessing import for_preset
+
+        if serving_model_fn is not None:
+            raise ConfigError("A serving model applies to SavedModels only, not to format='keras-hub'.")
+        preprocessor = for_preset(choice.preset or choice.architecture)
+        model = choice.build_classifier(preprocessor=preprocessor) if classifier else choice.build_backbone()
+        return export_preset(model, directory, overwrite=overwrite)
     model = choice.build_classifier() if classifier else choice.build_backbone()
     if format == "keras":
         if serving_model_fn is not None:

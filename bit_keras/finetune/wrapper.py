@@ -362,9 +362,8 @@ def _built_in(strategy, layer) -> bool:
 
 
 def backbone_policy(backbone) -> str:
-    """The dtype policy the backbone's convolutions run in (a Functional model's own stays float32)."""
-    convolutions = [layer for layer in getattr(backbone, "layers", ()) if isinstance(layer, keras.layers.Conv2D)]
-    return (convolutions[0] if convolutions else backbone).dtype_policy.name
+    """The dtype policy the backbone runs in (a `BiTBackbone`'s own, as keras-hub's `Backbone` sets it)."""
+    return backbone.dtype_policy.name
 
 
 def _check_backbone_policy(backbone, dtype):
