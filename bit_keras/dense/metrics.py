@@ -15,7 +15,7 @@ import io
 import numpy as np
 
 from bit_keras.dense import IGNORE_LABEL
-from bit_keras.errors import ConfigError
+from bit_keras.errors import ConfigError, SetupError
 
 COCO_METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 
@@ -32,8 +32,12 @@ def coco_map(ground_truth, predictions, num_classes: int | None = None) -> dict:
     `{"boxes", "classes"}`, predictions `{"boxes", "classes", "scores"}` (padding rows with
     class -1, as keras-hub's decoder returns, are skipped).
     """
-    from pycocotools.coco import COCO
-    from pycocotools.cocoeval import COCOeval
+    try:
+        from pycocotools.coco import COCO
+        from pycocotools.cocoeval import COCOeval
+    except ImportError:
+        raise SetupError("COCO mAP needs pycocotools: pip install pycocotools==2.0.11 "
+                         "(or pip install bit_keras[dense]).") from None
 
     ground_truth, predictions = list(ground_truth), list(predictions)
     if len(ground_truth) != len(predictions):
