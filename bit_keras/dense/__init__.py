@@ -1,0 +1,12 @@
+"""Detection and segmentation data, augmentation and metrics for BiT backbones.
+
+Conventions shared by every module here: one example is a dict with
+`image` (uint8 [h, w, 3]), for detection `boxes` (float32 [n, 4], absolute pixels,
+`[ymin, xmin, ymax, xmax]` with ymax/xmax exclusive -- keras-hub's default "yxyx") and
+`classes` (int32 [n], 0-based), for segmentation `mask` (int32 [h, w], class per pixel,
+`IGNORE_LABEL` for pixels not scored). Sources: `sources.py`; augmentations that boxes and
+masks follow: `augment.py`; COCO mAP and mean IoU: `metrics.py`; offline synthetic data:
+`shapes.py`.
+"""
+
+IGNORE_LABEL = 255  # mask value that metrics and losses skip (VOC's "void" border)
