@@ -40,3 +40,13 @@ class InUseError(BiTError, RuntimeError):
 
 class DivergedError(BiTError, FloatingPointError):
     """The loss became NaN or infinite; the run stopped before saving anything from it."""
+
+
+class DiskFullError(BiTError, OSError):
+    """A write failed for lack of space; the message names the path and the space it needs."""
+
+
+class StoppedError(BiTError, RuntimeError):
+    """The run was stopped by SIGTERM after saving what can be resumed; exit status 143, as schedulers expect."""
+
+    exit_code = 143

@@ -3,17 +3,20 @@
 The output directory holds everything a run needs to be inspected or continued:
 
     run.json        what was asked (dataset, variant, rule); a resumed run must match it
-    checkpoint/     keras.callbacks.BackupAndRestore state, written after every evaluation and
-                    removed only once metrics.json is in place (a kill before that resumes)
+    checkpoint/     update-N.weights.h5: model and optimizer after every evaluation period, the newest
+                    two, each complete or absent (`bit_keras.resume`); removed only once metrics.json
+                    is in place (a kill before that resumes)
+    checkpoint-damaged/  checkpoints that could not be read, moved aside (never deleted)
     logs/           metrics.csv, and TensorBoard scalars in train/ and validation/ (step: updates)
     model.keras     the fine-tuned classifier (written atomically at the end)
     savedmodel/     the same as a TF-Hub SavedModel (logits), when asked for
     curves.png      loss, accuracy and learning rate against updates, from logs/metrics.csv
     metrics.json    the final metrics (written atomically, last: its presence means "done")
 
-A run killed at any point is continued by running the same command again: the model and
-optimizer variables come back from the last checkpoint, including the optimizer's update
-counter, so the schedule continues at the right step and learning rate. `overwrite` replaces
+A run killed at any point (or stopped by a full disk) is continued by running the same
+command again: the model and optimizer variables come back from the newest readable
+checkpoint, including the optimizer's update counter, so the schedule continues at the right
+step and learning rate. `overwrite` replaces
 only a folder that looks like a run, and only once the data and model have been built.
 
 Under a multi-worker strategy every worker runs the same call; only the chief writes into
@@ -34,7 +37,7 @@ import zipfile
 import numpy as np
 
 
-from bit_keras import files, plots, runs
+from bit_keras import files, plots, resume, runs
 from bit_keras.errors import BiTError, CheckpointError, ConfigError, MissingFileError
 from bit_keras.train.strategy import jax_data_parallel
 
@@ -145,26 +148,25 @@ def finetune(source, *, dataset, output, weights=None, random_weights=False, cac
         log(_header(ft, describe(ft.strategy) if ft.strategy is not None else None, jax_devices))
     if not chief:
         # The chief's checkpoint is where every worker resumes from; this worker's own writes go aside.
-        resumed_epoch = 0 if overwrite else _resumed_epochs(output, run, None)
+        start = None if overwrite else _resume_point(output, run, None, move_damaged=False)
         writes = worker_scratch()
         files.remove(writes)
-        os.makedirs(writes)
-        if resumed_epoch:
-            shutil.copytree(os.path.join(output, CHECKPOINT_DIR), os.path.join(writes, CHECKPOINT_DIR))
+        os.makedirs(os.path.join(writes, CHECKPOINT_DIR))
+        if start is not None:
+            start = (start[0], shutil.copy(start[1], os.path.join(writes, CHECKPOINT_DIR)))
         try:
-            return _fit_and_save(ft, run, writes, train_ds, eval_ds, eval_every, resumed_epoch, callbacks,
+            return _fit_and_save(ft, run, writes, train_ds, eval_ds, eval_every, start, callbacks,
                                  savedmodel=savedmodel, verbose=verbose, log=None, chief=False)
         finally:
             files.remove(writes)
     replaced = files.move_aside(output) if overwrite and os.path.lexists(output) else None
     os.makedirs(output, exist_ok=True)
-    resumed_epoch = _resumed_epochs(output, run, log)
+    start = _resume_point(output, run, log)
     runs.write_run(output, run)
     if replaced:
         files.remove(replaced)
-    if resumed_epoch and log is not None:
-        log(f"Resuming from {os.path.join(output, CHECKPOINT_DIR)} "
-            f"(update {resumed_epoch * eval_every} of {ft.rule.total_steps}).")
+    if start is not None and log is not None:
+        log(f"Resuming from {start[1]} (update {start[0]} of {ft.rule.total_steps}).")
     warnings = list(ft.rule.warnings())
     if info.skipped:
         shown = ", ".join(f"{os.path.basename(path)} ({why})" for path, why in info.skipped[:3])
@@ -172,7 +174,7 @@ def finetune(source, *, dataset, output, weights=None, random_weights=False, cac
                         + (", ..." if len(info.skipped) > 3 else ""))
     for warning in warnings if log is not None else ():
         log(f"warning: {warning}")
-    return _fit_and_save(ft, run, output, train_ds, eval_ds, eval_every, resumed_epoch, callbacks,
+    return _fit_and_save(ft, run, output, train_ds, eval_ds, eval_every, start, callbacks,
                          savedmodel=savedmodel, verbose=verbose, log=log, chief=True)
 
 
@@ -188,12 +190,13 @@ def _header(ft, strategy_name, jax_devices) -> str:
             f"{per_replica} per replica x {ft.accumulation_steps} accumulation step(s)")
 
 
-def _fit_and_save(ft, run, output, train_ds, eval_ds, eval_every, resumed_epoch, callbacks, *, savedmodel,
+def _fit_and_save(ft, run, output, train_ds, eval_ds, eval_every, start, callbacks, *, savedmodel,
                   verbose, log, chief):
     """Trains to the end of the schedule, then writes model.keras (and the rest, on the chief) into `output`."""
     import keras
 
     from bit_keras.export.keras_file import export_keras
+    from bit_keras.finetune.wrapper import ResumeCheckpoints
     from bit_keras.summaries import ScalarLogger
 
     dataset, seed, num_classes = run["dataset"], run["seed"], run["num_classes"]
@@ -201,12 +204,12 @@ def _fit_and_save(ft, run, output, train_ds, eval_ds, eval_every, resumed_epoch,
     batch_size = ft.batch_size
     eval_batches = ft.eval_dataset(eval_ds) if eval_ds is not None else None
     os.makedirs(os.path.join(output, LOGS_DIR), exist_ok=True)
+    # The schedule follows the optimizer's restored update counter, not the epoch number.
+    resumed_epoch = math.ceil(start[0] / eval_every) if start is not None else 0
     run_callbacks = [
-        # double_checkpoint keeps the previous state to fall back on if a kill lands mid-write;
-        # the schedule follows the optimizer's restored update counter, not the epoch number.
         # Kept after fit (removed below) until the final files are in place.
-        keras.callbacks.BackupAndRestore(os.path.join(output, CHECKPOINT_DIR), save_freq="epoch",
-                                         double_checkpoint=True, delete_checkpoint=False),
+        ResumeCheckpoints(os.path.join(output, CHECKPOINT_DIR), eval_every=eval_every,
+                          total_updates=ft.rule.total_steps, restore=start[1] if start is not None else None),
         keras.callbacks.CSVLogger(os.path.join(output, LOGS_DIR, "metrics.csv"), append=True),
         ScalarLogger(os.path.join(output, LOGS_DIR)),  # TensorBoard: logs/train, logs/validation
         *callbacks,
@@ -214,7 +217,7 @@ def _fit_and_save(ft, run, output, train_ds, eval_ds, eval_every, resumed_epoch,
     started = time.time()
     # A resumed run draws a fresh data order instead of replaying the examples already seen.
     history = ft.fit(train_ds, validation_data=eval_batches, eval_every=eval_every, callbacks=run_callbacks,
-                     seed=seed + resumed_epoch, verbose=verbose)
+                     seed=seed + resumed_epoch, verbose=verbose, initial_epoch=resumed_epoch)
     seconds = time.time() - started
 
     metrics = {"dataset": dataset, "source": run["source"], "weights": run["weights"], "train_size": run["train_size"],
@@ -322,37 +325,17 @@ class _Resolution:
         self.crop = crop
 
 
-def _resumed_epochs(output, run, log) -> int:
-    """Evaluation periods done by a checkpoint in `output` (0: a fresh run, whose run.json may be replaced).
+def _resume_point(output, run, log, *, move_damaged=True):
+    """(updates, path) of the newest readable checkpoint in `output` (None: start from the beginning).
 
-    A metadata file cut short by a kill falls back to the state saved before it (double_checkpoint),
-    as BackupAndRestore itself does only for an unreadable weights file.
+    Unreadable checkpoints are moved into checkpoint-damaged/ (by the chief only) and the one
+    before is used; a checkpoint of another configuration is refused before anything moves.
     """
-    path = os.path.join(output, CHECKPOINT_DIR, "training_metadata.json")
-    weights = os.path.join(output, CHECKPOINT_DIR, "latest.weights.h5")
-    if not os.path.exists(path):
-        return 0
-    epoch = _epoch(path)
-    if epoch is None:
-        epoch = _epoch(path + ".bkp") if os.path.exists(weights + ".bkp") else None
-        if epoch is None:
-            raise CheckpointError(f"{path} is damaged and has no readable backup, so the run cannot resume; "
-                                  "pass --overwrite to start again.")
-        for name in (weights, path):
-            shutil.copyfile(name + ".bkp", name)
-        if log is not None:
-            log(f"warning: {path} was damaged; resuming from the checkpoint saved before it.")
-    runs.check_resume(output, run, restart="pass --overwrite to start again, or use another --output")
-    return epoch
-
-
-def _epoch(path):
-    """The epoch a BackupAndRestore metadata file names, or None if the file cannot be read."""
-    try:
-        epoch = files.read_json(path)["epoch"]
-    except (OSError, ValueError, TypeError, KeyError):
+    directory = os.path.join(output, CHECKPOINT_DIR)
+    if not resume.list_checkpoints(directory):
         return None
-    return epoch if isinstance(epoch, int) and epoch >= 0 else None
+    runs.check_resume(output, run, restart="pass --overwrite to start again, or use another --output")
+    return resume.newest_complete(directory, log=log, move_damaged=move_damaged)
 
 
 def _last(history, key):

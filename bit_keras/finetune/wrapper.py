@@ -120,6 +120,41 @@ class FineTuner:
                                   initial_epoch=initial_epoch, callbacks=callbacks, verbose=verbose, shuffle=False)
 
 
+class ResumeCheckpoints(keras.callbacks.Callback):
+    """Restores `restore` when fit starts; saves a checkpoint (`bit_keras.resume`) after every whole period.
+
+    A period is `eval_every` updates (the last one may be shorter); a fit stopped inside one
+    (SIGTERM) saves nothing for it, so every checkpoint ends where a period ends.
+    """
+
+    def __init__(self, directory, *, eval_every, total_updates, restore=None):
+        super().__init__()
+        self.directory, self.eval_every, self.total_updates, self.restore = directory, eval_every, total_updates, restore
+
+    def on_train_begin(self, logs=None):
+        from bit_keras import resume
+        from bit_keras.errors import CheckpointError
+
+        if self.restore is None:
+            return
+        optimizer = self.model.optimizer
+        if optimizer is not None and not optimizer.built:
+            optimizer.build(self.model.trainable_variables)
+        try:
+            self.model.load_weights(self.restore)
+        except Exception as error:  # read whole before (resume.check_weights_file), so not a cut-off file
+            moved = resume.move_into(self.restore, resume.damaged_dir(self.directory))
+            raise CheckpointError(f"{self.restore} cannot be loaded ({' '.join(str(error).split())[:200]}); moved it "
+                                  f"to {moved}. Run the same command again to resume from the one before it.") from None
+
+    def on_epoch_end(self, epoch, logs=None):
+        from bit_keras import resume
+
+        updates = int(np.asarray(self.model.optimizer.iterations))
+        if updates and (updates % self.eval_every == 0 or updates >= self.total_updates):
+            resume.save(self.model, self.directory, updates)
+
+
 class StopAfterUpdates(keras.callbacks.Callback):
     """Stops `fit` once the optimizer has made `total_updates` real updates."""
 
