@@ -432,3 +432,36 @@ def test_a_corrupt_keras_file_is_a_one_line_error(tmp_path, capsys):
     _one_line(err, "cut.keras is not a readable .keras file")
     assert not (tmp_path / "run").exists()
 
+
+
+def test_a_full_disk_in_train_and_export_is_one_line_naming_the_path_and_train_resumes(tmp_path, monkeypatch,
+                                                                                      capsys):
+    import tensorflow as tf
+
+    save = tf.train.CheckpointManager.save
+
+    def full_at_step_2(manager, checkpoint_number=None, **kwargs):
+        if checkpoint_number == 2:
+            raise tf.errors.ResourceExhaustedError(None, None, "ckpt-2_temp/part-00000: No space left on device")
+        return save(manager, checkpoint_number=checkpoint_number, **kwargs)
+
+    monkeypatch.setattr(tf.train.CheckpointManager, "save", full_at_step_2)
+    model_dir = tmp_path / "upstream"
+    argv = [arg.format(dir=model_dir) for arg in TRAIN] + ["--epochs", "0.02", "--checkpoint-every", "1"]
+    status, err = _cli(capsys, *argv)
+    assert status == 2
+    _one_line(err, "No space left on device while writing", str(model_dir / "checkpoints"), "needs at least",
+              "run the same command again")
+    monkeypatch.undo()
+    capsys.readouterr()
+    status = cli_main._main(cli_main.build_parser().parse_args(argv))
+    assert status == 0 and "resuming from ckpt-1 at step 1" in capsys.readouterr().out
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(tf.saved_model, "save", full_disk)
+    status, err = _cli(capsys, "export", "--variant", "r14x1", "--random-weights", "--output", str(tmp_path / "export"))
+    assert status == 2
+    _one_line(err, "No space left on device while writing", str(tmp_path / "export"), "free")
+    assert sorted(os.listdir(tmp_path)) == ["upstream"]

@@ -346,11 +346,11 @@ def train(config: TrainConfig, *, strategy=None, source=None, eval_source=None, 
             if eval_source is not None and (step % eval_every == 0 or step == stop_step):
                 run_evaluation(step)
             if step % config.checkpoint_every == 0 and step < stop_step:
-                manager.save(checkpoint_number=step)
+                _save(manager, step)
                 log(f"checkpoint {manager.latest_checkpoint} at step {step}")
         if step > start_step or stop.signal is not None:
             if _latest_step(manager) != step:
-                manager.save(checkpoint_number=step)
+                _save(manager, step)
             log(f"checkpoint {manager.latest_checkpoint} at step {step}"
                 + (" (SIGTERM: stopping; rerun the same command to resume)" if preempted else ""))
     finally:
@@ -410,6 +410,20 @@ def _backbone_switches(options):
     """The network switches that differ from BiT's (GroupNorm with 32 groups, WS, no drop-path)."""
     defaults = TrainingOptions().backbone_kwargs()
     return {key: value for key, value in options.backbone_kwargs().items() if value != defaults[key]}
+
+
+def _save(manager, step):
+    """manager.save; a full disk is one line naming the folder and the size of the checkpoint before."""
+    previous = manager.latest_checkpoint
+    needed = (sum(files.size_of(path) for path in _checkpoint_files(previous)) if previous else None)
+    with files.disk_full_named(manager.directory, needed=needed):
+        manager.save(checkpoint_number=step)
+
+
+def _checkpoint_files(prefix):
+    import tensorflow as tf
+
+    return tf.io.gfile.glob(prefix + ".*") if not files.is_remote(prefix) else []
 
 
 def _latest_step(manager):
