@@ -91,7 +91,7 @@ def finetune(source, *, dataset, output, weights=None, random_weights=False, cac
 
     Returns the final metrics (also written to output/metrics.json).
     """
-    from bit_keras.data import few_shot, load_source
+    from bit_keras.data import check_split, few_shot, load_source
     from bit_keras.finetune.wrapper import backbone_policy, build_finetuner, resolve_strategy
     from bit_keras.train.strategy import describe, is_chief, jax_devices_in_use, per_replica_batch, worker_scratch
 
@@ -104,6 +104,8 @@ def finetune(source, *, dataset, output, weights=None, random_weights=False, cac
                         ("eval_every", eval_every)):
         if value is not None and (int(value) != value or value < 1):  # 0 would silently mean "the default"
             raise ConfigError(f"{name} must be a positive integer. Received: {name}={value!r}")
+    for split in (train_split, eval_split) if eval_split else (train_split,):  # before any weights or model
+        check_split(dataset, split, data_dir=data_dir)
     if isinstance(source, str) and not (os.path.isdir(source) or source.endswith(".keras")):
         source = weights_rule.resolve(source, weights, random_weights=random_weights, cache_dir=cache_dir)
     if isinstance(source, weights_rule.WeightsChoice):
@@ -126,6 +128,7 @@ def finetune(source, *, dataset, output, weights=None, random_weights=False, cac
         train_ds = few_shot(train_ds, int(examples_per_class), num_classes=info.num_classes, seed=seed)
         train_size = int(examples_per_class) * info.num_classes
     eval_ds = load_source(dataset, eval_split, data_dir=data_dir, download=download)[0] if eval_split else None
+    _seed_initial_weights(seed)  # an architecture name draws its random weights now
     ft = build_finetuner(source, num_classes=info.num_classes, train_size=train_size, image_size=info.image_size,
                          batch_size=batch_size, micro_batch_size=micro_batch_size, weights=weights,
                          random_weights=random_weights, cache_dir=cache_dir, steps=steps,
@@ -139,6 +142,8 @@ def finetune(source, *, dataset, output, weights=None, random_weights=False, cac
            # depend on, so a run resumes on another number of devices when the math is the same.
            "micro_batch_size": ft.step_batch_size, "eval_every": eval_every, "seed": seed,
            "hyperrule": ft.rule.to_dict()}
+    if info.lost_by_class:  # the true counts: train_size is what is readable; these were left out
+        run["left_out_by_class"] = {name: lost for name, lost, _ in info.lost_by_class}
     policy = backbone_policy(ft.backbone)
     if policy != "float32":  # absent means float32, as in runs recorded before precision could change
         run["precision"] = policy
@@ -146,6 +151,7 @@ def finetune(source, *, dataset, output, weights=None, random_weights=False, cac
     # old run goes aside in one rename, so the new one starts clean (no old logs or checkpoint).
     if log is not None:
         log(_header(ft, describe(ft.strategy) if ft.strategy is not None else None, jax_devices))
+        log(_plan(ft.rule, base_learning_rate, crop=ft.crop))
     if not chief:
         # The chief's checkpoint is where every worker resumes from; this worker's own writes go aside.
         start = None if overwrite else _resume_point(output, run, None, move_damaged=False)
@@ -168,14 +174,50 @@ def finetune(source, *, dataset, output, weights=None, random_weights=False, cac
     if start is not None and log is not None:
         log(f"Resuming from {start[1]} (update {start[0]} of {ft.rule.total_steps}).")
     warnings = list(ft.rule.warnings())
+    if getattr(source, "random", False) and base_learning_rate is None:
+        warnings.append(f"random weights: the HyperRule's learning rate ({ft.rule.base_learning_rate:.2g}) is tuned "
+                        "for pre-trained features and barely moves random weights; pass a higher one with "
+                        "--learning-rate (learning_rate=), e.g. --learning-rate 0.01 as `bit_keras demo` does.")
     if info.skipped:
         shown = ", ".join(f"{os.path.basename(path)} ({why})" for path, why in info.skipped[:3])
-        warnings.append(f"{len(info.skipped)} file(s) of {dataset} are not images and were left out: {shown}"
-                        + (", ..." if len(info.skipped) > 3 else ""))
+        by_class = ", ".join(f"{name} {lost} of {of}" for name, lost, of in info.lost_by_class)
+        warnings.append(f"{len(info.skipped)} file(s) of {dataset} [{train_split}] cannot be read as images and were "
+                        f"left out before training (by class: {by_class}); it trains on the {train_size} readable "
+                        f"ones: {shown}" + (", ..." if len(info.skipped) > 3 else ""))
     for warning in warnings if log is not None else ():
         log(f"warning: {warning}")
     return _fit_and_save(ft, run, output, train_ds, eval_ds, eval_every, start, callbacks,
                          savedmodel=savedmodel, verbose=verbose, log=log, chief=True)
+
+
+def _seed_initial_weights(seed):
+    """Seeds Keras' initializers, so one --seed gives the same random weights in every run and strategy.
+
+    TensorFlow's global seed is cleared again (as `bit_keras train` does): the input pipeline
+    seeds each of its ops itself, and the data order stays what it was without a global seed.
+    """
+    import keras
+
+    keras.utils.set_random_seed(int(seed))
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        tf.random.set_seed(None)
+
+
+def _plan(rule, base_learning_rate, *, crop=True) -> str:
+    """The run header's schedule line: what the HyperRule (or a flag) decided."""
+    from bit_keras.hyperrule import BASE_BATCH, BASE_LEARNING_RATE
+
+    where = ("--learning-rate" if base_learning_rate is not None
+             else f"HyperRule {BASE_LEARNING_RATE:g} x {rule.batch_size}/{BASE_BATCH}")
+    images = f"resized to {rule.resize} px, random crops of {rule.crop} px" if crop else f"resized to {rule.crop} px"
+    decays = ", ".join(map(str, rule.decay_boundaries)) or "none"
+    mixup = f"alpha {rule.mixup_alpha:g}" if rule.mixup_alpha else "off"
+    return (f"plan: {rule.total_steps} updates at batch {rule.batch_size}; peak learning rate "
+            f"{rule.base_learning_rate:.3g} ({where}), linear warm-up {rule.warmup_steps} updates, /10 at updates "
+            f"{decays}; images {images}; MixUp {mixup}; "
+            f"SGD momentum {rule.momentum:g}")
 
 
 def _header(ft, strategy_name, jax_devices) -> str:
@@ -257,9 +299,11 @@ def evaluate(model_path, *, dataset, split="test", batch_size=128, resolution=No
     """
     import keras
 
-    from bit_keras.data import eval_pipeline, load_source
+    from bit_keras.data import check_split, eval_pipeline, load_source
+    from bit_keras.data.preprocess import with_known_length
     from bit_keras.finetune.wrapper import resolve_strategy
 
+    check_split(dataset, split, data_dir=data_dir)  # before the model is loaded
     model_path = os.fspath(model_path)
     if os.path.isdir(model_path) and os.path.exists(os.path.join(model_path, MODEL_FILE)):
         model_path = os.path.join(model_path, MODEL_FILE)
@@ -279,7 +323,8 @@ def evaluate(model_path, *, dataset, split="test", batch_size=128, resolution=No
             raise ConfigError(f"{model_path} has {num_classes} classes but {dataset} has {info.num_classes}.")
         model.compile(loss=keras.losses.CategoricalCrossentropy(from_logits=True),
                       metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")])
-    batches = eval_pipeline(ds, _Resolution(int(resolution)), batch_size=batch_size, num_classes=num_classes)
+    batches = with_known_length(eval_pipeline(ds, _Resolution(int(resolution)), batch_size=batch_size,
+                                              num_classes=num_classes))
     scores = model.evaluate(batches, verbose=0, return_dict=True)
     return {"model": model_path, "dataset": dataset, "split": split, "examples": info.train_size,
             "resolution": int(resolution), "loss": float(scores["loss"]), "accuracy": float(scores["accuracy"]),

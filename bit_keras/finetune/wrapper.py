@@ -86,10 +86,10 @@ class FineTuner:
 
     def eval_dataset(self, ds, *, batch_size=None):
         """Evaluation batches: resized to the rule's crop size, no augmentation, every example kept."""
-        from bit_keras.data import eval_pipeline
+        from bit_keras.data.preprocess import eval_pipeline, with_known_length
 
-        return eval_pipeline(ds, self.rule, batch_size=batch_size or self.step_batch_size,
-                             num_classes=self.num_classes)
+        return with_known_length(eval_pipeline(ds, self.rule, batch_size=batch_size or self.step_batch_size,
+                                               num_classes=self.num_classes))
 
     def scope(self):
         """The strategy's scope (a no-op without one): `fit`, `evaluate` and `predict` run inside it."""
