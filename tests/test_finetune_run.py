@@ -161,8 +161,8 @@ def test_the_weights_rule_on_the_command_line(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(presets, "RELEASE_URL", "http://127.0.0.1:9")  # nothing listens there: offline
     output = tmp_path / "run"
     started = time.monotonic()
-    # The dataset does not exist either: the weights must be what fails, first.
-    assert _cli("finetune", "--variant", "m-r50x1", "--dataset", "folder:/nonexistent", "--output", str(output)) == 2
+    # The data is fine (it is checked first, in a moment): the weights are what fails, before any model.
+    assert _cli("finetune", "--variant", "m-r50x1", "--dataset", "digits", "--output", str(output)) == 2
     error = capsys.readouterr().err
     assert time.monotonic() - started < 10 and len(error.strip().splitlines()) == 1
     release = presets.PRESETS["BiT-M-R50x1"]
