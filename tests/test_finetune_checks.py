@@ -94,3 +94,32 @@ def test_seed_fixes_the_random_initial_weights_of_an_architecture(tmp_path):
     kernels = [i for i, w in enumerate(starts[0]) if w.ndim == 4]
     assert all(np.array_equal(x, y) for x, y in zip(starts[0], starts[1]))
     assert not any(np.array_equal(starts[0][i], starts[2][i]) for i in kernels)
+
+
+class _FinalWeights(keras.callbacks.Callback):
+    def on_train_end(self, logs=None):
+        self.weights = [(w.path, np.array(w)) for w in self.model.weights]
+
+
+def test_evaluating_a_run_fine_tuned_from_a_savedmodel_loads_every_trained_weight(tmp_path):
+    import bit_keras
+    from bit_keras import runs
+    from bit_keras.export import export_model
+    from bit_keras.finetune.runner import _load_classifier, evaluate
+
+    export_model(bit_keras.BiTBackbone((1, 1, 1, 1), width=1, name="tiny"), tmp_path / "export")
+    final = _FinalWeights()
+    finetune(str(tmp_path / "export"), dataset="digits", output=tmp_path / "run", batch_size=16, steps=3,
+             resolution=16, base_learning_rate=0.05, eval_split=None, verbose=0, callbacks=[final])
+    exported = {w.path: np.array(w) for w in bit_keras.export.load_backbone(str(tmp_path / "export")).weights}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model = _load_classifier(str(tmp_path / "run" / "model.keras"), runs.read_run(tmp_path / "run"))
+    assert not [w for w in caught if "Skipping nested container" in str(w.message)]
+    loaded = [(w.path, np.array(w)) for w in model.weights]
+    assert [path for path, _ in loaded] == [path for path, _ in final.weights] and len(loaded) > 40
+    for (path, value), (_, trained) in zip(loaded, final.weights):
+        np.testing.assert_array_equal(value, trained, err_msg=path)
+    moved = [path for path, value in loaded if path in exported and not np.array_equal(value, exported[path])]
+    assert len(moved) > 30  # the backbone's trained weights, not the export's it started from
+    assert evaluate(tmp_path / "run", dataset="digits", split="test[:64]")["examples"] == 64
