@@ -2,6 +2,7 @@
 
 import json
 import os
+import signal
 import warnings
 
 import keras
@@ -123,3 +124,79 @@ def test_evaluating_a_run_fine_tuned_from_a_savedmodel_loads_every_trained_weigh
     moved = [path for path, value in loaded if path in exported and not np.array_equal(value, exported[path])]
     assert len(moved) > 30  # the backbone's trained weights, not the export's it started from
     assert evaluate(tmp_path / "run", dataset="digits", split="test[:64]")["examples"] == 64
+
+
+class _Sigterm(keras.callbacks.Callback):
+    """Sends this process SIGTERM during update `update` (1-based), or during the evaluation after it."""
+
+    def __init__(self, update, during="train"):
+        super().__init__()
+        self.update, self.during = update, during
+
+    def _maybe(self):
+        if int(self.model.optimizer.iterations) == self.update - (self.during == "train"):
+            os.kill(os.getpid(), signal.SIGTERM)
+            self.update = -10
+
+    def on_train_batch_begin(self, batch, logs=None):
+        if self.during == "train":
+            self._maybe()
+
+    def on_test_batch_begin(self, batch, logs=None):
+        if self.during == "eval":
+            self._maybe()
+
+
+def test_sigterm_stops_a_fine_tune_at_the_next_step_keeps_its_checkpoint_and_the_run_resumes(tmp_path):
+    from bit_keras import runs
+    from bit_keras.errors import StoppedError
+    from bit_keras.resume import list_checkpoints
+
+    options = dict(dataset="digits", batch_size=8, steps=6, eval_every=2, resolution=16, eval_split="test[:16]",
+                   verbose=0)
+    with runs.sigterm_stops(), pytest.raises(StoppedError) as stopped:
+        finetune("r14x1", output=tmp_path, callbacks=[_Sigterm(3)], **options)
+    assert str(stopped.value).startswith("Stopped by SIGTERM after update 3 of 6. ")
+    assert f"{tmp_path / 'checkpoint'} keeps update 2: run the same command again" in str(stopped.value)
+    assert [u for u, _ in list_checkpoints(tmp_path / "checkpoint")] == [2]
+    # SIGTERM while a period's evaluation runs: its training was whole, so its checkpoint is written.
+    with runs.sigterm_stops(), pytest.raises(StoppedError, match="after update 4 of 6. .* keeps update 4"):
+        finetune("r14x1", output=tmp_path, callbacks=[_Sigterm(4, during="eval")], **options)
+    rows = (tmp_path / "logs" / "metrics.csv").read_text().strip().splitlines()
+    assert rows[-1].split(",")[0] == "1" and ",NA" in rows[-1]  # the cut evaluation is not logged as a score
+    assert finetune("r14x1", output=tmp_path, **options)["updates"] == 6
+
+
+def test_sigterm_ends_demo_transfer_in_pre_training_without_claiming_the_planned_run(tmp_path):
+    from bit_keras import runs
+    from bit_keras.errors import StoppedError
+    from bit_keras.finetune.transfer_demo import run_transfer_demo
+
+    lines = []
+
+    def print_fn(line):
+        lines.append(line)
+        if line.strip().startswith("step 1/"):
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    with runs.sigterm_stops(), pytest.raises(StoppedError, match="during pre-training after 1 of 12 updates"):
+        run_transfer_demo(str(tmp_path), upstream_steps=12, upstream_batch=16, resolution=16, shots=(1,),
+                          finetune_steps=2, finetune_batch=8, check_hub=False, print_fn=print_fn)
+    assert lines[1].startswith("[1/3] Upstream: pre-training r14x1 for 12 updates") and "a line every 1" in lines[1]
+    assert not any("[1/3] Upstream: 12 updates" in line or line.startswith("[3/3]") for line in lines), lines
+
+
+def test_the_cli_exits_143_with_one_line_on_sigterm(capsys, monkeypatch):
+    from bit_keras.cli import finetune as finetune_cli
+
+    def terminated(args):
+        os.kill(os.getpid(), signal.SIGTERM)
+        raise AssertionError("SIGTERM did not stop the command")
+
+    monkeypatch.setattr(finetune_cli, "run_finetune", terminated)
+    parser = cli_main.build_parser()
+    args = parser.parse_args(["finetune", "--variant", "r14x1", "--dataset", "digits", "--output", "x"])
+    args.handler = terminated
+    assert cli_main._main(args) == 143
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("bit_keras finetune: error: Stopped by SIGTERM") and len(err.splitlines()) == 1

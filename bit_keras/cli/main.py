@@ -56,8 +56,11 @@ def _main(args):
         from bit_keras.cli.quiet import quiet_python_logs
 
         quiet_python_logs()
+    from bit_keras.runs import sigterm_stops
+
     try:
-        return args.handler(args) or 0
+        with sigterm_stops():  # SIGTERM: one line and exit status 143, after what can be resumed is saved
+            return args.handler(args) or 0
     except (UsageError, BiTError, OSError) as error:
         if getattr(args, "verbose", False):
             raise
@@ -65,7 +68,7 @@ def _main(args):
         # traceback would bury it. Anything else is a bug and keeps its traceback.
         logging.debug("Failed", exc_info=True)
         print(f"bit_keras {args.command}: error: {_as_flags(str(error), args)}", file=sys.stderr)
-        return 2
+        return getattr(error, "exit_code", 2)
 
 
 def _as_flags(message: str, args) -> str:

@@ -38,7 +38,7 @@ import numpy as np
 
 
 from bit_keras import files, plots, resume, runs
-from bit_keras.errors import BiTError, CheckpointError, ConfigError, MissingFileError
+from bit_keras.errors import BiTError, CheckpointError, ConfigError, MissingFileError, StoppedError
 from bit_keras.train.strategy import jax_data_parallel
 
 METRICS_FILE = "metrics.json"
@@ -258,8 +258,15 @@ def _fit_and_save(ft, run, output, train_ds, eval_ds, eval_every, start, callbac
     ]
     started = time.time()
     # A resumed run draws a fresh data order instead of replaying the examples already seen.
-    history = ft.fit(train_ds, validation_data=eval_batches, eval_every=eval_every, callbacks=run_callbacks,
-                     seed=seed + resumed_epoch, verbose=verbose, initial_epoch=resumed_epoch)
+    try:
+        history = ft.fit(train_ds, validation_data=eval_batches, eval_every=eval_every, callbacks=run_callbacks,
+                         seed=seed + resumed_epoch, verbose=verbose, initial_epoch=resumed_epoch)
+    except StoppedError as stopped:
+        kept = resume.latest_updates(os.path.join(output, CHECKPOINT_DIR))
+        raise StoppedError(f"{stopped} {os.path.join(output, CHECKPOINT_DIR)} keeps update {kept}: run the same "
+                           "command again to resume from there." if kept else
+                           f"{stopped} No evaluation period was complete, so no checkpoint was written: running "
+                           "the same command again starts the run afresh.") from None
     seconds = time.time() - started
 
     metrics = {"dataset": dataset, "source": run["source"], "weights": run["weights"], "train_size": run["train_size"],

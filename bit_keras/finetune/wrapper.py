@@ -18,7 +18,7 @@ import numpy as np
 
 from bit_keras import runs
 from bit_keras.hyperrule import HyperRule
-from bit_keras.errors import ConfigError, MissingFileError
+from bit_keras.errors import ConfigError, MissingFileError, StoppedError
 
 
 @dataclasses.dataclass
@@ -113,11 +113,37 @@ class FineTuner:
         """
         eval_every = eval_every or max(1, math.ceil(self.rule.total_steps / 10))
         epochs = math.ceil(self.rule.total_steps / eval_every)
-        callbacks = [StopAfterUpdates(self.rule.total_steps), LearningRateLogger(), StopOnNonFiniteLoss(), *callbacks]
-        with self.scope():
-            return self.model.fit(self.train_dataset(ds, seed=seed), validation_data=validation_data,
-                                  steps_per_epoch=eval_every * self.accumulation_steps, epochs=epochs,
-                                  initial_epoch=initial_epoch, callbacks=callbacks, verbose=verbose, shuffle=False)
+        callbacks = [StopOnSigterm(), StopAfterUpdates(self.rule.total_steps), LearningRateLogger(),
+                     StopOnNonFiniteLoss(), *callbacks]
+        with self.scope(), runs.sigterm_deferred() as sigterm:
+            history = self.model.fit(self.train_dataset(ds, seed=seed), validation_data=validation_data,
+                                     steps_per_epoch=eval_every * self.accumulation_steps, epochs=epochs,
+                                     initial_epoch=initial_epoch, callbacks=callbacks, verbose=verbose, shuffle=False)
+        if sigterm.received:
+            raise StoppedError(f"Stopped by SIGTERM after update {int(np.asarray(self.model.optimizer.iterations))} "
+                               f"of {self.rule.total_steps}.")
+        return history
+
+
+class StopOnSigterm(keras.callbacks.Callback):
+    """Ends `fit` after the step during which SIGTERM came (`runs.sigterm_deferred`); an evaluation cut short is not logged.
+
+    A period whose training was complete still ends normally, so its checkpoint is written.
+    """
+
+    def on_train_batch_end(self, batch, logs=None):
+        if runs.SIGTERM.received:
+            self.model.stop_training = True
+
+    def on_test_batch_end(self, batch, logs=None):
+        if runs.SIGTERM.received:
+            self.model.stop_evaluating = True
+
+    def on_epoch_end(self, epoch, logs=None):
+        if runs.SIGTERM.received:
+            self.model.stop_training = True  # it may have come during the evaluation
+            for key in [key for key in logs or {} if key.startswith("val_")]:
+                del logs[key]
 
 
 class ResumeCheckpoints(keras.callbacks.Callback):
