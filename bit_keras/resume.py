@@ -84,9 +84,6 @@ def first_readable(candidates, check, *, damaged=None, log=None, what="checkpoin
                 log(f"warning: {what} {candidate} cannot be read ({reason}){where}.")
     else:
         candidate = None
-    if candidate is None and tried and log is not None:
-        log(f"warning: no readable {what} is left, so the run starts again from the beginning "
-            f"(the damaged one{'s were' if len(tried) > 1 else ' was'} kept).")
     return candidate
 
 
@@ -119,4 +116,7 @@ def newest_complete(directory, *, log=None, move_damaged=True):
     found = dict((path, updates) for updates, path in list_checkpoints(directory))
     damaged = (damaged_dir(directory), move_into) if move_damaged else None
     path = first_readable(list(found), check_weights_file, damaged=damaged, log=log)
+    if path is None and log is not None:
+        log(f"warning: no readable checkpoint is left in {directory}, so the run starts again from the beginning "
+            f"(the damaged one{'s were' if len(found) > 1 else ' was'} kept).")
     return (found[path], path) if path is not None else None

@@ -465,3 +465,22 @@ def test_a_full_disk_in_train_and_export_is_one_line_naming_the_path_and_train_r
     assert status == 2
     _one_line(err, "No space left on device while writing", str(tmp_path / "export"), "free")
     assert sorted(os.listdir(tmp_path)) == ["upstream"]
+
+
+def test_train_falls_back_to_the_checkpoint_before_an_unreadable_one_and_keeps_it(tmp_path):
+    from bit_keras.train.loop import train
+
+    train(_config(tmp_path, max_steps=4), source=_source(), log=lambda line: None)  # ckpt-2, ckpt-4
+    (data,) = (tmp_path / "checkpoints").glob("ckpt-4.data-*")
+    _cut(data)
+    lines = []
+    result = train(_config(tmp_path, max_steps=6), source=_source(), log=lines.append)
+    assert result.start_step == 2 and result.step == 6
+    assert any("ckpt-4 cannot be read" in line and "checkpoints-damaged" in line for line in lines), lines
+    assert sorted(os.listdir(tmp_path / "checkpoints-damaged")) == ["ckpt-4.data-00000-of-00001", "ckpt-4.index"]
+
+    for data in (tmp_path / "checkpoints").glob("ckpt-*.data-*"):
+        _cut(data)
+    with pytest.raises(CheckpointError, match="No checkpoint in .* could be read .* run the same command again"):
+        train(_config(tmp_path, max_steps=8), source=_source(), log=lambda line: None)
+    assert train(_config(tmp_path, max_steps=8), source=_source(), log=lambda line: None).start_step == 0
