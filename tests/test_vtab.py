@@ -188,3 +188,23 @@ def test_a_manual_download_dataset_names_its_folder(tmp_path):
 
     with pytest.raises(MissingFileError, match=f"in {tmp_path}/downloads/manual, then run again"):
         load_split("diabetic_retinopathy", "test", data_dir=str(tmp_path))
+
+
+def test_a_full_disk_or_sigterm_in_one_task_ends_vtab_instead_of_failing_every_task(tmp_path, monkeypatch):
+    from bit_keras.errors import DiskFullError, StoppedError
+    from bit_keras.finetune import runner
+    from bit_keras.vtab.run import run_vtab
+    from bit_keras.vtab.tasks import select
+
+    for error in (DiskFullError("No space left on device while writing X: it needs at least 1.0 MB free"),
+                  StoppedError("Stopped by SIGTERM after update 3 of 6.")):
+        calls = []
+
+        def finetune(*args, error=error, **kwargs):
+            calls.append(kwargs["dataset"])
+            raise error
+
+        monkeypatch.setattr(runner, "finetune", finetune)
+        with pytest.raises(type(error)):
+            run_vtab("r14x1", output=tmp_path / type(error).__name__, tasks=select("caltech101,dtd"))
+        assert calls == ["vtab:caltech101"]

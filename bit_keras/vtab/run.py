@@ -12,6 +12,7 @@ import io
 import os
 
 from bit_keras import files, hyperrule, plots, presets
+from bit_keras.errors import DiskFullError, StoppedError
 from bit_keras.vtab.tasks import GROUPS, PROTOCOLS, PUBLISHED_GROUP_MEANS, PUBLISHED_MEAN, TASKS
 
 RESULTS = ("results.csv", "results.md", "results.json", "results.png")
@@ -76,6 +77,8 @@ def run_vtab(source, *, output, tasks, protocol="1k", data_dir=None, download=Tr
                                    eval_split=eval_split, batch_size=batch_size, micro_batch_size=micro_batch_size,
                                    steps=steps, resolution=resolution, data_dir=data_dir, download=download,
                                    seed=seed, verbose=verbose, log=log, strategy=strategy)
+            except (DiskFullError, StoppedError):
+                raise  # every later task would fail alike; a rerun resumes this task from its checkpoint
             except Exception as error:  # noqa: BLE001 - one task's failure must not end the benchmark
                 metrics, row["status"] = {}, "failed"
                 row["error"] = " ".join(f"{type(error).__name__}: {error}".split())
