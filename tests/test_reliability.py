@@ -484,3 +484,20 @@ def test_train_falls_back_to_the_checkpoint_before_an_unreadable_one_and_keeps_i
     with pytest.raises(CheckpointError, match="No checkpoint in .* could be read .* run the same command again"):
         train(_config(tmp_path, max_steps=8), source=_source(), log=lambda line: None)
     assert train(_config(tmp_path, max_steps=8), source=_source(), log=lambda line: None).start_step == 0
+
+
+def test_a_full_disk_anywhere_else_is_one_line_too(tmp_path, capsys):
+    import tensorflow as tf
+
+    args = cli_main.build_parser().parse_args(["finetune", "--variant", "r14x1", "--dataset", "digits",
+                                               "--output", str(tmp_path)])
+    for error in (tf.errors.UnknownError(None, None, "logs/train/events.out: No space left on device"),
+                  OSError(28, "No space left on device", str(tmp_path / "logs" / "metrics.csv"))):
+        def handler(_, error=error):
+            raise error
+
+        args.handler = handler
+        capsys.readouterr()
+        assert cli_main._main(args) == 2
+        _one_line(capsys.readouterr().err.strip(), "No space left on device while writing", "free now",
+                  "run the same command again")
