@@ -385,6 +385,9 @@ def _resume_point(output, run, log, *, move_damaged=True):
     """
     directory = os.path.join(output, CHECKPOINT_DIR)
     if not resume.list_checkpoints(directory):
+        if os.path.exists(os.path.join(directory, "latest.weights.h5")) and log is not None:
+            log(f"warning: {directory}/latest.weights.h5 was written by an older bit_keras (Keras' BackupAndRestore), "
+                "which this one does not resume from: the run starts again from the beginning.")
         return None
     runs.check_resume(output, run, restart="pass --overwrite to start again, or use another --output")
     return resume.newest_complete(directory, log=log, move_damaged=move_damaged)
