@@ -18,7 +18,7 @@ import time
 import numpy as np
 import pytest
 
-from bit_keras.resume import latest_updates
+from bit_keras.resume import checkpoint_name, latest_updates
 from tests.processes import kill_after_checkpoint
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -238,11 +238,12 @@ def test_a_killed_worker_job_restarted_with_the_same_command_resumes(backbone, t
     processes[0].send_signal(signal.SIGKILL)
     processes[0].wait()
     assert not (output / "metrics.json").exists()
-    assert 2 <= latest_updates(output / "checkpoint") < 8
+    updates = latest_updates(output / "checkpoint")
+    assert 2 <= updates < 8
 
     codes, outputs = _finish(_workers(argv))
     assert codes == [0, 0], outputs[0][-2000:] + outputs[1][-2000:]
-    assert f"Resuming from {output / 'checkpoint'} (update {2 * epoch} of 8)" in outputs[0]
+    assert f"Resuming from {output / 'checkpoint' / checkpoint_name(updates)} (update {updates} of 8)" in outputs[0]
     metrics = json.loads((output / "metrics.json").read_text())
     assert metrics["updates"] == 8
     assert metrics["final_learning_rate"] == pytest.approx(0.05 * 0.001, rel=1e-5)
