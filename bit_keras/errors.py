@@ -44,3 +44,13 @@ class DivergedError(BiTError, FloatingPointError):
 
 class ClusterError(BiTError, RuntimeError):
     """A multi-worker job lost (or never reached) one of its workers; the message names it and how to rerun."""
+
+
+class DiskFullError(BiTError, OSError):
+    """A write failed for lack of space; the message names the path and the space it needs."""
+
+
+class StoppedError(BiTError, RuntimeError):
+    """The run was stopped by SIGTERM after saving what can be resumed; exit status 143, as schedulers expect."""
+
+    exit_code = 143

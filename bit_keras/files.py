@@ -6,6 +6,9 @@ finished. tempfile makes staging private (0600/0700), so results are given the p
 `open()` would have given them (0o666/0o777 less the umask). Remote paths ("gs://...") are
 staged locally and copied with tf.io.gfile (an object store shows an object whole or not).
 
+A full disk while staging is one `DiskFullError` naming the target, the space it needs and
+the space free (`disk_full_named`); the staged part is removed, whatever was in place stays.
+
 `--overwrite` replaces only what looks like our own earlier output (`check_target` with
 `markers`), never the current folder or one above it; `locked` keeps two processes from
 writing one target, and clears what a killed writer of that target left behind.
@@ -14,16 +17,21 @@ writing one target, and clears what a killed writer of that target left behind.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import re
 import shutil
 import tempfile
-from bit_keras.errors import ConfigError, InUseError, TargetExistsError
+
+from bit_keras.errors import ConfigError, DiskFullError, InUseError, TargetExistsError
 
 PARTIAL_SUFFIX = ".partial"
 OLD_SUFFIX = ".old"
 LOCK_SUFFIX = ".lock"
+WEIGHTS_SUFFIX = ".weights.h5"
+FULL_DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+FULL_DISK_TEXTS = ("No space left on device", "Disk quota exceeded", "File too large")
 
 
 def is_remote(path) -> bool:
@@ -64,7 +72,8 @@ def staged_directory(path, *, overwrite: bool = False):
     staging = tempfile.mkdtemp(prefix=f".{name}.", suffix=PARTIAL_SUFFIX, dir=parent)
     os.chmod(staging, 0o777 & ~_umask())
     try:
-        yield staging
+        with disk_full_named(path, staging):
+            yield staging
         _replace(staging, path, overwrite=overwrite)
     finally:
         if os.path.exists(staging):
@@ -81,17 +90,76 @@ def staged_file(path, *, overwrite: bool = False):
     path = check_target(path, overwrite=overwrite)
     parent, name = os.path.split(path)
     os.makedirs(parent, exist_ok=True)
-    suffix = os.path.splitext(name)[1]  # writers such as keras.saving and np.savez check it
+    # Writers such as keras.saving ("x.weights.h5") and np.savez check the extension.
+    suffix = WEIGHTS_SUFFIX if name.endswith(WEIGHTS_SUFFIX) else os.path.splitext(name)[1]
     handle, staging = tempfile.mkstemp(prefix=f".{name}.", suffix=PARTIAL_SUFFIX + suffix, dir=parent)
     os.close(handle)
     os.remove(staging)  # writers such as keras.saving want to create the file themselves
     try:
-        yield staging
+        with disk_full_named(path, staging):
+            yield staging
         os.chmod(staging, 0o666 & ~_umask())
         _replace(staging, path, overwrite=overwrite)
     finally:
         if os.path.exists(staging):
             os.remove(staging)
+
+
+def is_disk_full(error) -> bool:
+    """Whether `error` (an OSError, h5py's or TensorFlow's own) says the disk or quota is full."""
+    if isinstance(error, OSError) and error.errno in FULL_DISK_ERRNOS:
+        return True
+    return isinstance(error, Exception) and any(text in str(error) for text in FULL_DISK_TEXTS)
+
+
+def size_of(path) -> int:
+    """Bytes in a file or a directory tree (0 when there is none)."""
+    if os.path.isfile(path):
+        return os.path.getsize(path)
+    total = 0
+    for folder, _, names in os.walk(path):
+        for name in names:
+            with contextlib.suppress(OSError):
+                total += os.path.getsize(os.path.join(folder, name))
+    return total
+
+
+@contextlib.contextmanager
+def disk_full_named(path, staging=None, *, needed=None):
+    """Turns a full disk inside the block into one DiskFullError naming `path` and the space it needs.
+
+    The space needed is `needed` bytes if given, else what `staging` held when the disk filled
+    up or the size of the `path` it replaces, whichever is larger (a lower bound either way).
+    """
+    try:
+        yield
+    except DiskFullError:
+        raise
+    except Exception as error:  # h5py and TensorFlow report a full disk in their own types
+        if not is_disk_full(error):
+            raise
+        raise disk_full_error(path, error, needed=needed if needed is not None else max(
+            size_of(staging) if staging else 0, size_of(path) if os.path.lexists(path) else 0)) from None
+
+
+def disk_full_error(path, error, *, needed=0) -> DiskFullError:
+    path = os.path.abspath(os.fspath(path))
+    where = os.path.dirname(path)
+    while where and not os.path.isdir(where):
+        where = os.path.dirname(where)
+    try:
+        free = shutil.disk_usage(where).free
+    except OSError:
+        free = None
+    reason = next((text for text in FULL_DISK_TEXTS if text in str(error)), "No space left on device")
+    need = f"at least {_megabytes(needed)} free" if needed else "more free space"
+    return DiskFullError(f"{reason} while writing {path}: it needs {need} in {where}"
+                         + (f" ({_megabytes(free)} free now)" if free is not None else "")
+                         + ". Free some space and run the same command again: it resumes (nothing complete was lost).")
+
+
+def _megabytes(size) -> str:
+    return f"{size / 2**20:.1f} MB" if size < 2**30 else f"{size / 2**30:.2f} GB"
 
 
 def write_json(path, data) -> None:

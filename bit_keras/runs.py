@@ -4,17 +4,25 @@ Fine-tuning and upstream training share one rule: the caller puts into the recor
 must not change on resume (data, model, schedule, precision), and every key must match, or
 the restored weights and data position would mean something else. A run holds its
 directory's lock (`files.locked`) from start to end, and stops at a NaN/Inf loss.
+
+SIGTERM (a scheduler's "stop now"): every command runs under `sigterm_stops`, which turns it
+into StoppedError (one line, exit status 143) at once; inside `sigterm_deferred` (a `fit`)
+the first one only sets a flag that the training loop polls after each step, so it stops
+at a step boundary, keeps or writes its checkpoint, and then raises. A second SIGTERM
+raises at once.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import math
 import os
+import signal
 
 from bit_keras import files
-from bit_keras.errors import ConfigError, DivergedError
+from bit_keras.errors import ConfigError, DivergedError, StoppedError
 
 RUN_FILE = "run.json"
 SUMMARY = "summary"  # results the run writes as it goes (e.g. the last evaluation): not compared on resume
@@ -92,3 +100,47 @@ def _flat(record, prefix="") -> dict:
 
 def _show(value) -> str:
     return json.dumps(value, sort_keys=True)
+
+
+class _Sigterm:
+    """The SIGTERM handler of `sigterm_stops`: raises StoppedError, or only records it while deferred."""
+
+    def __init__(self):
+        self.deferring = 0
+        self.received = False
+
+    def __call__(self, signum, frame):
+        if self.deferring and not self.received:
+            self.received = True
+            return
+        raise StoppedError("Stopped by SIGTERM; everything saved so far is kept (a fine-tune or training run "
+                           "resumes when the same command is run again).")
+
+
+SIGTERM = _Sigterm()
+
+
+@contextlib.contextmanager
+def sigterm_stops():
+    """While the block runs, SIGTERM raises StoppedError (main thread only; elsewhere nothing changes)."""
+    try:
+        previous = signal.signal(signal.SIGTERM, SIGTERM)
+    except ValueError:  # not the main thread
+        yield
+        return
+    SIGTERM.received = False
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
+
+
+@contextlib.contextmanager
+def sigterm_deferred():
+    """Inside, a first SIGTERM only sets `SIGTERM.received` (poll it between steps); a second one raises."""
+    SIGTERM.deferring += 1
+    SIGTERM.received = False
+    try:
+        yield SIGTERM
+    finally:
+        SIGTERM.deferring -= 1

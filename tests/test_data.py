@@ -119,7 +119,7 @@ def _two_classes(root, per_class=2):
 
 
 def test_folder_skips_files_that_are_not_images(tmp_path):
-    """Broken files are listed in info.skipped at load; a truncated JPEG is dropped while reading."""
+    """Broken files, a truncated JPEG included, are listed in info.skipped at load."""
     _two_classes(tmp_path)
     (tmp_path / "cat" / "random.jpg").write_bytes(np.random.default_rng(0).bytes(300))
     (tmp_path / "cat" / "empty.png").write_bytes(b"")
@@ -127,10 +127,11 @@ def test_folder_skips_files_that_are_not_images(tmp_path):
     (tmp_path / "dog" / "truncated.jpg").write_bytes(jpeg[:len(jpeg) // 2])
     ds, info = load_source(f"folder:{tmp_path}")
     assert sorted((f.rsplit("/", 1)[-1], why) for f, why in info.skipped) == [
-        ("empty.png", "empty"), ("random.jpg", "not a JPEG, PNG, GIF or BMP image")]
-    assert info.train_size == 5 and info.image_size == (10, 12)   # the truncated JPEG is counted ...
+        ("empty.png", "empty"), ("random.jpg", "not a JPEG, PNG, GIF or BMP image"),
+        ("truncated.jpg", "cut short or damaged: it does not decode")]
+    assert info.train_size == 4 and info.image_size == (10, 12)
     images = [image for image, _ in ds.as_numpy_iterator()]
-    assert len(images) == 4 and all(image.shape == (10, 12, 3) for image in images)   # ... and dropped
+    assert len(images) == 4 and all(image.shape == (10, 12, 3) for image in images)
 
 
 def test_folder_classes_are_non_empty_visible_folders_inside_the_root(tmp_path):
@@ -500,3 +501,24 @@ def test_train_dry_run_needs_no_dataset(tiny_tfds, tmp_path, capsys):
     assert dry_run("--dataset", tiny_tfds[0], "--data-dir", tiny_tfds[1], "--split", "train[:50%]") == 0
     assert json.loads(capsys.readouterr().out)["train_size"] == 5
     assert not (tmp_path / "up").exists()
+
+
+def test_a_cut_short_image_is_left_out_at_load_counted_per_class_and_a_class_that_lost_all_is_refused(tmp_path):
+    _two_classes(tmp_path, per_class=3)
+    (tmp_path / "bird").mkdir()
+    for i in range(2):
+        _write_png(tmp_path / "bird" / f"{i}.png", np.full((10, 12, 3), 7 * i, np.uint8))
+    cut = (tmp_path / "dog" / "0.png").read_bytes()
+    (tmp_path / "dog" / "0.png").write_bytes(cut[: len(cut) - 20])   # valid PNG magic, truncated body
+    jpeg = tf.io.encode_jpeg(np.full((16, 16, 3), 9, np.uint8)).numpy()
+    (tmp_path / "cat" / "tail.jpg").write_bytes(jpeg + b"\0" * 10)    # trailing bytes after a whole JPEG: kept
+    ds, info = load_source(f"folder:{tmp_path}")
+    assert [(f.rsplit("/", 2)[-2:], why) for f, why in info.skipped] == [
+        (["dog", "0.png"], "cut short or damaged: it does not decode")]
+    assert info.train_size == 8 and len(list(ds)) == 8   # the true count
+    assert info.lost_by_class == (("dog", 1, 3),)
+    for i in range(2):
+        data = (tmp_path / "bird" / f"{i}.png").read_bytes()
+        (tmp_path / "bird" / f"{i}.png").write_bytes(data[:30])
+    with pytest.raises(ValueError, match=r"no readable image left: 'bird' \(all 2 files\); e\.g\. .*bird/0\.png"):
+        load_source(f"folder:{tmp_path}")

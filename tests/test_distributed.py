@@ -19,6 +19,7 @@ import time
 import numpy as np
 import pytest
 
+from bit_keras.resume import checkpoint_name, latest_updates
 from tests.processes import kill_after_checkpoint
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -172,7 +173,7 @@ def test_a_mirrored_cli_run_killed_with_sigkill_resumes(tmp_path, backbone):
     command = [sys.executable, "-m", "bit_keras", "finetune", "--variant", str(backbone), "--output", str(output),
                *FINETUNE, "--steps", "8", "--eval-every", "2", "--micro-batch", "4", "--strategy", "mirrored",
                "--cpu-devices", "2"]
-    kill_after_checkpoint(command, output, epochs=2, timeout=240, env=ENV, cwd=ROOT)
+    kill_after_checkpoint(command, output, updates=4, timeout=240, env=ENV, cwd=ROOT)
     assert not (output / "metrics.json").exists()
     resumed = subprocess.run(command, capture_output=True, text=True, timeout=300, env=ENV, cwd=ROOT)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
@@ -251,10 +252,9 @@ def test_a_killed_worker_job_restarted_with_the_same_command_resumes(backbone, t
     argv = ["finetune", "--variant", str(backbone), "--output", str(output), *FINETUNE, "--steps", "8",
             "--eval-every", "2", "--strategy", "multi_worker"]
     processes = _workers(argv, log_dir=str(tmp_path))
-    metadata = output / "checkpoint" / "training_metadata.json"
     deadline = time.time() + 240
     while time.time() < deadline and all(p.poll() is None for p in processes):
-        if metadata.exists() and json.loads(metadata.read_text() or "{}").get("epoch", 0) >= 1:
+        if latest_updates(output / "checkpoint") >= 2:
             break
         time.sleep(0.2)
     processes[1].send_signal(signal.SIGKILL)   # a worker dies; the chief cannot go on without it
@@ -270,12 +270,12 @@ def test_a_killed_worker_job_restarted_with_the_same_command_resumes(backbone, t
     assert last.startswith("bit_keras finetune: error: worker 1 (127.0.0.1:") and "stopped answering" in last, last
     assert f"{output / 'checkpoint'} was kept: run the same command again on every worker to resume." in last
     assert not (output / "metrics.json").exists()
-    epoch = json.loads(metadata.read_text())["epoch"]
-    assert 1 <= epoch < 4
+    updates = latest_updates(output / "checkpoint")
+    assert 2 <= updates < 8
 
     codes, outputs = _finish(_workers(argv))
     assert codes == [0, 0], outputs[0][-2000:] + outputs[1][-2000:]
-    assert f"Resuming from {output / 'checkpoint'} (update {2 * epoch} of 8)" in outputs[0]
+    assert f"Resuming from {output / 'checkpoint' / checkpoint_name(updates)} (update {updates} of 8)" in outputs[0]
     metrics = json.loads((output / "metrics.json").read_text())
     assert metrics["updates"] == 8
     assert metrics["final_learning_rate"] == pytest.approx(0.05 * 0.001, rel=1e-5)

@@ -113,7 +113,7 @@ def test_a_killed_run_resumes_at_the_right_step_and_learning_rate(tmp_path):
     # A checkpoint of another configuration is not silently mixed in, and its run.json stays.
     (tmp_path / "metrics.json").unlink()
     os.makedirs(tmp_path / "checkpoint")
-    (tmp_path / "checkpoint" / "training_metadata.json").write_text('{"epoch": 1}')
+    (tmp_path / "checkpoint" / "update-000000005.weights.h5").write_text("not read: the run differs")
     recorded = (tmp_path / "run.json").read_text()
     with pytest.raises(ValueError, match=r"different run \(.*hyperrule\.total_steps: 15 -> 20.*--overwrite"):
         finetune(_tiny_backbone(), **{**options, "steps": 20})
@@ -161,8 +161,8 @@ def test_the_weights_rule_on_the_command_line(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(presets, "RELEASE_URL", "http://127.0.0.1:9")  # nothing listens there: offline
     output = tmp_path / "run"
     started = time.monotonic()
-    # The dataset does not exist either: the weights must be what fails, first.
-    assert _cli("finetune", "--variant", "m-r50x1", "--dataset", "folder:/nonexistent", "--output", str(output)) == 2
+    # The data is fine (it is checked first, in a moment): the weights are what fails, before any model.
+    assert _cli("finetune", "--variant", "m-r50x1", "--dataset", "digits", "--output", str(output)) == 2
     error = capsys.readouterr().err
     assert time.monotonic() - started < 10 and len(error.strip().splitlines()) == 1
     release = presets.PRESETS["BiT-M-R50x1"]
@@ -191,7 +191,7 @@ def test_a_sigkilled_cli_run_resumes_and_writes_a_savedmodel(tmp_path):
     command = [sys.executable, "-m", "bit_keras", "finetune", "--variant", backbone, "--dataset", "digits",
                "--output", str(output), "--batch", "16", "--steps", "30", "--eval-every", "5", "--resolution", "16",
                "--learning-rate", "0.02", "--eval-split", "none", "--quiet", "--savedmodel"]
-    kill_after_checkpoint(command, output, epochs=2, timeout=300)
+    kill_after_checkpoint(command, output, updates=10, timeout=300)
     assert not (output / "metrics.json").exists()
 
     resumed = subprocess.run(command, capture_output=True, text=True, timeout=300)

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -17,6 +18,7 @@ from bit_keras import files, runs
 from bit_keras.cli import main as cli_main
 from bit_keras.errors import CheckpointError, DivergedError, InUseError, TargetExistsError
 from bit_keras.export.metadata import check_export_target
+from bit_keras.resume import latest_updates, list_checkpoints
 from tests import reference
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -256,8 +258,7 @@ def test_a_nan_loss_stops_fine_tuning_and_keeps_the_last_good_checkpoint(tmp_pat
     with pytest.raises(DivergedError, match="The loss became nan by update 3"):
         finetune(_backbone(), output=tmp_path, steps=6, eval_every=2, callbacks=[_Poison(2)], **OPTIONS)
     assert not (tmp_path / "metrics.json").exists() and not (tmp_path / "model.keras").exists()
-    metadata = json.loads((tmp_path / "checkpoint" / "training_metadata.json").read_text())
-    assert metadata["epoch"] == 1  # saved after updates 1-2, not after the NaN
+    assert [updates for updates, _ in list_checkpoints(tmp_path / "checkpoint")] == [2]  # not after the NaN
 
 
 class _Start(keras.callbacks.Callback):
@@ -275,7 +276,7 @@ def test_the_checkpoint_outlives_fit_until_the_final_files_are_written(tmp_path,
     monkeypatch.setattr(keras_file, "export_keras", full_disk)
     with pytest.raises(OSError, match="No space left"):
         finetune(_backbone(), output=tmp_path, steps=4, eval_every=2, **OPTIONS)
-    assert (tmp_path / "checkpoint" / "latest.weights.h5").exists() and not (tmp_path / "metrics.json").exists()
+    assert latest_updates(tmp_path / "checkpoint") == 4 and not (tmp_path / "metrics.json").exists()
     monkeypatch.undo()
     start, lines = _Start(), []
     metrics = finetune(_backbone(), output=tmp_path, steps=4, eval_every=2, callbacks=[start], log=lines.append,
@@ -291,24 +292,82 @@ class _Stop(keras.callbacks.Callback):
             raise KeyboardInterrupt("killed")
 
 
-def test_a_damaged_checkpoint_record_falls_back_to_its_backup(tmp_path):
+def _cut(path):
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 3])  # what a kill or a full disk in the middle of a write leaves
+
+
+def test_an_unreadable_checkpoint_falls_back_to_the_one_before_and_none_readable_starts_afresh(tmp_path):
     from bit_keras.finetune.runner import finetune
 
     options = dict(output=tmp_path, steps=6, eval_every=2, **OPTIONS)
     with pytest.raises(KeyboardInterrupt):
         finetune(_backbone(), callbacks=[_Stop()], **options)
-    metadata = tmp_path / "checkpoint" / "training_metadata.json"
-    assert json.loads(metadata.read_text())["epoch"] == 2
-    metadata.write_text('{"epo')  # a kill in the middle of BackupAndRestore's (non-atomic) write
+    checkpoints = tmp_path / "checkpoint"
+    assert [updates for updates, _ in list_checkpoints(checkpoints)] == [4, 2]  # the previous one is kept
+    _cut(checkpoints / "update-000000004.weights.h5")
     start, lines = _Start(), []
     with pytest.raises(KeyboardInterrupt):
         finetune(_backbone(), callbacks=[start, _Stop()], log=lines.append, **options)
-    assert start.updates == 2 and any("damaged; resuming from the checkpoint saved before it" in s for s in lines)
+    assert start.updates == 2
+    assert any("update-000000004.weights.h5 cannot be read" in line and "moved to" in line for line in lines), lines
+    assert os.listdir(tmp_path / "checkpoint-damaged") == ["update-000000004.weights.h5"]  # kept, not deleted
 
-    for name in (metadata, metadata.with_name(metadata.name + ".bkp")):
-        name.write_text("")
-    with pytest.raises(CheckpointError, match=r"training_metadata.json is damaged .* --overwrite"):
-        finetune(_backbone(), **options)
+    for _, path in list_checkpoints(checkpoints):
+        _cut(Path(path))
+    start, lines = _Start(), []
+    metrics = finetune(_backbone(), callbacks=[start], log=lines.append, **options)
+    assert start.updates == 0 and metrics["updates"] == 6
+    assert sum("starts again from the beginning" in line for line in lines) == 1, lines
+    assert len(os.listdir(tmp_path / "checkpoint-damaged")) == 3
+    assert not checkpoints.exists()
+
+
+def test_a_kill_while_a_checkpoint_is_written_leaves_the_previous_one_whole(tmp_path, monkeypatch):
+    from bit_keras.finetune.runner import finetune
+
+    save_weights = keras.Model.save_weights
+
+    def killed_at_update_4(model, filepath, *args, **kwargs):
+        if int(model.optimizer.iterations) == 4:
+            with open(filepath, "wb") as stream:
+                stream.write(b"\x89HDF\r\n\x1a\n" + b"\0" * 100)
+            raise KeyboardInterrupt("killed in the middle of the write")
+        return save_weights(model, filepath, *args, **kwargs)
+
+    monkeypatch.setattr(keras.Model, "save_weights", killed_at_update_4)
+    with pytest.raises(KeyboardInterrupt):
+        finetune(_backbone(), output=tmp_path, steps=6, eval_every=2, **OPTIONS)
+    assert os.listdir(tmp_path / "checkpoint") == ["update-000000002.weights.h5"]  # no half-written file in place
+    monkeypatch.undo()
+    start = _Start()
+    assert finetune(_backbone(), output=tmp_path, steps=6, eval_every=2, callbacks=[start], **OPTIONS)["updates"] == 6
+    assert start.updates == 2
+
+
+def test_a_full_disk_while_checkpointing_is_one_line_and_the_run_resumes_once_space_is_freed(
+        tmp_path, monkeypatch, capsys):
+    save_weights = keras.Model.save_weights
+
+    def full_at_update_4(model, filepath, *args, **kwargs):
+        if int(model.optimizer.iterations) == 4:
+            with open(filepath, "wb") as stream:
+                stream.write(b"\0" * 1000)
+            raise OSError(28, "No space left on device")
+        return save_weights(model, filepath, *args, **kwargs)
+
+    monkeypatch.setattr(keras.Model, "save_weights", full_at_update_4)
+    run = tmp_path / "run"
+    argv = [arg.format(dir=run) for arg in FINETUNE] + ["--steps", "6", "--eval-every", "2"]
+    status, err = _cli(capsys, *argv)
+    assert status == 2
+    _one_line(err, "No space left on device while writing", str(run / "checkpoint" / "update-000000004.weights.h5"),
+              "needs at least", "MB free", "run the same command again")
+    assert [updates for updates, _ in list_checkpoints(run / "checkpoint")] == [2]
+    monkeypatch.undo()
+    capsys.readouterr()
+    status, _ = _cli(capsys, *argv)
+    assert status == 0 and json.loads((run / "metrics.json").read_text())["updates"] == 6
 
 
 def test_overwrite_validates_first_replaces_only_a_run_and_starts_clean(tmp_path, capsys):
@@ -373,3 +432,72 @@ def test_a_corrupt_keras_file_is_a_one_line_error(tmp_path, capsys):
     _one_line(err, "cut.keras is not a readable .keras file")
     assert not (tmp_path / "run").exists()
 
+
+
+def test_a_full_disk_in_train_and_export_is_one_line_naming_the_path_and_train_resumes(tmp_path, monkeypatch,
+                                                                                      capsys):
+    import tensorflow as tf
+
+    save = tf.train.CheckpointManager.save
+
+    def full_at_step_2(manager, checkpoint_number=None, **kwargs):
+        if checkpoint_number == 2:
+            raise tf.errors.ResourceExhaustedError(None, None, "ckpt-2_temp/part-00000: No space left on device")
+        return save(manager, checkpoint_number=checkpoint_number, **kwargs)
+
+    monkeypatch.setattr(tf.train.CheckpointManager, "save", full_at_step_2)
+    model_dir = tmp_path / "upstream"
+    argv = [arg.format(dir=model_dir) for arg in TRAIN] + ["--epochs", "0.02", "--checkpoint-every", "1"]
+    status, err = _cli(capsys, *argv)
+    assert status == 2
+    _one_line(err, "No space left on device while writing", str(model_dir / "checkpoints"), "needs at least",
+              "run the same command again")
+    monkeypatch.undo()
+    capsys.readouterr()
+    status = cli_main._main(cli_main.build_parser().parse_args(argv))
+    assert status == 0 and "resuming from ckpt-1 at step 1" in capsys.readouterr().out
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(tf.saved_model, "save", full_disk)
+    status, err = _cli(capsys, "export", "--variant", "r14x1", "--random-weights", "--output", str(tmp_path / "export"))
+    assert status == 2
+    _one_line(err, "No space left on device while writing", str(tmp_path / "export"), "free")
+    assert sorted(os.listdir(tmp_path)) == ["upstream"]
+
+
+def test_train_falls_back_to_the_checkpoint_before_an_unreadable_one_and_keeps_it(tmp_path):
+    from bit_keras.train.loop import train
+
+    train(_config(tmp_path, max_steps=4), source=_source(), log=lambda line: None)  # ckpt-2, ckpt-4
+    (data,) = (tmp_path / "checkpoints").glob("ckpt-4.data-*")
+    _cut(data)
+    lines = []
+    result = train(_config(tmp_path, max_steps=6), source=_source(), log=lines.append)
+    assert result.start_step == 2 and result.step == 6
+    assert any("ckpt-4 cannot be read" in line and "checkpoints-damaged" in line for line in lines), lines
+    assert sorted(os.listdir(tmp_path / "checkpoints-damaged")) == ["ckpt-4.data-00000-of-00001", "ckpt-4.index"]
+
+    for data in (tmp_path / "checkpoints").glob("ckpt-*.data-*"):
+        _cut(data)
+    with pytest.raises(CheckpointError, match="No checkpoint in .* could be read .* run the same command again"):
+        train(_config(tmp_path, max_steps=8), source=_source(), log=lambda line: None)
+    assert train(_config(tmp_path, max_steps=8), source=_source(), log=lambda line: None).start_step == 0
+
+
+def test_a_full_disk_anywhere_else_is_one_line_too(tmp_path, capsys):
+    import tensorflow as tf
+
+    args = cli_main.build_parser().parse_args(["finetune", "--variant", "r14x1", "--dataset", "digits",
+                                               "--output", str(tmp_path)])
+    for error in (tf.errors.UnknownError(None, None, "logs/train/events.out: No space left on device"),
+                  OSError(28, "No space left on device", str(tmp_path / "logs" / "metrics.csv"))):
+        def handler(_, error=error):
+            raise error
+
+        args.handler = handler
+        capsys.readouterr()
+        assert cli_main._main(args) == 2
+        _one_line(capsys.readouterr().err.strip(), "No space left on device while writing", "free now",
+                  "run the same command again")

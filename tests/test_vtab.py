@@ -359,3 +359,23 @@ def test_an_export_is_recorded_by_its_contents(tmp_path):
     assert first["model"] == str(export) and len(first["weights_sha256"]) == 64 and first["eval_split"] == "test"
     (export / "variables" / "variables.data-00000-of-00001").write_bytes(b"other weights")
     assert record()["weights_sha256"] != first["weights_sha256"]
+
+
+def test_a_full_disk_or_sigterm_in_one_task_ends_vtab_instead_of_failing_every_task(tmp_path, monkeypatch):
+    from bit_keras.errors import DiskFullError, StoppedError
+    from bit_keras.finetune import runner
+    from bit_keras.vtab.run import run_vtab
+    from bit_keras.vtab.tasks import select
+
+    for error in (DiskFullError("No space left on device while writing X: it needs at least 1.0 MB free"),
+                  StoppedError("Stopped by SIGTERM after update 3 of 6.")):
+        calls = []
+
+        def finetune(*args, error=error, **kwargs):
+            calls.append(kwargs["dataset"])
+            raise error
+
+        monkeypatch.setattr(runner, "finetune", finetune)
+        with pytest.raises(type(error)):
+            run_vtab("r14x1", output=tmp_path / type(error).__name__, tasks=select("caltech101,dtd"))
+        assert calls == ["vtab:caltech101"]

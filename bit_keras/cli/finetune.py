@@ -87,6 +87,11 @@ def run_finetune(args):
 
     if args.variant is None:
         raise UsageError("--variant is required: a model name (m-r50x1, r50x1, ...) or an export directory.")
+    from bit_keras.data import check_split
+
+    for split in (args.train_split, args.eval_split):  # before any weights are fetched or model built
+        if split.lower() != "none":
+            check_split(args.dataset, split, data_dir=args.data_dir)
     source = resolve_source(args)
     strategy = make_cli_strategy(args)
     from bit_keras.finetune.runner import finetune  # Keras loads only now, after the weights are found

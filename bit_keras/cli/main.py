@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.util
+import os
 import re
 import sys
 
@@ -59,20 +60,27 @@ def _main(args):
         from bit_keras.cli.quiet import quiet_python_logs
 
         quiet_python_logs()
+    from bit_keras import files
+    from bit_keras.runs import sigterm_stops
+
     try:
         if hasattr(args, "strategy"):
             from bit_keras.cli.common import check_hardware_flags
 
             check_hardware_flags(args)   # before anything is loaded or built
-        return args.handler(args) or 0
-    except (UsageError, BiTError, OSError) as error:
-        if getattr(args, "verbose", False):
-            raise
+        with sigterm_stops():  # SIGTERM: one line and exit status 143, after what can be resumed is saved
+            return args.handler(args) or 0
+    except Exception as error:
         # Our own errors (and the system's: disk full, permissions) name the problem; a
         # traceback would bury it. Anything else is a bug and keeps its traceback.
+        full = not isinstance(error, BiTError) and files.is_disk_full(error)  # a write outside staged files
+        if getattr(args, "verbose", False) or not (full or isinstance(error, (UsageError, BiTError, OSError))):
+            raise
+        if full:
+            error = files.disk_full_error(getattr(error, "filename", None) or os.getcwd(), error)
         logging.debug("Failed", exc_info=True)
         print(f"bit_keras {args.command}: error: {_as_flags(str(error), args)}", file=sys.stderr)
-        return 2
+        return getattr(error, "exit_code", 2)
 
 
 def _as_flags(message: str, args) -> str:

@@ -7,6 +7,7 @@ stateless and derived from `seed`: a fixed seed gives the same stream every run.
 
 from __future__ import annotations
 
+import numpy as np
 import tensorflow as tf
 
 from bit_keras.data.mixup import mixup
@@ -73,6 +74,18 @@ def eval_pipeline(ds, rule, *, batch_size, num_classes):
 
     ds = ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE)
     return ds.batch(batch_size, drop_remainder=False).prefetch(tf.data.AUTOTUNE)
+
+
+def with_known_length(ds):
+    """`ds` with its length known to tf.data, counted once when it cannot tell (a folder drops what fails to decode).
+
+    Keras reads a dataset of unknown length to its end and then warns "Your input ran out of
+    data; interrupting training"; with the length known it stops there, and says nothing.
+    """
+    if int(ds.cardinality()) >= 0:
+        return ds
+    count = int(ds.reduce(np.int64(0), lambda count, _: count + 1))
+    return ds.apply(tf.data.experimental.assert_cardinality(count))
 
 
 def _check_inputs(ds, batch_size, num_classes):

@@ -26,6 +26,7 @@ PROBE_TIMEOUT = 3.0          # seconds to reach a download host before calling a
 GENERIC_HOST = ("storage.googleapis.com", 443)  # probed for a tfds dataset that lists no download URL
 ACCEPTED_SPECS = ("tfds:NAME", "tfds:NAME/CONFIG", "folder:PATH", "digits", "vtab:TASK")
 DIGITS_TEST_SIZE = 360
+DIGITS_SPLITS = ("train", "test", "all")
 SPLIT_SEED = 0  # fixed order for folder/digits splits, so "train[:90%]" and "train[90%:]" are disjoint
 
 
@@ -38,7 +39,8 @@ class DatasetInfo:
     train_size: int          # examples in the selected split
     image_size: tuple        # typical (height, width): picks the HyperRule's resolution
     class_names: tuple = ()
-    skipped: tuple = ()      # (path, reason) of folder files left out: empty, not an image, a link out of PATH
+    skipped: tuple = ()      # (path, reason) of folder files left out: empty, not an image, cut short, a link out
+    lost_by_class: tuple = ()  # (class name, files left out, files listed) of each class that lost some
 
 
 def load_source(spec: str, split: str = "train", *, data_dir=None, download=True):
@@ -50,9 +52,11 @@ def load_source(spec: str, split: str = "train", *, data_dir=None, download=True
     the same slicing: "train[:90%]", "train[90%:]", "train[:100]"; a slice past the split's
     end, reversed or empty is an error. A TFDS dataset not yet in `data_dir` is downloaded and
     prepared first unless `download=False`; an unreachable download host fails within seconds.
-    Folder files that are empty, not images by their first bytes, or links out of PATH are
-    left out and listed in `info.skipped`; one that still fails to decode (a truncated JPEG)
-    is dropped while reading, with TensorFlow's warning, instead of ending a run.
+    Folder files that are empty, not images by their first bytes, cut short (they do not end
+    as their format does, and do not decode) or links out of PATH are left out, listed in
+    `info.skipped` and counted per class in `info.lost_by_class`; a class that loses every
+    file is refused. One damaged inside that still fails to decode is dropped while reading,
+    with TensorFlow's warning, instead of ending a run.
     """
     if not isinstance(spec, str) or not spec:
         raise ConfigError(f"A dataset spec must be a non-empty string, one of {', '.join(ACCEPTED_SPECS)}. "
@@ -70,6 +74,33 @@ def load_source(spec: str, split: str = "train", *, data_dir=None, download=True
         return _load_digits(split)
     raise ConfigError(f"Unknown dataset spec {spec!r}. Accepted forms: {', '.join(ACCEPTED_SPECS)} "
                      "(e.g. tfds:cifar10, tfds:oxford_iiit_pet, folder:/data/flowers, digits).")
+
+
+def check_split(spec: str, split: str = "train", *, data_dir=None) -> None:
+    """Raises what `load_source(spec, split)` would about the spec and the split's name, reading no image.
+
+    Commands call it for every split they will use before building a model or fetching
+    weights, so a missing split is refused in seconds. A tfds split is checked only when the
+    dataset is prepared (its split names are known only then); vtab tasks check their own.
+    """
+    if not isinstance(spec, str) or not spec:
+        raise ConfigError(f"A dataset spec must be a non-empty string, one of {', '.join(ACCEPTED_SPECS)}. "
+                          f"Received: {spec!r}")
+    scheme, _, rest = spec.partition(":")
+    base = _parse_split(split)[0] if scheme != "tfds" else None
+    if scheme == "folder" and rest:
+        _folder_layout(os.path.expanduser(rest), split)
+    elif spec == "digits":
+        if base not in DIGITS_SPLITS:
+            raise ConfigError(f"digits has splits 'train' (1437), 'test' (360) and 'all'. Received: split={split!r}")
+    elif scheme == "tfds" and rest:
+        builder = _tfds_builder(rest, data_dir)
+        name = split.partition("[")[0].strip() if isinstance(split, str) else split
+        if builder.is_prepared() and name not in builder.info.splits:
+            raise ConfigError(f"tfds:{rest} has no split {name!r}; it has {', '.join(sorted(builder.info.splits))}.")
+    elif scheme != "vtab" or not rest:
+        raise ConfigError(f"Unknown dataset spec {spec!r}. Accepted forms: {', '.join(ACCEPTED_SPECS)} "
+                          "(e.g. tfds:cifar10, tfds:oxford_iiit_pet, folder:/data/flowers, digits).")
 
 
 def from_arrays(images, labels, *, num_classes=None, name="arrays"):
@@ -315,31 +346,36 @@ def _problem(path, root):
         return f"unreadable: {error.strerror}"
     if not head:
         return "empty"
-    return None if head.startswith(IMAGE_MAGIC) else "not a JPEG, PNG, GIF or BMP image"
+    if not head.startswith(IMAGE_MAGIC):
+        return "not a JPEG, PNG, GIF or BMP image"
+    if _ends_whole(path, head):
+        return None
+    try:  # an odd ending is not proof (a JPEG may carry trailing bytes): only a failed decode is
+        tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
+    except (tf.errors.OpError, ValueError):
+        return "cut short or damaged: it does not decode"
+    return None
+
+
+def _ends_whole(path, head) -> bool:
+    """Whether the file ends as a complete image of its format does (cheap: its last bytes, or its stated size)."""
+    size = os.path.getsize(path)
+    with open(path, "rb") as stream:
+        stream.seek(max(0, size - 16))
+        tail = stream.read()
+    if head.startswith(b"\x89PNG"):
+        return tail.endswith(b"IEND\xaeB`\x82")
+    if head.startswith(b"\xff\xd8\xff"):
+        return tail.endswith(b"\xff\xd9")
+    if head.startswith(b"GIF"):
+        return tail.endswith(b";")
+    return size >= int.from_bytes(head[2:6], "little")  # BMP: its header states the file size
 
 
 def _load_folder(path, split):
     path = os.path.expanduser(path)
-    if not os.path.isdir(path):
-        raise MissingFileError(f"Image folder {path!r} does not exist. Expected PATH/<class>/*.jpg "
-                                "or PATH/<split>/<class>/*.jpg.")
     base, start, stop = _parse_split(split)
-    real = os.path.realpath(path)
-    top = _subdirs(path, real)
-    splits = [d for d in top if _subdirs(os.path.join(path, d), real)]
-    if splits and not any(_images_in(os.path.join(path, d)) for d in top):
-        # PATH/<split>/<class>/...: labels are the union of class folders over all splits,
-        # so train and test agree on every class index.
-        if base not in splits:
-            raise MissingFileError(f"{path!r} has split folders {splits} but no {base!r}.")
-        class_names = sorted({c for d in splits for c in _classes(os.path.join(path, d), real)})
-        root = os.path.join(path, base)
-    else:
-        if base != "train":
-            raise ConfigError(f"{path!r} has no split sub-folders, so its only split is 'train' (all images); "
-                             f"slice it for evaluation, e.g. 'train[90%:]'. Received: split={split!r}")
-        class_names = _classes(path, real)
-        root = path
+    class_names, root, real = _folder_layout(path, split)
     present = set(_subdirs(root, real))
     listed = [(file, label) for label, name in enumerate(class_names) if name in present
               for file in _images_in(os.path.join(root, name))]
@@ -356,17 +392,59 @@ def _load_folder(path, split):
     if not items:
         raise MissingFileError(f"None of the {len(listed)} image files under {root!r} can be read as an image "
                                 f"({skipped[0][0]}: {skipped[0][1]}).")
+    lost = _lost_by_class(listed, problems, class_names)
+    emptied = [(name, count) for name, count, of in lost if count == of]
+    if emptied:
+        example = next((file, why) for file, why in skipped if os.path.basename(os.path.dirname(file)) == emptied[0][0])
+        raise ConfigError(f"Class folder(s) under {root!r} with no readable image left: "
+                          + ", ".join(f"{name!r} (all {count} files)" for name, count in emptied)
+                          + f"; e.g. {example[0]}: {example[1]}. Replace the files, or remove the class "
+                          "folder from every split.")
     order = np.random.default_rng(SPLIT_SEED).permutation(len(items))
     items = _slice_items([items[i] for i in order], start, stop, split, f"folder:{path}")
     files, labels = zip(*items)
     ds = tf.data.Dataset.from_tensor_slices((list(files), np.array(labels, np.int64)))
     ds = ds.map(lambda file, label: (_decode(file), label), num_parallel_calls=tf.data.AUTOTUNE)
-    # A file past the header check can still fail to decode (a truncated JPEG): drop it, with
-    # TensorFlow's warning, rather than end a run hours in. train_size still counts it.
+    # A file damaged inside while it ends whole can still fail to decode: drop it, with
+    # TensorFlow's warning, rather than end a run hours in.
     ds = ds.ignore_errors(log_warning=True)
     return ds, DatasetInfo(name=f"folder:{path}", num_classes=len(class_names), train_size=len(items),
                            image_size=_typical_size(ds, samples=16), class_names=tuple(class_names),
-                           skipped=skipped)
+                           skipped=skipped, lost_by_class=tuple(entry for entry in lost if entry[1]))
+
+
+def _folder_layout(path, split):
+    """(class names, folder of the split, resolved PATH): listing folders only, no image is opened."""
+    if not os.path.isdir(path):
+        raise MissingFileError(f"Image folder {path!r} does not exist. Expected PATH/<class>/*.jpg "
+                                "or PATH/<split>/<class>/*.jpg.")
+    base = _parse_split(split)[0]
+    real = os.path.realpath(path)
+    top = _subdirs(path, real)
+    splits = [d for d in top if _subdirs(os.path.join(path, d), real)]
+    if splits and not any(_images_in(os.path.join(path, d)) for d in top):
+        # PATH/<split>/<class>/...: labels are the union of class folders over all splits,
+        # so train and test agree on every class index.
+        if base not in splits:
+            raise MissingFileError(f"{path!r} has split folders {splits} but no {base!r}.")
+        class_names = sorted({c for d in splits for c in _classes(os.path.join(path, d), real)})
+        root = os.path.join(path, base)
+    else:
+        if base != "train":
+            raise ConfigError(f"{path!r} has no split sub-folders, so its only split is 'train' (all images); "
+                             f"slice it for evaluation, e.g. 'train[90%:]'. Received: split={split!r}")
+        class_names = _classes(path, real)
+        root = path
+    return class_names, root, real
+
+
+def _lost_by_class(listed, problems, class_names):
+    """(class name, files left out, files listed) for every class with files in this split."""
+    counts = {}
+    for (_, label), why in zip(listed, problems):
+        lost, of = counts.get(label, (0, 0))
+        counts[label] = (lost + bool(why), of + 1)
+    return [(class_names[label], lost, of) for label, (lost, of) in sorted(counts.items())]
 
 
 def _decode(file):

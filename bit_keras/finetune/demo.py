@@ -102,14 +102,15 @@ def run_demo(output="demo_output", *, variant=None, weights=None, steps=DEFAULT_
     train_seconds = time.time() - tick
     scores = ft.model.evaluate(ft.eval_dataset(test), verbose=0, return_dict=True)
 
-    result = {"variant": name, "weights": path or "random", "steps": rule.total_steps,
+    updates = int(np.asarray(ft.model.optimizer.iterations))  # what ran (a SIGTERM raises StoppedError in fit)
+    result = {"variant": name, "weights": path or "random", "steps": updates,
               "batch_size": batch_size, "resolution": rule.crop, "test_examples": test_info.train_size,
               "test_accuracy": float(scores["accuracy"]), "chance_accuracy": 1.0 / info.num_classes,
               "train_seconds": round(train_seconds, 1), "total_seconds": round(time.time() - started, 1),
               "hub_check": hub_note, "load_backbone_max_abs_diff": reload_diff}
     files.write_json(os.path.join(output, "demo_metrics.json"), result)
     print_fn(f"Result: test accuracy {result['test_accuracy']:.1%} on {test_info.train_size} held-out digits "
-             f"(chance {result['chance_accuracy']:.0%}) after {rule.total_steps} updates; fine-tuning "
+             f"(chance {result['chance_accuracy']:.0%}) after {updates} updates; fine-tuning "
              f"{train_seconds:.0f} s, whole demo {result['total_seconds']:.0f} s. Details: {output}/demo_metrics.json")
     return result
 

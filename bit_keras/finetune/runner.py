@@ -3,17 +3,20 @@
 The output directory holds everything a run needs to be inspected or continued:
 
     run.json        what was asked (dataset, variant, rule); a resumed run must match it
-    checkpoint/     keras.callbacks.BackupAndRestore state, written after every evaluation and
-                    removed only once metrics.json is in place (a kill before that resumes)
+    checkpoint/     update-N.weights.h5: model and optimizer after every evaluation period, the newest
+                    two, each complete or absent (`bit_keras.resume`); removed only once metrics.json
+                    is in place (a kill before that resumes)
+    checkpoint-damaged/  checkpoints that could not be read, moved aside (never deleted)
     logs/           metrics.csv, and TensorBoard scalars in train/ and validation/ (step: updates)
     model.keras     the fine-tuned classifier (written atomically at the end)
     savedmodel/     the same as a TF-Hub SavedModel (logits), when asked for
     curves.png      loss, accuracy and learning rate against updates, from logs/metrics.csv
     metrics.json    the final metrics (written atomically, last: its presence means "done")
 
-A run killed at any point is continued by running the same command again: the model and
-optimizer variables come back from the last checkpoint, including the optimizer's update
-counter, so the schedule continues at the right step and learning rate. `overwrite` replaces
+A run killed at any point (or stopped by a full disk) is continued by running the same
+command again: the model and optimizer variables come back from the newest readable
+checkpoint, including the optimizer's update counter, so the schedule continues at the right
+step and learning rate. `overwrite` replaces
 only a folder that looks like a run, and only once the data and model have been built.
 
 Under a multi-worker strategy every worker runs the same call; only the chief writes into
@@ -34,8 +37,8 @@ import zipfile
 import numpy as np
 
 
-from bit_keras import files, plots, runs
-from bit_keras.errors import BiTError, CheckpointError, ConfigError, MissingFileError
+from bit_keras import files, plots, resume, runs
+from bit_keras.errors import BiTError, CheckpointError, ConfigError, MissingFileError, StoppedError
 from bit_keras.train.strategy import jax_data_parallel
 
 METRICS_FILE = "metrics.json"
@@ -88,7 +91,7 @@ def finetune(source, *, dataset, output, weights=None, random_weights=False, cac
 
     Returns the final metrics (also written to output/metrics.json).
     """
-    from bit_keras.data import few_shot, load_source
+    from bit_keras.data import check_split, few_shot, load_source
     from bit_keras.finetune.wrapper import backbone_policy, build_finetuner, resolve_strategy
     from bit_keras.train.strategy import describe, is_chief, jax_devices_in_use, per_replica_batch, worker_scratch
 
@@ -101,6 +104,8 @@ def finetune(source, *, dataset, output, weights=None, random_weights=False, cac
                         ("eval_every", eval_every)):
         if value is not None and (int(value) != value or value < 1):  # 0 would silently mean "the default"
             raise ConfigError(f"{name} must be a positive integer. Received: {name}={value!r}")
+    for split in (train_split, eval_split) if eval_split else (train_split,):  # before any weights or model
+        check_split(dataset, split, data_dir=data_dir)
     if isinstance(source, str) and not (os.path.isdir(source) or source.endswith(".keras")):
         source = weights_rule.resolve(source, weights, random_weights=random_weights, cache_dir=cache_dir)
     if isinstance(source, weights_rule.WeightsChoice):
@@ -123,6 +128,7 @@ def finetune(source, *, dataset, output, weights=None, random_weights=False, cac
         train_ds = few_shot(train_ds, int(examples_per_class), num_classes=info.num_classes, seed=seed)
         train_size = int(examples_per_class) * info.num_classes
     eval_ds = load_source(dataset, eval_split, data_dir=data_dir, download=download)[0] if eval_split else None
+    _seed_initial_weights(seed)  # an architecture name draws its random weights now
     ft = build_finetuner(source, num_classes=info.num_classes, train_size=train_size, image_size=info.image_size,
                          batch_size=batch_size, micro_batch_size=micro_batch_size, weights=weights,
                          random_weights=random_weights, cache_dir=cache_dir, steps=steps,
@@ -136,6 +142,8 @@ def finetune(source, *, dataset, output, weights=None, random_weights=False, cac
            # depend on, so a run resumes on another number of devices when the math is the same.
            "micro_batch_size": ft.step_batch_size, "eval_every": eval_every, "seed": seed,
            "hyperrule": ft.rule.to_dict()}
+    if info.lost_by_class:  # the true counts: train_size is what is readable; these were left out
+        run["left_out_by_class"] = {name: lost for name, lost, _ in info.lost_by_class}
     policy = backbone_policy(ft.backbone)
     if policy != "float32":  # absent means float32, as in runs recorded before precision could change
         run["precision"] = policy
@@ -143,37 +151,73 @@ def finetune(source, *, dataset, output, weights=None, random_weights=False, cac
     # old run goes aside in one rename, so the new one starts clean (no old logs or checkpoint).
     if log is not None:
         log(_header(ft, describe(ft.strategy) if ft.strategy is not None else None, jax_devices))
+        log(_plan(ft.rule, base_learning_rate, crop=ft.crop))
     if not chief:
         # The chief's checkpoint is where every worker resumes from; this worker's own writes go aside.
-        resumed_epoch = 0 if overwrite else _resumed_epochs(output, run, None)
+        start = None if overwrite else _resume_point(output, run, None, move_damaged=False)
         writes = worker_scratch()
         files.remove(writes)
-        os.makedirs(writes)
-        if resumed_epoch:
-            shutil.copytree(os.path.join(output, CHECKPOINT_DIR), os.path.join(writes, CHECKPOINT_DIR))
+        os.makedirs(os.path.join(writes, CHECKPOINT_DIR))
+        if start is not None:
+            start = (start[0], shutil.copy(start[1], os.path.join(writes, CHECKPOINT_DIR)))
         try:
-            return _fit_and_save(ft, run, writes, train_ds, eval_ds, eval_every, resumed_epoch, callbacks,
+            return _fit_and_save(ft, run, writes, train_ds, eval_ds, eval_every, start, callbacks,
                                  savedmodel=savedmodel, verbose=verbose, log=None, chief=False)
         finally:
             files.remove(writes)
     replaced = files.move_aside(output) if overwrite and os.path.lexists(output) else None
     os.makedirs(output, exist_ok=True)
-    resumed_epoch = _resumed_epochs(output, run, log)
+    start = _resume_point(output, run, log)
     runs.write_run(output, run)
     if replaced:
         files.remove(replaced)
-    if resumed_epoch and log is not None:
-        log(f"Resuming from {os.path.join(output, CHECKPOINT_DIR)} "
-            f"(update {resumed_epoch * eval_every} of {ft.rule.total_steps}).")
+    if start is not None and log is not None:
+        log(f"Resuming from {start[1]} (update {start[0]} of {ft.rule.total_steps}).")
     warnings = list(ft.rule.warnings())
+    if getattr(source, "random", False) and base_learning_rate is None:
+        warnings.append(f"random weights: the HyperRule's learning rate ({ft.rule.base_learning_rate:.2g}) is tuned "
+                        "for pre-trained features and barely moves random weights; pass a higher one with "
+                        "--learning-rate (learning_rate=), e.g. --learning-rate 0.01 as `bit_keras demo` does.")
     if info.skipped:
         shown = ", ".join(f"{os.path.basename(path)} ({why})" for path, why in info.skipped[:3])
-        warnings.append(f"{len(info.skipped)} file(s) of {dataset} are not images and were left out: {shown}"
-                        + (", ..." if len(info.skipped) > 3 else ""))
+        by_class = ", ".join(f"{name} {lost} of {of}" for name, lost, of in info.lost_by_class)
+        warnings.append(f"{len(info.skipped)} file(s) of {dataset} [{train_split}] cannot be read as images and were "
+                        f"left out before training (by class: {by_class}); it trains on the {train_size} readable "
+                        f"ones: {shown}" + (", ..." if len(info.skipped) > 3 else ""))
     for warning in warnings if log is not None else ():
         log(f"warning: {warning}")
-    return _fit_and_save(ft, run, output, train_ds, eval_ds, eval_every, resumed_epoch, callbacks,
+    return _fit_and_save(ft, run, output, train_ds, eval_ds, eval_every, start, callbacks,
                          savedmodel=savedmodel, verbose=verbose, log=log, chief=True)
+
+
+def _seed_initial_weights(seed):
+    """Seeds Keras' initializers, so one --seed gives the same random weights in every run and strategy.
+
+    TensorFlow's global seed is cleared again (as `bit_keras train` does): the input pipeline
+    seeds each of its ops itself, and the data order stays what it was without a global seed.
+    """
+    import keras
+
+    keras.utils.set_random_seed(int(seed))
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        tf.random.set_seed(None)
+
+
+def _plan(rule, base_learning_rate, *, crop=True) -> str:
+    """The run header's schedule line: what the HyperRule (or a flag) decided."""
+    from bit_keras.hyperrule import BASE_BATCH, BASE_LEARNING_RATE
+
+    where = ("--learning-rate" if base_learning_rate is not None
+             else f"HyperRule {BASE_LEARNING_RATE:g} x {rule.batch_size}/{BASE_BATCH}")
+    images = f"resized to {rule.resize} px, random crops of {rule.crop} px" if crop else f"resized to {rule.crop} px"
+    decays = ", ".join(map(str, rule.decay_boundaries)) or "none"
+    mixup = f"alpha {rule.mixup_alpha:g}" if rule.mixup_alpha else "off"
+    return (f"plan: {rule.total_steps} updates at batch {rule.batch_size}; peak learning rate "
+            f"{rule.base_learning_rate:.3g} ({where}), linear warm-up {rule.warmup_steps} updates, /10 at updates "
+            f"{decays}; images {images}; MixUp {mixup}; "
+            f"SGD momentum {rule.momentum:g}")
 
 
 def _header(ft, strategy_name, jax_devices) -> str:
@@ -188,32 +232,40 @@ def _header(ft, strategy_name, jax_devices) -> str:
             f"{per_replica} per replica x {ft.accumulation_steps} accumulation step(s)")
 
 
-def _fit_and_save(ft, run, output, train_ds, eval_ds, eval_every, resumed_epoch, callbacks, *, savedmodel,
+def _fit_and_save(ft, run, output, train_ds, eval_ds, eval_every, start, callbacks, *, savedmodel,
                   verbose, log, chief):
     """Trains to the end of the schedule, then writes model.keras (and the rest, on the chief) into `output`."""
     import keras
 
     from bit_keras.export.keras_file import export_keras
+    from bit_keras.finetune.wrapper import ResumeCheckpoints
     from bit_keras.summaries import ScalarLogger
 
     dataset, seed, num_classes = run["dataset"], run["seed"], run["num_classes"]
     metrics_path = os.path.join(output, METRICS_FILE)
     batch_size = ft.batch_size
     os.makedirs(os.path.join(output, LOGS_DIR), exist_ok=True)
+    # The schedule follows the optimizer's restored update counter, not the epoch number.
+    resumed_epoch = math.ceil(start[0] / eval_every) if start is not None else 0
     run_callbacks = [
-        # double_checkpoint keeps the previous state to fall back on if a kill lands mid-write;
-        # the schedule follows the optimizer's restored update counter, not the epoch number.
         # Kept after fit (removed below) until the final files are in place.
-        keras.callbacks.BackupAndRestore(os.path.join(output, CHECKPOINT_DIR), save_freq="epoch",
-                                         double_checkpoint=True, delete_checkpoint=False),
+        ResumeCheckpoints(os.path.join(output, CHECKPOINT_DIR), eval_every=eval_every,
+                          total_updates=ft.rule.total_steps, restore=start[1] if start is not None else None),
         keras.callbacks.CSVLogger(os.path.join(output, LOGS_DIR, "metrics.csv"), append=True),
         ScalarLogger(os.path.join(output, LOGS_DIR)),  # TensorBoard: logs/train, logs/validation
         *callbacks,
     ]
     started = time.time()
     # A resumed run draws a fresh data order instead of replaying the examples already seen.
-    history = ft.fit(train_ds, validation_data=eval_ds, eval_every=eval_every, callbacks=run_callbacks,
-                     seed=seed + resumed_epoch, verbose=verbose)
+    try:
+        history = ft.fit(train_ds, validation_data=eval_ds, eval_every=eval_every, callbacks=run_callbacks,
+                         seed=seed + resumed_epoch, verbose=verbose, initial_epoch=resumed_epoch)
+    except StoppedError as stopped:
+        kept = resume.latest_updates(os.path.join(output, CHECKPOINT_DIR))
+        raise StoppedError(f"{stopped} {os.path.join(output, CHECKPOINT_DIR)} keeps update {kept}: run the same "
+                           "command again to resume from there." if kept else
+                           f"{stopped} No evaluation period was complete, so no checkpoint was written: running "
+                           "the same command again starts the run afresh.") from None
     seconds = time.time() - started
 
     metrics = {"dataset": dataset, "source": run["source"], "weights": run["weights"], "train_size": run["train_size"],
@@ -252,10 +304,11 @@ def evaluate(model_path, *, dataset, split="test", batch_size=128, resolution=No
     """
     import keras
 
-    from bit_keras.data import load_source
+    from bit_keras.data import check_split, load_source
     from bit_keras.finetune.wrapper import resolve_strategy
     from bit_keras.train.evaluation import score_split
 
+    check_split(dataset, split, data_dir=data_dir)  # before the model is loaded
     model_path = os.fspath(model_path)
     if os.path.isdir(model_path) and os.path.exists(os.path.join(model_path, MODEL_FILE)):
         model_path = os.path.join(model_path, MODEL_FILE)
@@ -315,37 +368,20 @@ def _load_classifier(model_path, run):
                               f"executed): {reason}") from None
 
 
-def _resumed_epochs(output, run, log) -> int:
-    """Evaluation periods done by a checkpoint in `output` (0: a fresh run, whose run.json may be replaced).
+def _resume_point(output, run, log, *, move_damaged=True):
+    """(updates, path) of the newest readable checkpoint in `output` (None: start from the beginning).
 
-    A metadata file cut short by a kill falls back to the state saved before it (double_checkpoint),
-    as BackupAndRestore itself does only for an unreadable weights file.
+    Unreadable checkpoints are moved into checkpoint-damaged/ (by the chief only) and the one
+    before is used; a checkpoint of another configuration is refused before anything moves.
     """
-    path = os.path.join(output, CHECKPOINT_DIR, "training_metadata.json")
-    weights = os.path.join(output, CHECKPOINT_DIR, "latest.weights.h5")
-    if not os.path.exists(path):
-        return 0
-    epoch = _epoch(path)
-    if epoch is None:
-        epoch = _epoch(path + ".bkp") if os.path.exists(weights + ".bkp") else None
-        if epoch is None:
-            raise CheckpointError(f"{path} is damaged and has no readable backup, so the run cannot resume; "
-                                  "pass --overwrite to start again.")
-        for name in (weights, path):
-            shutil.copyfile(name + ".bkp", name)
-        if log is not None:
-            log(f"warning: {path} was damaged; resuming from the checkpoint saved before it.")
-    runs.check_resume(output, run, restart="pass --overwrite to start again, or use another --output")
-    return epoch
-
-
-def _epoch(path):
-    """The epoch a BackupAndRestore metadata file names, or None if the file cannot be read."""
-    try:
-        epoch = files.read_json(path)["epoch"]
-    except (OSError, ValueError, TypeError, KeyError):
+    directory = os.path.join(output, CHECKPOINT_DIR)
+    if not resume.list_checkpoints(directory):
+        if os.path.exists(os.path.join(directory, "latest.weights.h5")) and log is not None:
+            log(f"warning: {directory}/latest.weights.h5 was written by an older bit_keras (Keras' BackupAndRestore), "
+                "which this one does not resume from: the run starts again from the beginning.")
         return None
-    return epoch if isinstance(epoch, int) and epoch >= 0 else None
+    runs.check_resume(output, run, restart="pass --overwrite to start again, or use another --output")
+    return resume.newest_complete(directory, log=log, move_damaged=move_damaged)
 
 
 def _last(history, key):

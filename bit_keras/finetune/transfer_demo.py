@@ -20,6 +20,8 @@ import time
 
 import numpy as np
 
+from bit_keras.errors import StoppedError
+
 UPSTREAM_CLASSES = (0, 1, 2, 3, 4)
 DOWNSTREAM_CLASSES = (5, 6, 7, 8, 9)
 ARCHITECTURE = "r14x1"
@@ -45,6 +47,11 @@ def _accuracy(model, images, labels, resolution) -> float:
     resized = tf.image.resize(tf.cast(images, tf.float32) / 255.0, [resolution, resolution]).numpy()
     logits = np.asarray(model.predict(resized, batch_size=128, verbose=0))
     return float(np.mean(np.argmax(logits, axis=1) == labels))
+
+
+def _every(steps) -> int:
+    """Updates between progress lines: about 12 per run, so a slow machine still shows it working."""
+    return max(1, steps // 12)
 
 
 def run_transfer_demo(output="demo_output/transfer", *, upstream_steps=240, upstream_batch=64, resolution=32,
@@ -82,14 +89,20 @@ def run_transfer_demo(output="demo_output/transfer", *, upstream_steps=240, upst
     files.remove(upstream_dir)  # a demo always starts fresh
     tick = time.time()
     keras.utils.set_random_seed(seed)
+    print_fn(f"[1/3] Upstream: pre-training {ARCHITECTURE} for {upstream_steps} updates at batch {upstream_batch} "
+             f"on {len(up_y)} digits 0-4 (a line every {_every(upstream_steps)} updates) ...")
     result = train(TrainConfig(model_dir=upstream_dir, dataset="digits 0-4", schedule=schedule,
                                block_units=architecture.block_units, width=architecture.width, seed=seed,
-                               log_every=max(1, upstream_steps // 4), checkpoint_every=upstream_steps,
+                               log_every=_every(upstream_steps), checkpoint_every=upstream_steps,
                                crop_area_min=0.5, shuffle_buffer=len(up_y)),
                    source=from_arrays(up_x, up_y, num_classes=len(UPSTREAM_CLASSES), name="digits 0-4"),
                    log=lambda line: print_fn(f"      {line}") if line.startswith(("step", "warning")) else None)
+    done = result.step - result.start_step  # what ran, which a SIGTERM may have cut short
+    if result.preempted:
+        raise StoppedError(f"Stopped by SIGTERM during pre-training after {done} of {upstream_steps} updates; "
+                           "the demo starts afresh when run again.")
     upstream_accuracy = _accuracy(result.model, *up_test, resolution)
-    print_fn(f"[1/3] Upstream: {upstream_steps} updates on {len(up_y)} digits 0-4 in {time.time() - tick:.0f} s; "
+    print_fn(f"[1/3] Upstream: {done} updates on {len(up_y)} digits 0-4 in {time.time() - tick:.0f} s; "
              f"held-out accuracy {upstream_accuracy:.1%} (chance 20%)")
 
     # 2. Export the pre-trained backbone and load it back, as a user of the export would.
@@ -107,18 +120,21 @@ def run_transfer_demo(output="demo_output/transfer", *, upstream_steps=240, upst
     for k in shots:
         row = {"examples_per_class": k}
         for label, source in (("pretrained", None), ("random", ARCHITECTURE)):
+            print_fn(f"[3/3] {k:>2} per class: fine-tuning from {'the export' if source is None else 'random weights'} "
+                     f"({finetune_steps} updates) ...")
             keras.utils.set_random_seed(seed)
             backbone = load_backbone(export_dir, trainable=True) if source is None else source
             ft = build_finetuner(backbone, num_classes=len(DOWNSTREAM_CLASSES), train_size=k * len(DOWNSTREAM_CLASSES),
                                  image_size=(8, 8), batch_size=finetune_batch, steps=finetune_steps,
                                  resolution=resolution, base_learning_rate=learning_rate)
             ft.fit(few_shot(downstream, k, num_classes=len(DOWNSTREAM_CLASSES), seed=seed), verbose=0, seed=seed)
-            row[label] = _accuracy(ft.model, *down_test, resolution)
+            row[label] = _accuracy(ft.model, *down_test, resolution)  # a SIGTERM in fit raised StoppedError
+            row[f"{label}_updates"] = int(np.asarray(ft.model.optimizer.iterations))
         rows.append(row)
         print_fn(f"[3/3] {k:>2} per class: pre-trained {row['pretrained']:.1%}, random {row['random']:.1%}")
 
     table = {"architecture": ARCHITECTURE, "upstream_task": "digits 0-4", "downstream_task": "digits 5-9",
-             "upstream_updates": upstream_steps, "upstream_accuracy": upstream_accuracy,
+             "upstream_updates": done, "upstream_accuracy": upstream_accuracy,
              "finetune_updates": finetune_steps, "finetune_batch": finetune_batch, "learning_rate": learning_rate,
              "resolution": resolution, "downstream_test_examples": int(len(down_test[1])), "rows": rows,
              "hub_check": hub_note, "total_seconds": round(time.time() - started, 1)}

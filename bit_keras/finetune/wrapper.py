@@ -19,7 +19,7 @@ import numpy as np
 
 from bit_keras import runs
 from bit_keras.hyperrule import HyperRule
-from bit_keras.errors import ConfigError, MissingFileError
+from bit_keras.errors import ConfigError, MissingFileError, StoppedError
 
 
 @dataclasses.dataclass
@@ -87,10 +87,10 @@ class FineTuner:
 
     def eval_dataset(self, ds, *, batch_size=None):
         """Evaluation batches: resized to the rule's crop size, no augmentation, every example kept."""
-        from bit_keras.data import eval_pipeline
+        from bit_keras.data.preprocess import eval_pipeline, with_known_length
 
-        return eval_pipeline(ds, self.rule, batch_size=batch_size or self.step_batch_size,
-                             num_classes=self.num_classes)
+        return with_known_length(eval_pipeline(ds, self.rule, batch_size=batch_size or self.step_batch_size,
+                                               num_classes=self.num_classes))
 
     def scope(self):
         """The strategy's scope (a no-op without one): `fit`, `evaluate` and `predict` run inside it."""
@@ -155,13 +155,76 @@ class FineTuner:
                 validation, validation_data = [ValidationScores(self, validation_data)], None
             else:
                 validation_data = self.eval_dataset(validation_data)
-        callbacks = [*validation, StopAfterUpdates(self.rule.total_steps), LearningRateLogger(), StopOnNonFiniteLoss(),
-                     *callbacks]
+        # ValidationScores first (the loggers and checkpoints after it see its scores); StopOnSigterm
+        # after it, so scores of an evaluation cut short by SIGTERM are dropped.
+        callbacks = [*validation, StopOnSigterm(), StopAfterUpdates(self.rule.total_steps), LearningRateLogger(),
+                     StopOnNonFiniteLoss(), *callbacks]
         checkpoint = next((c.backup_dir for c in callbacks if getattr(c, "backup_dir", None)), None)
-        with self.scope(), self._lost_workers(checkpoint):
-            return self.model.fit(self.train_dataset(ds, seed=seed), validation_data=validation_data,
-                                  steps_per_epoch=eval_every * self.accumulation_steps, epochs=epochs,
-                                  initial_epoch=initial_epoch, callbacks=callbacks, verbose=verbose, shuffle=False)
+        with self.scope(), self._lost_workers(checkpoint), runs.sigterm_deferred() as sigterm:
+            history = self.model.fit(self.train_dataset(ds, seed=seed), validation_data=validation_data,
+                                     steps_per_epoch=eval_every * self.accumulation_steps, epochs=epochs,
+                                     initial_epoch=initial_epoch, callbacks=callbacks, verbose=verbose, shuffle=False)
+        if sigterm.received:
+            raise StoppedError(f"Stopped by SIGTERM after update {int(np.asarray(self.model.optimizer.iterations))} "
+                               f"of {self.rule.total_steps}.")
+        return history
+
+
+class StopOnSigterm(keras.callbacks.Callback):
+    """Ends `fit` after the step during which SIGTERM came (`runs.sigterm_deferred`); an evaluation cut short is not logged.
+
+    A period whose training was complete still ends normally, so its checkpoint is written.
+    """
+
+    def on_train_batch_end(self, batch, logs=None):
+        if runs.SIGTERM.received:
+            self.model.stop_training = True
+
+    def on_test_batch_end(self, batch, logs=None):
+        if runs.SIGTERM.received:
+            self.model.stop_evaluating = True
+
+    def on_epoch_end(self, epoch, logs=None):
+        if runs.SIGTERM.received:
+            self.model.stop_training = True  # it may have come during the evaluation
+            for key in [key for key in logs or {} if key.startswith("val_")]:
+                del logs[key]
+
+
+class ResumeCheckpoints(keras.callbacks.Callback):
+    """Restores `restore` when fit starts; saves a checkpoint (`bit_keras.resume`) after every whole period.
+
+    A period is `eval_every` updates (the last one may be shorter); a fit stopped inside one
+    (SIGTERM) saves nothing for it, so every checkpoint ends where a period ends.
+    """
+
+    def __init__(self, directory, *, eval_every, total_updates, restore=None):
+        super().__init__()
+        self.directory, self.eval_every, self.total_updates, self.restore = directory, eval_every, total_updates, restore
+        self.backup_dir = directory  # what FineTuner.fit names when a lost worker stops a multi-worker run
+
+    def on_train_begin(self, logs=None):
+        from bit_keras import resume
+        from bit_keras.errors import CheckpointError
+
+        if self.restore is None:
+            return
+        optimizer = self.model.optimizer
+        if optimizer is not None and not optimizer.built:
+            optimizer.build(self.model.trainable_variables)
+        try:
+            self.model.load_weights(self.restore)
+        except Exception as error:  # read whole before (resume.check_weights_file), so not a cut-off file
+            moved = resume.move_into(self.restore, resume.damaged_dir(self.directory))
+            raise CheckpointError(f"{self.restore} cannot be loaded ({' '.join(str(error).split())[:200]}); moved it "
+                                  f"to {moved}. Run the same command again to resume from the one before it.") from None
+
+    def on_epoch_end(self, epoch, logs=None):
+        from bit_keras import resume
+
+        updates = int(np.asarray(self.model.optimizer.iterations))
+        if updates and (updates % self.eval_every == 0 or updates >= self.total_updates):
+            resume.save(self.model, self.directory, updates)
 
 
 def _is_split(ds) -> bool:

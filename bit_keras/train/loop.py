@@ -209,12 +209,11 @@ def train(config: TrainConfig, *, strategy=None, source=None, eval_source=None, 
                                          **({"use_ema": True, "ema_momentum": options.ema} if options.ema else {}))
         optimizer.build(model.trainable_variables)
         state = tf.train.Checkpoint(model=model, optimizer=optimizer)
+        # Before the manager reads the checkpoint index: the chief may take unreadable ones out of it.
+        latest = _restore_newest(state, files.join(config.model_dir, "checkpoints"), log, move_damaged=chief)
         manager = tf.train.CheckpointManager(state, files.join(writes, "checkpoints"),
                                              max_to_keep=config.keep_checkpoints, checkpoint_name="ckpt")
-        latest = tf.train.latest_checkpoint(files.join(config.model_dir, "checkpoints"))
-        if latest:
-            state.restore(latest).assert_existing_objects_matched()
-        elif config.init_weights:
+        if latest is None and config.init_weights:
             release_checkpoint.load_weights(model, config.init_weights)
     runs.write_run(writes, run)  # only now: a network or weights that fail to build leave no record
     start_step = int(optimizer.iterations.numpy())
@@ -350,11 +349,11 @@ def train(config: TrainConfig, *, strategy=None, source=None, eval_source=None, 
             if eval_source is not None and (step % eval_every == 0 or step == stop_step):
                 run_evaluation(step)
             if step % config.checkpoint_every == 0 and step < stop_step:
-                manager.save(checkpoint_number=step)
+                _save(manager, step)
                 log(f"checkpoint {manager.latest_checkpoint} at step {step}")
         if step > start_step or stop.signal is not None:
             if _latest_step(manager) != step:
-                manager.save(checkpoint_number=step)
+                _save(manager, step)
             log(f"checkpoint {manager.latest_checkpoint} at step {step}"
                 + (" (SIGTERM: stopping; rerun the same command to resume)" if preempted else ""))
     except Exception as error:   # a multi-worker peer that stopped answering: one line, not pages of TF
@@ -464,6 +463,71 @@ def _backbone_switches(options):
     """The network switches that differ from BiT's (GroupNorm with 32 groups, WS, no drop-path)."""
     defaults = TrainingOptions().backbone_kwargs()
     return {key: value for key, value in options.backbone_kwargs().items() if value != defaults[key]}
+
+
+def _restore_newest(state, directory, log, *, move_damaged):
+    """Restores the newest readable checkpoint in `directory` into `state`; its prefix, or None (a fresh run).
+
+    One rule with fine-tuning (`bit_keras.resume.first_readable`): an unreadable checkpoint is
+    moved into checkpoints-damaged/ and dropped from the index, and the one before is tried.
+    """
+    import tensorflow as tf
+
+    from bit_keras import resume
+    from bit_keras.errors import CheckpointError
+
+    status = tf.train.get_checkpoint_state(directory)
+    candidates = list(reversed(status.all_model_checkpoint_paths)) if status is not None else []
+    if status is not None and status.model_checkpoint_path not in candidates:
+        candidates.insert(0, status.model_checkpoint_path)
+    if not candidates:
+        return None
+    candidates = [path if os.path.isabs(path) or files.is_remote(path) else files.join(directory, path)
+                  for path in candidates]
+    attempted = []
+
+    def check(prefix):
+        attempted.append(prefix)
+        state.restore(prefix).assert_existing_objects_matched()
+
+    move = move_damaged and not files.is_remote(directory)
+    damaged = (resume.damaged_dir(directory), _move_checkpoint) if move else None
+    latest = resume.first_readable(candidates, check, damaged=damaged, log=log)
+    if move and latest is not None and latest != candidates[0]:
+        kept = [path for path in candidates if path not in attempted or path == latest]
+        tf.compat.v1.train.update_checkpoint_state(directory, latest, all_model_checkpoint_paths=list(reversed(kept)))
+    if latest is None:
+        if move:
+            files.remove(os.path.join(directory, "checkpoint"))  # the next run starts afresh
+        # The failed restores may have set some variables: build afresh in a new process.
+        raise CheckpointError(f"No checkpoint in {directory} could be read (moved to "
+                              f"{resume.damaged_dir(directory)}); run the same command again to start afresh.")
+    return latest
+
+
+def _move_checkpoint(prefix, folder) -> str:
+    """Moves the files of TensorFlow checkpoint `prefix` (ckpt-N.index, ckpt-N.data-*) into `folder`."""
+    import glob
+
+    from bit_keras import resume
+
+    for path in glob.glob(glob.escape(prefix) + ".*"):
+        resume.move_into(path, folder)
+    return os.path.join(folder, os.path.basename(prefix))
+
+
+def _save(manager, step):
+    """manager.save; a full disk is one line naming the folder and the size of the checkpoint before."""
+    previous = manager.latest_checkpoint
+    needed = (sum(files.size_of(path) for path in _checkpoint_files(previous)) if previous else None)
+    with files.disk_full_named(manager.directory, needed=needed):
+        manager.save(checkpoint_number=step)
+
+
+def _checkpoint_files(prefix):
+    import tensorflow as tf
+
+    return tf.io.gfile.glob(prefix + ".*") if not files.is_remote(prefix) else []
 
 
 def _latest_step(manager):

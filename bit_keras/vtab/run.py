@@ -21,7 +21,7 @@ import math
 import os
 
 from bit_keras import files, hyperrule, plots, presets, runs
-from bit_keras.errors import ConfigError
+from bit_keras.errors import ConfigError, DiskFullError, StoppedError
 from bit_keras.vtab.tasks import GROUPS, PROTOCOLS, PUBLISHED_GROUP_MEANS, PUBLISHED_MEAN, TASKS, select
 
 RESULTS = ("results.csv", "results.md", "results.json", "results.png")
@@ -126,6 +126,8 @@ def run_vtab(source, *, output, tasks, protocol="1k", data_dir=None, download=Tr
                                        data_dir=data_dir, download=download, seed=seed, verbose=verbose, log=log,
                                        strategy=strategy)
                     row["accuracy"], row["error"] = score(metrics, None, metrics_path)  # the split it was given
+                except (DiskFullError, StoppedError):
+                    raise  # every later task would fail alike; a rerun resumes this task from its checkpoint
                 except Exception as error:  # noqa: BLE001 - one task's failure must not end the benchmark
                     row["error"] = " ".join(f"{type(error).__name__}: {error}".split())
             if row["error"]:
