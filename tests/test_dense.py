@@ -323,6 +323,14 @@ def test_coco_loader_refuses_missing_images_and_wrong_sizes(tmp_path):
     os.remove(os.path.join(images, "b.png"))
     with pytest.raises(MissingFileError, match="b.png"):
         load_coco(images, annotations, check_image_sizes=False)
+    data["images"] = [{"id": 1}]
+    open(annotations, "w").write(json.dumps(data))
+    with pytest.raises(ConfigError, match="an image entry without id or file_name"):
+        load_coco(images, annotations)
+    data["images"] = []
+    open(annotations, "w").write(json.dumps(data))
+    with pytest.raises(ConfigError, match="lists no images"):
+        load_coco(images, annotations)
     with pytest.raises(ConfigError, match="coco:IMAGES_DIR,ANNOTATIONS.json"):
         from bit_keras.dense.sources import parse_spec
         parse_spec("coco:only_one_path")
