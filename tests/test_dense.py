@@ -405,3 +405,19 @@ def test_mask_folders_pair_by_stem_and_drop_bad_masks(tmp_path):
         os.remove(images / f"{name}.jpg")
     with pytest.raises(ConfigError, match=r"b.png \(8x7 vs 8x6\): mask of another size"):
         load_mask_folders(images, masks, num_classes=3, on_bad="refuse")
+
+
+def test_detections_picture_draws_boxes(tmp_path):
+    from PIL import Image
+    from bit_keras import plots
+    from bit_keras.dense.shapes import synthetic_shapes
+
+    examples = synthetic_shapes(2, 32, seed=0)
+    predictions = [{"boxes": e["boxes"], "classes": e["classes"], "scores": np.ones(len(e["classes"]))}
+                   for e in examples]
+    plain = plots.detections([dict(e, boxes=np.zeros((0, 4)), classes=[]) for e in examples], tmp_path / "a.png", title="t")
+    boxed = plots.detections(examples, tmp_path / "b.png", predictions=predictions, class_names=("r", "e", "t"),
+                             title="t")
+    assert (np.asarray(Image.open(plain)) != np.asarray(Image.open(boxed))).any()
+    with pytest.raises(ConfigError, match="at least one example"):
+        plots.detections([], tmp_path / "c.png")
