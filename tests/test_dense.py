@@ -415,7 +415,8 @@ def test_detections_picture_draws_boxes(tmp_path):
     examples = synthetic_shapes(2, 32, seed=0)
     predictions = [{"boxes": e["boxes"], "classes": e["classes"], "scores": np.ones(len(e["classes"]))}
                    for e in examples]
-    plain = plots.detections([dict(e, boxes=np.zeros((0, 4)), classes=[]) for e in examples], tmp_path / "a.png", title="t")
+    bare = [dict(e, boxes=np.zeros((0, 4)), classes=[]) for e in examples]
+    plain = plots.detections(bare, tmp_path / "a.png", title="t")
     boxed = plots.detections(examples, tmp_path / "b.png", predictions=predictions, class_names=("r", "e", "t"),
                              title="t")
     assert (np.asarray(Image.open(plain)) != np.asarray(Image.open(boxed))).any()
