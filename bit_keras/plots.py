@@ -20,6 +20,7 @@ SCHEDULE_SIZE = (9, 4.5)    # inches; x DPI = pixels
 CURVES_SIZE = (15, 4.5)
 BENCH_SIZE = (9, 3.5)
 VTAB_SIZE = (9, 6)
+DETECTION_PANEL = 2.6      # inches per image in `detections`
 
 
 def check_path(path) -> str:
@@ -137,6 +138,51 @@ def vtab(rows, path, *, title) -> str:
     ax.set_xlabel("accuracy (%)")
     ax.grid(axis="x", alpha=0.3)
     figure.suptitle(title)
+    return _save(figure, path)
+
+
+def detections(examples, path, *, predictions=None, class_names=(), title="", min_score=0.3,
+               show_masks=False) -> str:
+    """Images in a row with ground-truth boxes (dashed) and predicted ones (solid, class: score).
+
+    `examples` hold `image` and `boxes`/`classes` (pixel yxyx) and optionally `mask`;
+    `predictions` one `{"boxes", "classes", "scores"}` per image; boxes under `min_score` are left out.
+    """
+    import numpy as np
+    from matplotlib.patches import Rectangle
+
+    examples = list(examples)
+    if not examples:
+        raise ConfigError("detections() needs at least one example to draw.")
+    figure, axes = _figure((DETECTION_PANEL * len(examples), DETECTION_PANEL + 0.4), len(examples))
+    axes = np.atleast_1d(axes)
+    name = lambda label: class_names[label] if 0 <= label < len(class_names) else str(label)  # noqa: E731
+    for index, (ax, example) in enumerate(zip(axes, examples)):
+        ax.imshow(np.asarray(example["image"]), interpolation="nearest")
+        if show_masks and "mask" in example:
+            mask = np.asarray(example["mask"]).astype(float)
+            ax.imshow(np.ma.masked_where(mask == 0, mask), cmap="tab10", alpha=0.4, interpolation="nearest",
+                      vmin=0, vmax=10)
+        drawn = [(example.get("boxes", ()), example.get("classes", ()), None, "--")]
+        if predictions is not None:
+            p = predictions[index]
+            drawn.append((p["boxes"], p["classes"], p["scores"], "-"))
+        for boxes, labels, scores, style in drawn:
+            for k, (box, label) in enumerate(zip(np.asarray(boxes).reshape(-1, 4), np.asarray(labels).reshape(-1))):
+                score = None if scores is None else float(np.asarray(scores).reshape(-1)[k])
+                if label < 0 or (score is not None and score < min_score):
+                    continue
+                ymin, xmin, ymax, xmax = (float(v) for v in box)
+                colour = f"C{int(label) % 10}"
+                # Pixel i covers [i - 0.5, i + 0.5) in imshow's coordinates.
+                ax.add_patch(Rectangle((xmin - 0.5, ymin - 0.5), xmax - xmin, ymax - ymin, fill=False,
+                                       edgecolor=colour, linestyle=style, linewidth=1.5))
+                if score is not None:
+                    ax.text(xmin - 0.5, ymin - 1, f"{name(int(label))}: {score:.2f}", color=colour,
+                            fontsize="x-small", va="bottom")
+        ax.set_axis_off()
+    figure.suptitle(title or ("ground truth (dashed)" + (", predictions (solid)" if predictions is not None else "")),
+                    fontsize="small")
     return _save(figure, path)
 
 

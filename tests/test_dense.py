@@ -323,6 +323,14 @@ def test_coco_loader_refuses_missing_images_and_wrong_sizes(tmp_path):
     os.remove(os.path.join(images, "b.png"))
     with pytest.raises(MissingFileError, match="b.png"):
         load_coco(images, annotations, check_image_sizes=False)
+    data["images"] = [{"id": 1}]
+    open(annotations, "w").write(json.dumps(data))
+    with pytest.raises(ConfigError, match="an image entry without id or file_name"):
+        load_coco(images, annotations)
+    data["images"] = []
+    open(annotations, "w").write(json.dumps(data))
+    with pytest.raises(ConfigError, match="lists no images"):
+        load_coco(images, annotations)
     with pytest.raises(ConfigError, match="coco:IMAGES_DIR,ANNOTATIONS.json"):
         from bit_keras.dense.sources import parse_spec
         parse_spec("coco:only_one_path")
@@ -397,3 +405,20 @@ def test_mask_folders_pair_by_stem_and_drop_bad_masks(tmp_path):
         os.remove(images / f"{name}.jpg")
     with pytest.raises(ConfigError, match=r"b.png \(8x7 vs 8x6\): mask of another size"):
         load_mask_folders(images, masks, num_classes=3, on_bad="refuse")
+
+
+def test_detections_picture_draws_boxes(tmp_path):
+    from PIL import Image
+    from bit_keras import plots
+    from bit_keras.dense.shapes import synthetic_shapes
+
+    examples = synthetic_shapes(2, 32, seed=0)
+    predictions = [{"boxes": e["boxes"], "classes": e["classes"], "scores": np.ones(len(e["classes"]))}
+                   for e in examples]
+    bare = [dict(e, boxes=np.zeros((0, 4)), classes=[]) for e in examples]
+    plain = plots.detections(bare, tmp_path / "a.png", title="t")
+    boxed = plots.detections(examples, tmp_path / "b.png", predictions=predictions, class_names=("r", "e", "t"),
+                             title="t")
+    assert (np.asarray(Image.open(plain)) != np.asarray(Image.open(boxed))).any()
+    with pytest.raises(ConfigError, match="at least one example"):
+        plots.detections([], tmp_path / "c.png")

@@ -124,11 +124,17 @@ def load_coco(images_dir, annotations_file, on_bad: str = "drop", check_image_si
     missing = [key for key in ("images", "annotations", "categories") if not isinstance(data.get(key), list)]
     if not isinstance(data, dict) or missing:
         raise ConfigError(f"{annotations_file} is not COCO-format: no list of {', '.join(missing)}.")
+    if not all(isinstance(c, dict) and isinstance(c.get("id"), int) for c in data["categories"]):
+        raise ConfigError(f"{annotations_file}: every category needs an integer id.")
     categories = sorted(data["categories"], key=lambda c: c["id"])
     class_of = {c["id"]: index for index, c in enumerate(categories)}
     problems = _Problems(on_bad, annotations_file)
+    if not data["images"]:
+        raise ConfigError(f"{annotations_file} lists no images.")
     images = {}
     for entry in data["images"]:
+        if not isinstance(entry, dict) or "id" not in entry or "file_name" not in entry:
+            raise ConfigError(f"{annotations_file}: an image entry without id or file_name: {str(entry)[:80]}.")
         path = os.path.join(images_dir, entry["file_name"])
         if not os.path.isfile(path):
             raise MissingFileError(f"{annotations_file}: image id {entry['id']} is {path}, which does not exist.")
