@@ -40,3 +40,7 @@ class InUseError(BiTError, RuntimeError):
 
 class DivergedError(BiTError, FloatingPointError):
     """The loss became NaN or infinite; the run stopped before saving anything from it."""
+
+
+class VerificationError(BiTError, RuntimeError):
+    """An export does not compute what the Keras model computes (checked in its own runtime); nothing was written."""
