@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from bit_keras.cli import deploy
 from bit_keras.cli.common import MODEL_HELP, add_model_flags
 from bit_keras.errors import ConfigError
 
@@ -19,14 +20,16 @@ def register(subparsers):
     parser.add_argument("--output", required=True, help="The SavedModel directory (or .keras file) to write.")
     parser.add_argument("--classifier", action="store_true",
                         help="Export the logits of the checkpoint's head instead of the feature vector.")
-    parser.add_argument("--format", choices=("savedmodel", "keras"), default=None,
+    parser.add_argument("--format", choices=("savedmodel", "keras", "onnx", "litert", "openvino"), default=None,
                         help="savedmodel (TF Hub) or keras (a .keras file with named blocks, for partial "
                              "fine-tuning with bit_keras.freeze_up_to). Default: keras when --output ends in "
-                             ".keras, else savedmodel.")
+                             ".keras, else savedmodel. onnx (.onnx), litert (.tflite) and openvino (a directory): "
+                             "folded, checked in their own runtime before they are kept.")
     parser.add_argument("--overwrite", action="store_true", help="Replace an existing output.")
     parser.add_argument("--fold-standardization", action="store_true",
                         help="Serve `serving_default` from a copy with pre-standardized kernels (faster "
                              "inference in TF Serving). The export then holds the weights twice.")
+    deploy.add_deploy_flags(parser)
     parser.set_defaults(handler=export)
 
 
@@ -49,6 +52,8 @@ def export(args):
     elif args.format == "savedmodel" and args.output.endswith(".keras"):
         raise ConfigError(f"--output {args.output} ends in .keras but --format is savedmodel (a directory); "
                           "drop --format to write a .keras file, or name a directory.")
+    if deploy.wants_deploy(args):
+        return deploy.export(args)
 
     from bit_keras.cli.main import UsageError
     from bit_keras.export import variant

@@ -158,8 +158,8 @@ def _open_openvino(path, threads):
     return Deployed(path, "openvino", lambda images: compiled(images)[0], _metadata(metadata, path), shape)
 
 
-def run_in_fresh_process(path, images, *, timeout=600):
-    """(outputs, metadata) of `path` run on `images` by `python -m bit_keras.export.runtimes` in a new
+def run_in_fresh_process(path, images=None, *, timeout=600):
+    """(outputs, metadata) of `path` run on `images` (None: `verify.probe_images` of its input size) by `python -m bit_keras.export.runtimes` in a new
     process: what a server or phone that has only the runtime would compute, and a runtime that
     aborts (a native crash) fails the check instead of the caller."""
     import subprocess
@@ -167,7 +167,8 @@ def run_in_fresh_process(path, images, *, timeout=600):
 
     with tempfile.TemporaryDirectory() as scratch:
         inputs, outputs = os.path.join(scratch, "inputs.npy"), os.path.join(scratch, "outputs.npy")
-        np.save(inputs, np.asarray(images, np.float32))
+        if images is not None:
+            np.save(inputs, np.asarray(images, np.float32))
         done = subprocess.run([sys.executable, "-m", "bit_keras.export.runtimes", os.fspath(path), inputs, outputs],
                               capture_output=True, text=True, timeout=timeout)
         lines = [line for line in done.stdout.splitlines() if line.strip()]
@@ -184,7 +185,14 @@ def _main(argv):
     path, inputs, outputs = argv
     try:
         deployed = open_export(path)
-        result = deployed.run(np.load(inputs))
+        if os.path.exists(inputs):
+            images = np.load(inputs)
+        else:
+            from bit_keras.export.verify import probe_images
+
+            height = deployed.input_shape[1] if len(deployed.input_shape) == 4 else None
+            images = probe_images(height if isinstance(height, int) and height > 0 else 224)
+        result = deployed.run(images)
     except CheckpointError as error:
         print(error, file=sys.stderr)
         return 2
