@@ -1,4 +1,4 @@
-"""`bit_keras export --format onnx|litert|openvino` (and `--run DIR` for every format): deployment exports."""
+"""`bit_keras export --format onnx|litert|openvino` (and `--from-run DIR` for every format): deployment exports."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ DEPLOY_FORMATS = ("onnx", "litert", "openvino")
 
 
 def add_deploy_flags(parser):
-    parser.add_argument("--run", default=None,
+    # Not "--run": absl's parser would take it for an abbreviation of its --run_with_pdb.
+    parser.add_argument("--from-run", dest="run", default=None, metavar="DIR",
                         help="A `bit_keras finetune --output` directory: export its classifier (head and class "
                              "names) instead of --variant/--weights.")
     parser.add_argument("--resolution", type=int, default=None,
@@ -36,7 +37,7 @@ def export(args):
     from bit_keras.cli.main import UsageError
 
     if args.run and (args.variant or args.weights or args.random_weights or args.classifier):
-        raise UsageError("--run exports the run's own classifier; drop --variant/--weights/--random-weights/"
+        raise UsageError("--from-run exports the run's own classifier; drop --variant/--weights/--random-weights/"
                          "--classifier.")
     if args.format not in DEPLOY_FORMATS:
         if args.quantize or args.calibration_data or args.eval_data:
@@ -83,7 +84,7 @@ def export(args):
 
 
 def _model(args):
-    """(model, metadata, resolution) from --run or --variant/--weights."""
+    """(model, metadata, resolution) from --from-run or --variant/--weights."""
     from bit_keras.errors import ConfigError
 
     if args.run:
@@ -121,7 +122,7 @@ def load_run(directory):
 
 
 def _export_run_savedmodel(args):
-    """--run with --format savedmodel or keras: the run's classifier, written as the plain export writes one."""
+    """--from-run with --format savedmodel or keras: the run's classifier, written as the plain export writes one."""
     from bit_keras.export.keras_file import export_keras
     from bit_keras.export.savedmodel import export_model
     from bit_keras.inference import fold_standardization
