@@ -214,3 +214,10 @@ def test_run_directory_exports_its_classifier_and_class_names(checkpoint_file, k
     outputs, meta = run_fresh("litert", output, images, tmp_path)
     assert meta["class_names"] == names and meta["fine_tuned_on"] == "folder:pets"
     assert relative_difference(outputs, np.asarray(keras_model(images))) < 1e-5
+
+
+def test_the_litert_example_classifies_without_tensorflow(exports):
+    done = subprocess.run([sys.executable, os.path.join(ROOT, "examples", "deploy_litert.py"), "classify",
+                           exports["litert"], "--limit", "8"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "8 digits classified by the LiteRT interpreter alone (no TensorFlow)" in done.stdout
