@@ -92,12 +92,18 @@ def keras_model(checkpoint_file):
 @pytest.fixture(scope="module")
 def exports(checkpoint_file, tmp_path_factory):
     """The tiny checkpoint's classifier exported by the command line to each float32 format."""
+    import contextlib
+    import io
+
     directory = tmp_path_factory.mktemp("deploy")
     paths = {}
     for fmt, name in OUTPUTS.items():
         paths[fmt] = str(directory / name)
-        assert run_cli("export", "--weights", checkpoint_file[0], "--classifier", "--format", fmt,
-                       "--resolution", str(RESOLUTION), "--output", paths[fmt]) == 0
+        printed = io.StringIO()
+        with contextlib.redirect_stdout(printed):
+            assert run_cli("export", "--weights", checkpoint_file[0], "--classifier", "--format", fmt,
+                           "--resolution", str(RESOLUTION), "--output", paths[fmt]) == 0
+        paths[fmt + " output"] = printed.getvalue()
     return paths
 
 
@@ -118,15 +124,13 @@ def test_float_export_matches_numpy_and_keras_in_a_fresh_process(fmt, exports, c
     assert meta["quantization"] == "float32" and meta["input"]["shape"] == [None, RESOLUTION, RESOLUTION, 3]
 
 
-def test_command_prints_the_check_last(exports, checkpoint_file, tmp_path, capsys):
-    output = str(tmp_path / "again.onnx")
-    assert run_cli("export", "--weights", checkpoint_file[0], "--classifier", "--format", "onnx",
-                   "--resolution", str(RESOLUTION), "--output", output) == 0
-    last = capsys.readouterr().out.strip().splitlines()[-1]
-    assert "ONNX Runtime (a fresh process)" in last and "max relative difference" in last
+@pytest.mark.parametrize("fmt", list(OUTPUTS))
+def test_command_prints_the_check_last(fmt, exports, checkpoint_file, capsys):
+    last = exports[fmt + " output"].strip().splitlines()[-1]
+    assert "(a fresh process)" in last and "max relative difference" in last
     assert float(last.split("max relative difference ")[1].split()[0]) < 1e-5
-    # An existing output is refused without --overwrite, and replaced with it.
-    assert run_cli("export", "--weights", checkpoint_file[0], "--format", "onnx", "--output", output) == 2
+    # An existing output is refused without --overwrite, before anything is built.
+    assert run_cli("export", "--weights", checkpoint_file[0], "--format", fmt, "--output", exports[fmt]) == 2
     assert "already exists" in capsys.readouterr().err
 
 
@@ -221,3 +225,16 @@ def test_the_litert_example_classifies_without_tensorflow(exports):
                            exports["litert"], "--limit", "8"], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "8 digits classified by the LiteRT interpreter alone (no TensorFlow)" in done.stdout
+
+
+def test_serve_bench_times_each_runtime_after_checking_it():
+    from bit_keras.export import serve_bench
+
+    rows = tuple(row for row in serve_bench.ROWS if row[0] in ("keras", "onnxruntime"))
+    report = serve_bench.serve_benchmark("r14x1", 32, steps=1, latency_calls=2, threads=1, rows=rows,
+                                         log=lambda _: None)
+    assert [row["runtime"] for row in report["rows"]] == ["keras", "onnxruntime"]
+    for row in report["rows"]:
+        assert row["images_per_second_batch8"] > 0 and row["latency_ms_p99_batch1"] >= row["latency_ms_p50_batch1"]
+    table = serve_bench.format_table(report)
+    assert table[1].startswith("| runtime | images/s (batch 8)") and len(table) == 5
