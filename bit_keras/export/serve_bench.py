@@ -67,7 +67,10 @@ def serve_benchmark(variant="r50x1", resolution=224, *, batch=8, steps=10, laten
     from bit_keras import benchmark, weights
 
     threads = threads or os.cpu_count()
-    tf.config.threading.set_intra_op_parallelism_threads(threads)
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+    except RuntimeError:  # TensorFlow already ran something in this process: its pool stays as it is
+        pass
     architecture = benchmark.parse_variant(variant)
     model = weights.resolve(architecture.name, random_weights=True).build_classifier(1000)
     rng = np.random.default_rng(0)
