@@ -238,3 +238,20 @@ def test_serve_bench_times_each_runtime_after_checking_it():
         assert row["images_per_second_batch8"] > 0 and row["latency_ms_p99_batch1"] >= row["latency_ms_p50_batch1"]
     table = serve_bench.format_table(report)
     assert table[1].startswith("| runtime | images/s (batch 8)") and len(table) == 5
+
+
+def test_outputs_are_checked_before_anything_is_built(tmp_path):
+    from bit_keras.errors import ConfigError, TargetExistsError
+    from bit_keras.export import formats
+
+    with pytest.raises(ConfigError, match="ending in .tflite"):
+        formats.check_target(tmp_path / "model.onnx", "litert", overwrite=False)
+    with pytest.raises(ConfigError, match="directory"):
+        formats.check_target(tmp_path / "model.xml", "openvino", overwrite=False)
+    other = tmp_path / "photos"
+    other.mkdir()
+    (other / "cat.jpg").write_bytes(b"x")
+    with pytest.raises(TargetExistsError, match="Refusing to replace"):  # --overwrite replaces only an export
+        formats.check_target(other, "openvino", overwrite=True)
+    (other / "model.xml").write_bytes(b"x")
+    formats.check_target(other, "openvino", overwrite=True)

@@ -17,7 +17,8 @@ def register(subparsers):
     add_model_flags(parser, variant_help=MODEL_HELP + " An architecture needs --weights or --random-weights "
                     "(untrained weights are never exported by accident). Left out: the architecture the "
                     "--weights file holds.")
-    parser.add_argument("--output", required=True, help="The SavedModel directory (or .keras file) to write.")
+    parser.add_argument("--output", required=True, help="The SavedModel directory (or .keras file) to write; for onnx/litert a .onnx/.tflite "
+                        "file, for openvino a directory.")
     parser.add_argument("--classifier", action="store_true",
                         help="Export the logits of the checkpoint's head instead of the feature vector.")
     parser.add_argument("--format", choices=("savedmodel", "keras", "onnx", "litert", "openvino"), default=None,
