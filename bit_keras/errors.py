@@ -54,3 +54,7 @@ class StoppedError(BiTError, RuntimeError):
     """The run was stopped by SIGTERM after saving what can be resumed; exit status 143, as schedulers expect."""
 
     exit_code = 143
+
+
+class VerificationError(BiTError, RuntimeError):
+    """An export does not compute what the Keras model computes (checked in its own runtime); nothing was written."""

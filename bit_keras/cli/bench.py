@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from bit_keras.errors import ConfigError
 
 _EPILOG = """\
@@ -41,11 +42,13 @@ def register(subparsers):
     parser.add_argument("--resolution", type=int, default=None,
                         help="Image side in pixels (default 224; --mode memory: the HyperRule's crop for the variant).")
     parser.add_argument("--batch", type=int, default=16, help="Images per step.")
-    parser.add_argument("--mode", choices=("infer", "train", "savedmodel", "input", "memory"), default="infer",
+    parser.add_argument("--mode", choices=("infer", "train", "savedmodel", "input", "memory", "serve"), default="infer",
                         help="infer: the Keras model; train: one SGD-momentum step; "
                              "savedmodel: the exported SavedModel's serving_default signature; "
                              "input: the fine-tuning input pipeline against the model's consumption; "
-                             "memory: peak RSS of fine-tuning steps, one subprocess each.")
+                             "memory: peak RSS of fine-tuning steps, one subprocess each; "
+                             "serve: Keras, folded SavedModel, ONNX Runtime, OpenVINO, LiteRT (float32 and "
+                             "quantized): images/s at batch 8, latency p50/p99 at batch 1 (--steps rounds).")
     parser.add_argument("--serving", dest="mode", action="store_const", const="savedmodel",
                         help="Same as --mode savedmodel.")
     parser.add_argument("--precision", choices=("float32", "bfloat16"), default="float32",
@@ -102,6 +105,13 @@ def bench(args) -> int:
                          f"--steps {args.steps} --batch {args.batch} --resolution {args.resolution}.")
     if args.mode == "memory":
         return _memory(args, benchmark)
+    if args.mode == "serve":
+        from bit_keras.export import serve_bench
+
+        report = serve_bench.serve_benchmark(args.variant, args.resolution, steps=args.steps,
+                                             threads=args.threads or None,
+                                             log=lambda line: print(line, file=sys.stderr, flush=True))
+        return _print_or_json(args, report, serve_bench.format_table(report))
     if args.baseline == "pytorch":
         return _race(args)
     if args.mode == "input":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from bit_keras.cli import deploy
 from bit_keras.cli.common import MODEL_HELP, add_model_flags
 from bit_keras.errors import ConfigError
 
@@ -16,18 +17,24 @@ def register(subparsers):
     add_model_flags(parser, variant_help=MODEL_HELP + " An architecture needs --weights or --random-weights "
                     "(untrained weights are never exported by accident). Left out: the architecture the "
                     "--weights file holds.")
-    parser.add_argument("--output", required=True, help="The SavedModel directory (or .keras file) to write.")
+    parser.add_argument("--output", required=True,
+                        help="The SavedModel directory (or .keras file) to write; for onnx/litert a .onnx/.tflite "
+                             "file, for openvino and keras-hub a directory.")
     parser.add_argument("--classifier", action="store_true",
                         help="Export the logits of the checkpoint's head instead of the feature vector.")
-    parser.add_argument("--format", choices=("savedmodel", "keras", "keras-hub"), default=None,
+    parser.add_argument("--format", choices=("savedmodel", "keras", "keras-hub", "onnx", "litert", "openvino"),
+                        default=None,
                         help="savedmodel (TF Hub), keras (a .keras file with named blocks, for partial "
-                             "fine-tuning with bit_keras.freeze_up_to) or keras-hub (a preset directory for "
-                             "keras_hub.models.ImageClassifier/Backbone.from_preset and keras_hub.upload_preset). "
-                             "Default: keras when --output ends in .keras, else savedmodel.")
+                             "fine-tuning with bit_keras.freeze_up_to), keras-hub (a preset directory for "
+                             "keras_hub.models.ImageClassifier/Backbone.from_preset and keras_hub.upload_preset); "
+                             "onnx (.onnx), litert (.tflite) and openvino (a directory): folded, checked in their "
+                             "own runtime before they are kept. Default: keras when --output ends in .keras, "
+                             "else savedmodel.")
     parser.add_argument("--overwrite", action="store_true", help="Replace an existing output.")
     parser.add_argument("--fold-standardization", action="store_true",
                         help="Serve `serving_default` from a copy with pre-standardized kernels (faster "
                              "inference in TF Serving). The export then holds the weights twice.")
+    deploy.add_deploy_flags(parser)
     parser.set_defaults(handler=export)
 
 
@@ -50,6 +57,8 @@ def export(args):
     elif args.format == "savedmodel" and args.output.endswith(".keras"):
         raise ConfigError(f"--output {args.output} ends in .keras but --format is savedmodel (a directory); "
                           "drop --format to write a .keras file, or name a directory.")
+    if deploy.wants_deploy(args):
+        return deploy.export(args)
 
     from bit_keras.cli.main import UsageError
     from bit_keras.export import variant

@@ -10,8 +10,8 @@ def register(subparsers):
     parser.add_argument("--json", action="store_true", help="Print JSON instead of a table.")
     parser.set_defaults(handler=list_variants)
 
-    parser = subparsers.add_parser("inspect", help="Say which variant an .npz checkpoint is and whether it loads.")
-    parser.add_argument("path", help="A release-layout .npz file.")
+    parser = subparsers.add_parser("inspect", help="Say which variant an .npz checkpoint (or an onnx/litert/openvino export) is and whether it loads.")
+    parser.add_argument("path", help="A release-layout .npz file, or a .onnx/.tflite file or OpenVINO directory.")
     parser.add_argument("--json", action="store_true", help="Print JSON.")
     parser.set_defaults(handler=inspect_file)
 
@@ -46,6 +46,10 @@ def list_variants(args):
 
 def inspect_file(args):
     from bit_keras import checkpoint
+    from bit_keras.cli import deploy
+
+    if deploy.is_deploy_path(args.path):  # an ONNX, LiteRT or OpenVINO export
+        return deploy.inspect_export(args)
 
     report = checkpoint.inspect_checkpoint(args.path)
     if args.json:

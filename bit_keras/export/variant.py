@@ -43,27 +43,34 @@ def export_variant(variant, directory, *, weights=None, classifier=False, overwr
             f"{variant!r} names an architecture but no released checkpoint, so there are no weights to export. "
             f"Pass weights (--weights FILE.npz or URL), a released name such as 'm-{choice.architecture.name}', "
             f"or --random-weights (random_weights=True) to export untrained weights on purpose.")
-    if classifier and not (choice.random or choice.checkpoint_classes):
-        raise ConfigError(f"{choice.path} has no classification head, so there are no logits to export; "
-                          "drop --classifier to export the feature extractor.")
-    # Keras is imported only now, once the weights are at hand (offline fails at once).
-    from bit_keras.export.keras_file import export_keras
-    from bit_keras.export.savedmodel import export_model
-
     if format == "keras-hub":
         from bit_keras.export.keras_hub import export_preset
         from bit_keras.preprocessing import for_preset
 
         if serving_model_fn is not None:
             raise ConfigError("A serving model applies to SavedModels only, not to format='keras-hub'.")
+        _check_head(choice, classifier)
         preprocessor = for_preset(choice.preset or choice.architecture)
         model = choice.build_classifier(preprocessor=preprocessor) if classifier else choice.build_backbone()
         return export_preset(model, directory, overwrite=overwrite)
-    model = choice.build_classifier() if classifier else choice.build_backbone()
+    model, metadata = build_for_export(choice, classifier=classifier)
     if format == "keras":
         if serving_model_fn is not None:
             raise ConfigError("A serving model applies to SavedModels only, not to format='keras'.")
+        from bit_keras.export.keras_file import export_keras
+
         return export_keras(model, directory, overwrite=overwrite)
+    from bit_keras.export.savedmodel import export_model
+
+    serving_model = serving_model_fn(model) if serving_model_fn is not None else None
+    return export_model(model, directory, overwrite=overwrite, metadata=metadata, serving_model=serving_model)
+
+
+def build_for_export(choice, *, classifier=False):
+    """(model, metadata) for a `weights.resolve` choice: the backbone, or the classifier with the
+    checkpoint's head, and what an export says about its weights (variant, checkpoint SHA-256, ...)."""
+    _check_head(choice, classifier)
+    model = choice.build_classifier() if classifier else choice.build_backbone()
     release = None if choice.random else choice.preset  # a release's facts describe its weights only
     metadata = {
         "variant": release.name if release else choice.architecture.name,
@@ -74,5 +81,10 @@ def export_variant(variant, directory, *, weights=None, classifier=False, overwr
                        "release": release.name if release else None, "random_weights": choice.random,
                        "sha256": download.sha256_of(choice.path) if choice.path else None},
     }
-    serving_model = serving_model_fn(model) if serving_model_fn is not None else None
-    return export_model(model, directory, overwrite=overwrite, metadata=metadata, serving_model=serving_model)
+    return model, metadata
+
+
+def _check_head(choice, classifier) -> None:
+    if classifier and not (choice.random or choice.checkpoint_classes):
+        raise ConfigError(f"{choice.path} has no classification head, so there are no logits to export; "
+                          "drop --classifier to export the feature extractor.")

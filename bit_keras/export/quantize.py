@@ -1,0 +1,89 @@
+"""Quantization settings per format, and the images they calibrate on.
+
+LiteRT: float16 (weights stored as float16) and dynamic-int8 (int8 weights, float activations).
+ONNX: dynamic-int8 and int8 through
+ONNX Runtime's quantizer (int8: int8 weights and activations in QDQ format,
+calibrated on a representative dataset; the input and output stay float32, so the [0, 1]
+image contract holds).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from bit_keras.errors import ConfigError
+
+MODES = {"litert": ("float16", "dynamic-int8"), "onnx": ("dynamic-int8", "int8")}
+# Not offered: LiteRT full int8. TF 2.21's converter writes it (GroupNorm's MEAN/RSQRT/5-D RESHAPE in
+# int8), but the LiteRT 2.3 interpreter (and tf.lite's) aborts the process allocating or running it.
+NOT_OFFERED = {("litert", "int8"): "the LiteRT 2.3 interpreter aborts on the int8 GroupNorm ops TF 2.21's "
+                                   "converter writes for BiT; use --quantize dynamic-int8 (int8 weights) instead"}
+CALIBRATED = ("int8",)
+CALIBRATION_EXAMPLES = 200
+
+
+def check_mode(fmt, mode):
+    if mode is None:
+        return
+    allowed = MODES.get(fmt, ())
+    if (fmt, mode) in NOT_OFFERED:
+        raise ConfigError(f"--quantize {mode} is not offered for --format {fmt}: {NOT_OFFERED[fmt, mode]}.")
+    if mode not in allowed:
+        raise ConfigError(f"--quantize {mode} is not available for --format {fmt}; " + (
+            f"choose one of {', '.join(allowed)}." if allowed else "only litert and onnx exports are quantized."))
+
+
+def load_images(spec, resolution, *, split="train", limit=CALIBRATION_EXAMPLES, with_labels=False):
+    """Up to `limit` images of a dataset spec (bit_keras.data.load_source), resized to `resolution`
+    and scaled to [0, 1] as the model's input wants; with `with_labels`, also the labels."""
+    import types
+
+    from bit_keras.data import eval_pipeline, load_source
+
+    dataset, info = load_source(spec, split)
+    batches = eval_pipeline(dataset.take(limit), types.SimpleNamespace(crop=int(resolution)), batch_size=64,
+                            num_classes=info.num_classes)
+    pairs = [(np.asarray(images), np.argmax(np.asarray(labels), axis=-1)) for images, labels in batches]
+    if not pairs:
+        raise ConfigError(f"{spec} ({split}) holds no images.")
+    images = np.concatenate([p[0] for p in pairs]).astype(np.float32)
+    labels = np.concatenate([p[1] for p in pairs])
+    return (images, labels, info) if with_labels else images
+
+
+def litert_converter_options(mode) -> dict:
+    """Keras' LiteRT exporter passes these to the TFLite converter."""
+    import tensorflow as tf
+
+    # Builtin ops only: the file runs in the LiteRT interpreter alone (no Flex delegate on a phone).
+    options = {"target_spec": {"supported_ops": [tf.lite.OpsSet.TFLITE_BUILTINS]}}
+    if mode is None:
+        return options
+    options["optimizations"] = [tf.lite.Optimize.DEFAULT]
+    if mode == "float16":
+        options["target_spec"]["supported_types"] = [tf.float16]
+    return options
+
+
+def quantize_onnx(source, target, mode, calibration=None):
+    """Writes the quantized copy of the ONNX file `source` to `target`."""
+    from onnxruntime import quantization as q
+
+    if mode == "dynamic-int8":
+        q.quantize_dynamic(source, target, weight_type=q.QuantType.QInt8)
+        return
+    if calibration is None:
+        raise ConfigError("--quantize int8 needs --calibration-data SPEC (e.g. digits or folder:PATH).")
+    import onnx
+
+    name = onnx.load(source, load_external_data=False).graph.input[0].name
+
+    class Reader(q.CalibrationDataReader):
+        def __init__(self):
+            self.batches = iter([{name: calibration[i:i + 8]} for i in range(0, len(calibration), 8)])
+
+        def get_next(self):
+            return next(self.batches, None)
+
+    q.quantize_static(source, target, Reader(), quant_format=q.QuantFormat.QDQ, per_channel=True,
+                      activation_type=q.QuantType.QInt8, weight_type=q.QuantType.QInt8)
