@@ -205,6 +205,16 @@ class BiTImageClassifier(keras_hub.models.ImageClassifier):
         return choice.build_classifier(num_classes, dtype=dtype, name=name, dropout=dropout,
                                        preprocessor=preprocessor, **backbone_kwargs)
 
+    def _not_task_weights(self) -> list:
+        # A preset holds weights, not training state: the optimizer stays out, as the backbone's layers do.
+        return list(self.backbone._flatten_layers()) + ([self.optimizer] if self.optimizer is not None else [])
+
+    def save_task_weights(self, filepath):
+        keras.saving.save_weights(self, filepath=filepath, objects_to_skip=self._not_task_weights())
+
+    def load_task_weights(self, filepath):
+        keras.saving.load_weights(self, filepath, objects_to_skip=self._not_task_weights())
+
     def save_to_preset(self, preset_dir, max_shard_size=10):
         """keras-hub's task preset (`task.json`, head weights, the backbone's preset) plus
         `bit_keras.json`: resolution, class names where the release has them, HyperRule defaults."""

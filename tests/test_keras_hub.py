@@ -184,3 +184,14 @@ def test_export_cli_writes_a_keras_hub_preset(tmp_path):
     again = subprocess.run(command, capture_output=True, text=True, env=ENV, timeout=300)
     assert again.returncode != 0 and "already exists" in again.stderr + again.stdout
     assert issubclass(TargetExistsError, BiTError)
+
+
+def test_preset_metadata_has_ilsvrc_class_names_only_for_ilsvrc_heads():
+    from bit_keras import presets
+    from bit_keras.export.keras_hub import class_names
+
+    names = class_names(presets.find_preset("BiT-S-R50x1"), 1000)
+    assert len(names) == 1000 and names[0] == "tench" and names[-1] == "toilet_tissue"
+    assert class_names(presets.find_preset("BiT-M-R50x1-ILSVRC2012"), 1000)[1] == "goldfish"
+    assert class_names(presets.find_preset("BiT-M-R50x1"), 21843) is None        # ImageNet-21k: no names in the release
+    assert class_names(presets.find_preset("BiT-S-R50x1"), 10) is None          # a new head
