@@ -195,3 +195,18 @@ def test_preset_metadata_has_ilsvrc_class_names_only_for_ilsvrc_heads():
     assert class_names(presets.find_preset("BiT-M-R50x1-ILSVRC2012"), 1000)[1] == "goldfish"
     assert class_names(presets.find_preset("BiT-M-R50x1"), 21843) is None        # ImageNet-21k: no names in the release
     assert class_names(presets.find_preset("BiT-S-R50x1"), 10) is None          # a new head
+
+
+def test_keras_files_round_trip_the_compile_state_without_optimizer_warnings(tmp_path):
+    import warnings
+
+    model = bit_keras.BiTImageClassifier(bit_keras.BiTBackbone((1, 1, 1, 1)), 3)  # keras-hub's default compile
+    for step in ("default", "hyperrule"):
+        if step == "hyperrule":
+            model.compile_hyperrule(train_size=100, image_size=(32, 32), batch_size=2, steps=2)
+        model.save(tmp_path / f"{step}.keras")
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            restored = keras.saving.load_model(tmp_path / f"{step}.keras")
+        assert not [w for w in caught if "Skipping variable loading" in str(w.message)]
+        assert type(restored.optimizer) is type(model.optimizer)
