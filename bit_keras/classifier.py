@@ -94,6 +94,7 @@ class BiTImageClassifier(keras_hub.models.ImageClassifier):
         self.hyperrule = None
         if compile:
             self.compile()
+        self._compiled_by_constructor = compile  # keras-hub's defaults only: nothing to save or restore
 
     @property
     def architecture(self):
@@ -148,9 +149,15 @@ class BiTImageClassifier(keras_hub.models.ImageClassifier):
             metrics = [keras.metrics.BinaryAccuracy(threshold=0.0, name="accuracy") if self.multi_label
                        else ClassificationAccuracy(name="accuracy")]
         super().compile(optimizer=optimizer, loss=loss, metrics=metrics, **kwargs)
+        self._compiled_by_constructor = False
         if metrics is None and kwargs.get("weighted_metrics") is None:
             # Keras keeps the previous compile's metrics when given none: drop the constructor's.
             self._compile_metrics = None
+
+    def get_compile_config(self):
+        # The constructor's default compile is not saved: loading compiles the same way again, and an
+        # unbuilt default optimizer is not restored into a built one (Keras warns of that mismatch).
+        return None if getattr(self, "_compiled_by_constructor", False) else super().get_compile_config()
 
     def compile_from_config(self, config):
         # Keras skips this for a model whose compile() is overridden; ours takes compile's arguments

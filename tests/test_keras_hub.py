@@ -106,6 +106,19 @@ def test_predict_takes_uint8_images_of_any_size_and_float_images_unscaled(classi
     np.testing.assert_allclose(classifier.predict(exact.astype("float32") / 255, verbose=0), direct, atol=1e-5)
 
 
+
+def test_fit_takes_a_dataset_of_uint8_images_of_any_size_and_class_ids():
+    import tensorflow as tf
+
+    model = bit_keras.BiTImageClassifier.from_preset("r1-1-1-1x1", num_classes=3, preprocessor=True)
+    model.preprocessor.image_converter.image_size = (32, 32)
+    model.compile_hyperrule(train_size=100, image_size=(32, 32), batch_size=2, steps=2)
+    images = np.random.default_rng(5).integers(0, 256, (4, 57, 41, 3), dtype="uint8")
+    batches = tf.data.Dataset.from_tensor_slices((images, np.array([0, 1, 2, 1]))).batch(2)
+    history = model.fit(batches, epochs=1, verbose=0)
+    assert np.isfinite(history.history["loss"][0])
+
+
 def test_a_preset_loads_bit_identically_through_keras_hub_and_ours_in_a_fresh_process(classifier, tmp_path):
     directory = tmp_path / "preset"
     export_preset(classifier, directory)
@@ -195,3 +208,18 @@ def test_preset_metadata_has_ilsvrc_class_names_only_for_ilsvrc_heads():
     assert class_names(presets.find_preset("BiT-M-R50x1-ILSVRC2012"), 1000)[1] == "goldfish"
     assert class_names(presets.find_preset("BiT-M-R50x1"), 21843) is None        # ImageNet-21k: no names in the release
     assert class_names(presets.find_preset("BiT-S-R50x1"), 10) is None          # a new head
+
+
+def test_keras_files_round_trip_the_compile_state_without_optimizer_warnings(tmp_path):
+    import warnings
+
+    model = bit_keras.BiTImageClassifier(bit_keras.BiTBackbone((1, 1, 1, 1)), 3)  # keras-hub's default compile
+    for step in ("default", "hyperrule"):
+        if step == "hyperrule":
+            model.compile_hyperrule(train_size=100, image_size=(32, 32), batch_size=2, steps=2)
+        model.save(tmp_path / f"{step}.keras")
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            restored = keras.saving.load_model(tmp_path / f"{step}.keras")
+        assert not [w for w in caught if "Skipping variable loading" in str(w.message)]
+        assert type(restored.optimizer) is type(model.optimizer)
