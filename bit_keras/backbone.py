@@ -41,6 +41,9 @@ class ImageRescaling(keras.layers.Layer):
     def compute_output_shape(self, input_shape):
         return input_shape
 
+    def get_config(self):  # no arguments of its own: saved even when `dtype` was a policy object
+        return super().get_config()
+
 
 # `--precision` of finetune, train and bench -> the Keras dtype policy every layer gets.
 PRECISION_POLICIES = {"float32": "float32", "bfloat16": "mixed_bfloat16"}
