@@ -304,7 +304,7 @@ def test_a_worker_whose_peer_never_starts_gives_up_naming_it_and_sigterm_ends_th
         waiting.send_signal(signal.SIGTERM)
         started = time.time()
         waiting.wait(timeout=10)
-        assert time.time() - started < 5 and waiting.returncode == -signal.SIGTERM
+        assert time.time() - started < 5 and waiting.returncode in (143, -signal.SIGTERM)  # 143: the CLI's SIGTERM line
         out, err = quick.communicate(timeout=120)
     finally:
         for process in (quick, waiting):

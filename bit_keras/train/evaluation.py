@@ -169,9 +169,11 @@ def score_split(model, source, *, crop, num_classes, batch_size, strategy=None) 
                                 loss=True)()
         return {"loss": result["loss"], "accuracy": result["top1"], "examples": result["examples"]}
     from bit_keras.data import eval_pipeline
+    from bit_keras.data.preprocess import with_known_length
 
-    batches = eval_pipeline(source, types.SimpleNamespace(crop=int(crop)), batch_size=int(batch_size),
-                            num_classes=int(num_classes))
+    # A known length: Keras warns "ran out of data" over a dataset of unknown length (folders).
+    batches = with_known_length(eval_pipeline(source, types.SimpleNamespace(crop=int(crop)),
+                                              batch_size=int(batch_size), num_classes=int(num_classes)))
     scores = model.evaluate(batches, verbose=0, return_dict=True)
     return {"loss": float(scores["loss"]), "accuracy": float(scores["accuracy"])}
 
@@ -183,9 +185,11 @@ def _score_padded(model, source, *, crop, num_classes, batch_size, devices):
     import numpy as np
 
     from bit_keras.data import eval_pipeline
+    from bit_keras.data.preprocess import with_known_length
 
-    batches = eval_pipeline(source, types.SimpleNamespace(crop=int(crop)), batch_size=int(batch_size),
-                            num_classes=int(num_classes))
+    # A known length: Keras warns "ran out of data" over a dataset of unknown length (folders).
+    batches = with_known_length(eval_pipeline(source, types.SimpleNamespace(crop=int(crop)),
+                                              batch_size=int(batch_size), num_classes=int(num_classes)))
     loss_sum, correct, examples = 0.0, 0, 0
     for images, targets in batches.as_numpy_iterator():
         n = len(images)
