@@ -45,8 +45,8 @@ class ImageRescaling(keras.layers.Layer):
         return super().get_config()
 
 
-# `--precision` of finetune, train and bench -> the Keras dtype policy every layer gets.
-PRECISION_POLICIES = {"float32": "float32", "bfloat16": "mixed_bfloat16"}
+# `--precision` of finetune, train and bench -> the Keras dtype policy every layer gets (one map, in precision.py).
+from bit_keras.precision import PRECISION_POLICIES  # noqa: E402,F401
 
 
 # keras-hub's pyramid level of each block: level n has stride 2**n (block1 is at stride 4).

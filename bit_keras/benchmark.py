@@ -90,6 +90,11 @@ def count_macs(architecture, image_size, num_classes: int | None = 1000) -> int:
     return macs
 
 
+def usable_cores() -> int:
+    """The cores this process may run on (its affinity where the system tells it)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def cpu_name() -> str:
     """The CPU model name (as `lscpu` prints it) and the number of cores this process may use."""
     name = platform.processor() or platform.machine()
@@ -101,7 +106,7 @@ def cpu_name() -> str:
                     break
     except OSError:
         pass
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    cores = usable_cores()
     return f"{name} ({cores} cores)"
 
 
@@ -480,7 +485,7 @@ def input_throughput(path: str, *, crop: int, batch: int, threads=None, batches:
     for _ in range(batches):
         images, _labels = next(iterator)
     seconds = time.perf_counter() - start
-    return {"threads": threads or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()),
+    return {"threads": threads or usable_cores(),
             "images_per_second": batches * batch / seconds, "batches": batches, "batch": batch,
             "resize": rule.resize, "crop": rule.crop, "mixup_alpha": mixup_alpha,
             "output_shape": list(images.shape), "source_images": info.train_size,
@@ -496,7 +501,7 @@ def input_report(config: Config, *, steps: int = 3, batches: int = 8, images: in
     """
     import math
 
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    cores = usable_cores()
     with tempfile.TemporaryDirectory(prefix="bit_keras_input_") as directory:
         make_jpegs(directory, count=images, image_size=image_size)
         one = input_throughput(directory, crop=config.size, batch=config.batch, threads=1, batches=batches)

@@ -96,10 +96,9 @@ def finetune(source, *, dataset, output, weights=None, random_weights=False, cac
     from bit_keras.train.strategy import describe, is_chief, jax_devices_in_use, per_replica_batch, worker_scratch
 
     from bit_keras import weights as weights_rule
-    from bit_keras.backbone import PRECISION_POLICIES
+    from bit_keras.precision import PRECISION_POLICIES, resolve_precision
 
-    if precision != "auto" and precision not in PRECISION_POLICIES:
-        raise ConfigError(f"precision must be one of auto, {', '.join(PRECISION_POLICIES)}. Received: {precision!r}")
+    resolve_precision(precision)  # refuses an unknown name; "auto" is decided with the strategy (build_finetuner)
     for name, value in (("examples_per_class", examples_per_class), ("micro_batch_size", micro_batch_size),
                         ("eval_every", eval_every)):
         if value is not None and (int(value) != value or value < 1):  # 0 would silently mean "the default"

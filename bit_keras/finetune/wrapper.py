@@ -20,6 +20,7 @@ import numpy as np
 from bit_keras import runs
 from bit_keras.hyperrule import HyperRule
 from bit_keras.errors import ConfigError, MissingFileError, StoppedError
+from bit_keras.precision import is_tpu
 
 
 @dataclasses.dataclass
@@ -318,7 +319,7 @@ def build_finetuner(source, *, num_classes, train_size=None, image_size=None, ba
     global_batch = rule.batch_size if rule is not None else batch_size
     micro_batch_size = per_replica_micro_batch(global_batch, micro_batch_size, replicas)
     requested_dtype = dtype
-    if dtype is None and type(strategy).__name__.startswith("TPUStrategy"):
+    if dtype is None and is_tpu(strategy):
         dtype = "mixed_bfloat16"  # as `bit_keras train` on TPU: the MXU computes in bfloat16
     if isinstance(source, (keras.layers.Layer, keras.Model)) and not _built_in(strategy, source):
         raise ConfigError(f"The backbone {source.name} was built outside this strategy's scope; build it inside "

@@ -53,7 +53,9 @@ class Race:
 def _threads(race: Race) -> int:
     if race.threads:
         return race.threads
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    from bit_keras.benchmark import usable_cores
+
+    return usable_cores()
 
 
 def check(race: Race, rows) -> None:
