@@ -148,7 +148,7 @@ class BiTBackbone(keras_hub.models.FeaturePyramidBackbone):
             float32 variables and GroupNorm statistics). None: Keras' global policy.
 
     The defaults are BiT's network, the one the released checkpoints hold; those load only
-    into it. Other settings are for research (see "Research switches" in the README).
+    into it. Other settings are for research (see "Research switches" in the documentation).
 
     Attributes:
         pyramid_outputs: {"P2": block1, "P3": block2, "P4": block3, "P5": block4} (keras-hub's

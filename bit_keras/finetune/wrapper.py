@@ -303,7 +303,8 @@ def build_finetuner(source, *, num_classes, train_size=None, image_size=None, ba
             "mirrored", "multi_worker", "tpu", ...). The model, optimizer and metrics are built in
             its scope; `batch_size` stays the global batch and `micro_batch_size` is per replica.
             None: the strategy in force (the default one outside any `strategy.scope()`).
-        The others are `BiTImageClassifier.compile_hyperrule`'s.
+
+    The other arguments are `BiTImageClassifier.compile_hyperrule`'s.
 
     Example:
         >>> ft = build_finetuner("r14x1", num_classes=10, train_size=1437, image_size=(8, 8),
