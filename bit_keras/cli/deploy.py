@@ -16,7 +16,7 @@ def add_deploy_flags(parser):
                         help="onnx/litert/openvino: the input's fixed height and width. Default: the run's crop, "
                              "else the release's resolution, else 224.")
     parser.add_argument("--quantize", default=None, choices=("float16", "dynamic-int8", "int8"),
-                        help="litert: float16 or dynamic-int8; onnx: dynamic-int8 or int8 (needs "
+                        help="litert: float16, dynamic-int8 or int8; onnx: dynamic-int8 or int8 (int8 needs "
                              "--calibration-data). Checked by top-1 agreement with the float model.")
     parser.add_argument("--calibration-data", default=None,
                         help="Dataset spec for int8 calibration (digits, folder:PATH, tfds:NAME): its first "
@@ -52,7 +52,7 @@ def export(args):
         raise UsageError(str(error)) from None
     from bit_keras.export.quantize import check_mode
 
-    check_mode(args.format, args.quantize)
+    check_mode(args.format, args.quantize, args.resolution)  # the final resolution is checked again
     if args.quantize == "int8" and not args.calibration_data:
         raise UsageError("--quantize int8 needs --calibration-data SPEC (digits, folder:PATH, tfds:NAME).")
     model, metadata, resolution = _model(args)

@@ -41,7 +41,8 @@ def quiet_python_logs() -> None:
 
 
 @contextlib.contextmanager
-def _descriptor_2_silenced():
+def descriptor_2_silenced():
+    """Silences C++ writes to standard error (file descriptor 2), e.g. TFLite's calibrator."""
     sys.stderr.flush()
     saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, 2)
@@ -61,7 +62,7 @@ class _QuietLoader(importlib.abc.Loader):
         return self.loader.create_module(spec)
 
     def exec_module(self, module):
-        with _descriptor_2_silenced():
+        with descriptor_2_silenced():
             self.loader.exec_module(module)
 
 

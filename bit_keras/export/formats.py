@@ -66,7 +66,7 @@ def export_deployable(model, path, *, format, metadata=None, resolution=224, qua
     if keras.backend.backend() != "tensorflow":
         raise SetupError(f"Deployment exports convert through TensorFlow; KERAS_BACKEND is "
                          f"{keras.backend.backend()!r}. Run with KERAS_BACKEND=tensorflow.")
-    quant.check_mode(format, quantize)
+    quant.check_mode(format, quantize, int(resolution))
     path = check_target(path, format, overwrite=overwrite)
     resolution = int(resolution)
     probe = verify.probe_images(resolution)
@@ -153,8 +153,11 @@ def _write_litert(model, target, resolution, quantize, calibration, metadata):
     from ai_edge_litert import schema_py_generated as schema
     from ai_edge_litert.tools import flatbuffer_utils
 
-    options = quant.litert_converter_options(quantize)
-    model.export(target, format="litert", input_signature=_signature(resolution), verbose=False, **options)
+    from bit_keras.cli.quiet import descriptor_2_silenced
+
+    options = quant.litert_converter_options(quantize, calibration)
+    with descriptor_2_silenced():  # the calibrator's C++ prints its settings on standard error
+        model.export(target, format="litert", input_signature=_signature(resolution), verbose=False, **options)
     with open(target, "rb") as stream:
         flat = flatbuffer_utils.read_model_from_bytearray(bytearray(stream.read()))
     buffer = schema.BufferT()

@@ -1,7 +1,8 @@
 """Quantization settings per format, and the images they calibrate on.
 
-LiteRT: float16 (weights stored as float16) and dynamic-int8 (int8 weights, float activations).
-ONNX: dynamic-int8 and int8 through
+LiteRT: float16 (weights stored as float16), dynamic-int8 (int8 weights, float activations) and
+int8 (int8 weights and activations, every op an int8 builtin, calibrated on a representative
+dataset; the input and output stay float32). ONNX: dynamic-int8 and int8 through
 ONNX Runtime's quantizer (int8: int8 weights and activations in QDQ format,
 calibrated on a representative dataset; the input and output stay float32, so the [0, 1]
 image contract holds).
@@ -13,21 +14,23 @@ import numpy as np
 
 from bit_keras.errors import ConfigError
 
-MODES = {"litert": ("float16", "dynamic-int8"), "onnx": ("dynamic-int8", "int8")}
-# Not offered: LiteRT full int8. TF 2.21's converter writes it (GroupNorm's MEAN/RSQRT/5-D RESHAPE in
-# int8), but the LiteRT 2.3 interpreter (and tf.lite's) aborts the process allocating or running it.
-NOT_OFFERED = {("litert", "int8"): "the LiteRT 2.3 interpreter aborts on the int8 GroupNorm ops TF 2.21's "
-                                   "converter writes for BiT; use --quantize dynamic-int8 (int8 weights) instead"}
+MODES = {"litert": ("float16", "dynamic-int8", "int8"), "onnx": ("dynamic-int8", "int8")}
 CALIBRATED = ("int8",)
+# BiT's feature maps shrink 32-fold; at 32 px or less the last block's map is 1x1, every channel's
+# variance over it is exactly 0, and the LiteRT 2.3 interpreter aborts the process running the int8
+# GroupNorm of such a map (a 64 px input, whose last map is 2x2, runs).
+LITERT_INT8_MIN_RESOLUTION = 33
 CALIBRATION_EXAMPLES = 200
 
 
-def check_mode(fmt, mode):
+def check_mode(fmt, mode, resolution=None):
     if mode is None:
         return
     allowed = MODES.get(fmt, ())
-    if (fmt, mode) in NOT_OFFERED:
-        raise ConfigError(f"--quantize {mode} is not offered for --format {fmt}: {NOT_OFFERED[fmt, mode]}.")
+    if (fmt, mode) == ("litert", "int8") and resolution is not None and resolution < LITERT_INT8_MIN_RESOLUTION:
+        raise ConfigError(f"--quantize int8 for --format litert needs --resolution {LITERT_INT8_MIN_RESOLUTION} or "
+                          f"more (got {resolution}): the last block's feature map would be 1x1, whose int8 GroupNorm "
+                          "the LiteRT interpreter aborts on; use a larger --resolution or --quantize dynamic-int8.")
     if mode not in allowed:
         raise ConfigError(f"--quantize {mode} is not available for --format {fmt}; " + (
             f"choose one of {', '.join(allowed)}." if allowed else "only litert and onnx exports are quantized."))
@@ -51,7 +54,7 @@ def load_images(spec, resolution, *, split="train", limit=CALIBRATION_EXAMPLES, 
     return (images, labels, info) if with_labels else images
 
 
-def litert_converter_options(mode) -> dict:
+def litert_converter_options(mode, calibration=None) -> dict:
     """Keras' LiteRT exporter passes these to the TFLite converter."""
     import tensorflow as tf
 
@@ -62,6 +65,13 @@ def litert_converter_options(mode) -> dict:
     options["optimizations"] = [tf.lite.Optimize.DEFAULT]
     if mode == "float16":
         options["target_spec"]["supported_types"] = [tf.float16]
+    if mode == "int8":
+        if calibration is None:
+            raise ConfigError("--quantize int8 needs --calibration-data SPEC (e.g. digits or folder:PATH).")
+        # Every op an int8 builtin (conversion fails rather than fall back to float); the
+        # interface stays float32, so the [0, 1] image contract holds.
+        options["target_spec"]["supported_ops"] = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        options["representative_dataset"] = lambda: ([calibration[i:i + 1]] for i in range(len(calibration)))
     return options
 
 

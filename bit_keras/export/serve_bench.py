@@ -19,9 +19,10 @@ import time
 import numpy as np
 
 ROWS = (("keras", None, None), ("savedmodel (folded)", "savedmodel", None), ("onnxruntime", "onnx", None),
-        ("onnxruntime dynamic-int8", "onnx", "dynamic-int8"), ("openvino", "openvino", None),
-        ("litert", "litert", None), ("litert float16", "litert", "float16"),
-        ("litert dynamic-int8", "litert", "dynamic-int8"))
+        ("onnxruntime dynamic-int8", "onnx", "dynamic-int8"), ("onnxruntime int8", "onnx", "int8"),
+        ("openvino", "openvino", None), ("litert", "litert", None), ("litert float16", "litert", "float16"),
+        ("litert dynamic-int8", "litert", "dynamic-int8"), ("litert int8", "litert", "int8"))
+CALIBRATION_IMAGES = 16  # int8 rows: uniform [0, 1] images; the timing does not depend on what they show
 
 
 def _savedmodel_runner(model, directory):
@@ -53,7 +54,10 @@ def _runners(model, resolution, directory, threads, rows, log):
         else:
             suffix = {"onnx": ".onnx", "litert": ".tflite", "openvino": ""}[fmt]
             path = os.path.join(directory, name.replace(" ", "_") + suffix)
-            formats.export_deployable(model, path, format=fmt, resolution=resolution, quantize=mode, log=log)
+            calibration = (np.random.default_rng(0).uniform(0, 1, (CALIBRATION_IMAGES, resolution, resolution, 3))
+                           .astype(np.float32) if mode == "int8" else None)
+            formats.export_deployable(model, path, format=fmt, resolution=resolution, quantize=mode,
+                                      calibration=calibration, log=log)
             runners[name] = runtimes.open_export(path, threads=threads).run
         log(f"ready: {name}")
     return runners

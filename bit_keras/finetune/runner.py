@@ -32,6 +32,7 @@ import math
 import os
 import shutil
 import time
+import warnings
 import zipfile
 
 import numpy as np
@@ -358,7 +359,9 @@ def _load_classifier(model_path, run):
             model = BiTImageClassifier(load_backbone(source), int(run["num_classes"]))
             model.load_weights(model_path)  # reads model.weights.h5 only, not the stored config
             return model
-        return keras.saving.load_model(model_path, compile=False, safe_mode=True)
+        with warnings.catch_warnings():  # compile=False: the saved optimizer state is not wanted, not missing
+            warnings.filterwarnings("ignore", message="Skipping variable loading for optimizer")
+            return keras.saving.load_model(model_path, compile=False, safe_mode=True)
     except BiTError:
         raise
     except (ValueError, TypeError, KeyError, OSError, zipfile.BadZipFile) as error:
