@@ -18,6 +18,7 @@ from bit_keras.architecture import Architecture
 from bit_keras.layers import GN_EPSILON, GroupNormalization, StandardizedConv2D
 from bit_keras.layout import ROOT_CONV, SEPARATOR, layer_name, norm_layer, unit_layer
 from bit_keras.errors import ConfigError
+from bit_keras.inference import StandardizesOncePerPredict
 from bit_keras.regularization import DropPath, check_rate, drop_path_rates
 
 BN_MOMENTUM = 0.9        # moving statistics: the classic ResNet value (PyTorch's 0.1), not Keras' 0.99
@@ -127,7 +128,7 @@ class _Layers:
 
 
 @keras.saving.register_keras_serializable(package="bit_keras")
-class BiTBackbone(keras_hub.models.FeaturePyramidBackbone):
+class BiTBackbone(StandardizesOncePerPredict, keras_hub.models.FeaturePyramidBackbone):
     """A BiT ResNet-v2 feature extractor: float images in [0, 1] of any size -> [batch, 2048*width].
 
     Args:

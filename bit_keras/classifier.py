@@ -26,6 +26,7 @@ from bit_keras.preprocessing import BiTImageClassifierPreprocessor
 from bit_keras.optimizers import AccumulatingSGD
 from bit_keras.schedules import WarmupStepDecay
 from bit_keras.errors import ConfigError
+from bit_keras.inference import standardized_kernels
 from bit_keras.regularization import check_rate
 
 
@@ -137,7 +138,8 @@ class BiTImageClassifier(keras_hub.models.ImageClassifier):
 
     def predict(self, *args, **kwargs):
         runner = super().predict if self.preprocessor is not None else keras.Model.predict.__get__(self)
-        return runner(*args, **kwargs)
+        with standardized_kernels(self):  # each kernel standardized once per call, not once per batch
+            return runner(*args, **kwargs)
 
     def compile(self, optimizer="auto", loss="auto", *, metrics="auto", **kwargs):
         """keras-hub's defaults (Adam 5e-5), with a loss and accuracy for integer or one-hot labels

@@ -78,8 +78,14 @@ class StandardizedConv2D(keras.layers.Conv2D):
         kwargs["autocast"] = False
         return super().add_weight(*args, **kwargs)
 
+    # True only while `bit_keras.inference.standardized_kernels` holds the standardized kernel in
+    # the variable itself (for the length of one `predict`): the convolution then skips the work.
+    holds_standardized_kernel = False
+
     def convolution_op(self, inputs, kernel):
-        kernel = ops.cast(standardize_kernel(kernel, self.epsilon), self.compute_dtype)
+        if not self.holds_standardized_kernel:
+            kernel = standardize_kernel(kernel, self.epsilon)
+        kernel = ops.cast(kernel, self.compute_dtype)
         outputs = super().convolution_op(inputs, kernel)
         if keras.backend.backend() != "tensorflow" or self.data_format != "channels_last":
             return outputs

@@ -58,6 +58,15 @@ def bfloat16_warning(precision: str, strategy=None, *, accelerator: bool | None 
             f"runs {EMULATED_BFLOAT16_SLOWDOWN} slower than float32 here; use --precision float32 (or auto)")
 
 
+class EmulatedBFloat16Warning(UserWarning):
+    """bfloat16 asked for on a CPU that only emulates it (`bfloat16_warning` says what it costs)."""
+
+
+def precision_of_policy(policy: str) -> str:
+    """"bfloat16" for a Keras dtype policy name that computes in bfloat16, else "float32"."""
+    return "bfloat16" if "bfloat16" in str(policy) else "float32"
+
+
 def _has_accelerator() -> bool:
     """A GPU or TPU visible to the framework already loaded (nothing new is imported for the question)."""
     if "tensorflow" in sys.modules:

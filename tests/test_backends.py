@@ -67,6 +67,16 @@ model.compile(optimizer=keras.optimizers.SGD(0.1, momentum=0.9),
               loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
 model.fit(x, np.array([1, 3]), epochs=1, batch_size=2, verbose=0)
 changed = {{w.path for w in model.weights if not np.array_equal(before[w.path], keras.ops.convert_to_numpy(w))}}
+# predict standardizes once per call (kernels swapped in and back): the same logits after training,
+# the raw kernels back bit for bit, and the next call after another change sees that change.
+trained = {{w.path: keras.ops.convert_to_numpy(w).copy() for w in model.weights}}
+np.testing.assert_allclose(model.predict(x, batch_size=1, verbose=0), keras.ops.convert_to_numpy(model(x)),
+                           rtol=1e-5, atol=1e-5)
+assert all(np.array_equal(trained[w.path], keras.ops.convert_to_numpy(w)) for w in model.weights)
+conv = model.get_layer("block4-unit01-c-standardized_conv2d")
+conv.kernel.assign(rng.normal(size=conv.kernel.shape).astype("float32"))  # not affine: WS would undo that
+np.testing.assert_allclose(model.predict(x, batch_size=1, verbose=0), keras.ops.convert_to_numpy(model(x)),
+                           rtol=1e-5, atol=1e-5)
 assert any(p.startswith("block4-unit01-c-standardized_conv2d") for p in changed), sorted(changed)
 assert not any(p.startswith(("root_block", "block1", "block2")) for p in changed), sorted(changed)
 

@@ -41,11 +41,20 @@ def test_a_short_finetune_of_a_tiny_bit_learns_digits(tmp_path):
         finetune(_tiny_backbone(), dataset="digits", output=tmp_path, batch_size=32, steps=80, verbose=0)
 
 
-def test_the_cli_fine_tunes_in_bfloat16_and_records_it(tmp_path, capsys):
+def test_the_cli_fine_tunes_in_bfloat16_and_records_it(tmp_path, capsys, monkeypatch):
+    from bit_keras import precision
+
+    monkeypatch.setattr(precision, "cpu_bfloat16", lambda: [])  # a CPU that only emulates bfloat16
+    monkeypatch.setattr(precision, "_has_accelerator", lambda: False)
     output = tmp_path / "run"
     args = ["finetune", "--variant", "r14x1", "--dataset", "digits", "--output", str(output), "--batch", "16",
             "--micro-batch", "8", "--steps", "2", "--resolution", "16", "--quiet"]
+    capsys.readouterr()
     assert _cli(*args, "--precision", "bfloat16") == 0
+    printed = capsys.readouterr()
+    header = [line for line in printed.out.splitlines() if "no bfloat16 instructions" in line]
+    assert len(header) == 1 and header[0].startswith("warning: "), printed.out
+    assert "no bfloat16 instructions" not in printed.err  # said once, in the header
     assert json.loads((output / "run.json").read_text())["precision"] == "mixed_bfloat16"
     model = keras.saving.load_model(output / "model.keras", compile=False)
     conv = model.get_layer("block1-unit01-a-standardized_conv2d")

@@ -82,3 +82,69 @@ def test_folding_backbones_feature_maps_and_bfloat16(loaded):
 def test_refuses_what_is_not_a_functional_model():
     with pytest.raises(ValueError, match="functional Keras model"):
         fold_standardization(keras.layers.Dense(3))
+
+
+def _numpy_logits(model, images, path):
+    """The NumPy BiT's logits (its own standardization) from the model's weights as they are now."""
+    bit_keras.save_weights(model, path)
+    with np.load(path) as stored:
+        return reference.forward(dict(stored), images)[1]
+
+
+def test_predict_standardizes_once_per_call_and_follows_every_weight_change(tmp_path):
+    keras.utils.set_random_seed(1)
+    model = bit_keras.BiTImageClassifier(bit_keras.BiTBackbone(UNITS, WIDTH), CLASSES)
+    rng = np.random.default_rng(4)
+    head = model.get_layer("head-conv2d")
+    head.kernel.assign(rng.normal(size=head.kernel.shape).astype("float32"))  # a zero head says nothing
+    images = rng.uniform(0, 1, (6, 32, 32, 3)).astype("float32")
+    labels = np.arange(6) % CLASSES
+    conv = model.get_layer("block2-unit01-b-standardized_conv2d")
+    raw = [np.array(w) for w in model.get_weights()]
+    raw_conv = np.array(conv.kernel)
+    calls = []
+    original = StandardizedConv2D.convolution_op
+
+    def counting(self, inputs, kernel):  # how often the traced calls standardize
+        calls.append(self.holds_standardized_kernel)
+        return original(self, inputs, kernel)
+
+    def check(label):
+        want = _numpy_logits(model, images, tmp_path / f"{label}.npz")
+        assert _rel(model.predict(images, batch_size=2, verbose=0), want) < 1e-4, label
+        assert _rel(model.predict_on_batch(images), want) < 1e-4, label  # Keras' own function, untouched
+
+    StandardizedConv2D.convolution_op = counting
+    try:
+        check("initial")
+        assert any(calls) and not all(calls)  # predict traced the folded path, predict_on_batch the plain one
+        np.testing.assert_array_equal(np.asarray(conv.kernel), raw_conv)  # the raw kernel is back, bit for bit
+        assert not any(layer.holds_standardized_kernel for layer in model._flatten_layers()
+                       if isinstance(layer, StandardizedConv2D))
+        # Every way weights change: assignment, set_weights, a training step, load_weights.
+        conv.kernel.assign(rng.normal(size=conv.kernel.shape).astype("float32") * 3 + 1)
+        check("assigned")
+        model.set_weights([w + rng.normal(scale=0.05, size=w.shape).astype("float32") for w in raw])
+        check("set_weights")
+        model.compile(optimizer=keras.optimizers.SGD(0.5, momentum=0.9),
+                      loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        before = np.array(conv.kernel)
+        model.fit(images, labels, batch_size=6, epochs=1, verbose=0)
+        assert not np.array_equal(np.asarray(conv.kernel), before)
+        check("fit")  # a recompiled model gets a new folded predict function too
+        model.save_weights(tmp_path / "trained.weights.h5")
+        model.set_weights(raw)
+        check("reset")
+        model.load_weights(tmp_path / "trained.weights.h5")
+        check("load_weights")
+        # The backbone on its own (features), with an error inside predict: the raw kernels come back.
+        features = model.backbone.predict(images, verbose=0)
+        want = keras.ops.convert_to_numpy(model.backbone(images))
+        assert _rel(features, want) < 1e-5
+        kernels = [np.array(w) for w in model.get_weights()]
+        with pytest.raises(Exception):
+            model.predict(np.zeros((2, 32, 32, 3), "uint8"), verbose=0)
+        for got, kept in zip(model.get_weights(), kernels):
+            np.testing.assert_array_equal(got, kept)
+    finally:
+        StandardizedConv2D.convolution_op = original

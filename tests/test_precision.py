@@ -53,3 +53,29 @@ def test_train_warns_in_its_header_where_bfloat16_is_emulated(tmp_path, monkeypa
     train(config, source=from_arrays(np.zeros((16, 8, 8, 3), np.uint8), np.arange(16) % 4), log=lines.append)
     assert any("no bfloat16 instructions" in line and line.startswith("warning:") for line in lines), lines
     assert any("precision bfloat16" in line for line in lines)
+
+
+@pytest.mark.parametrize("flags", [[], ["avx512_bf16", "amx_bf16"]], ids=["emulated", "native"])
+def test_the_finetuner_warns_about_bfloat16_only_where_the_cpu_emulates_it(monkeypatch, flags):
+    import warnings
+
+    import bit_keras
+    from bit_keras import precision
+    from bit_keras.finetune import build_finetuner
+
+    monkeypatch.setattr(precision, "cpu_bfloat16", lambda: flags)
+    monkeypatch.setattr(precision, "_has_accelerator", lambda: False)
+    backbone = bit_keras.BiTBackbone((1, 1, 1, 1), width=1, dtype="mixed_bfloat16")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ft = build_finetuner(backbone, num_classes=3, train_size=100, image_size=(32, 32), batch_size=8,
+                             dtype="mixed_bfloat16")
+        float32 = build_finetuner(bit_keras.BiTBackbone((1, 1, 1, 1), width=1), num_classes=3, train_size=100,
+                                  image_size=(32, 32), batch_size=8)
+    emulated = [w for w in caught if issubclass(w.category, precision.EmulatedBFloat16Warning)]
+    assert float32.precision_warning is None
+    if flags:
+        assert ft.precision_warning is None and not emulated
+    else:
+        assert "no bfloat16 instructions" in ft.precision_warning
+        assert [str(w.message) for w in emulated] == [ft.precision_warning]

@@ -41,3 +41,16 @@ def test_the_race_refuses_what_it_cannot_run():
         race.check(job, ("keras-tensorflow",))
     with pytest.raises(ConfigError, match="--mode infer or train"):
         race.check(race.Race(mode="memory"), ("pytorch",))
+
+
+def test_each_keras_row_runs_as_its_backend_runs_by_default_and_the_fastest_row_is_named():
+    from bit_keras.peers import race
+
+    job = race.Race(variant="r14x1", mode="infer")
+    assert race.keras_config(job, "keras-jax").jit  # JAX's default is jit: un-jitted JAX runs op by op
+    assert not race.keras_config(job, "keras-tensorflow").jit and not race.keras_config(job, "keras-torch").jit
+    assert race.keras_config(job, "keras-tensorflow-folded").fold
+    folded = race.keras_config(job, "savedmodel-folded")
+    assert folded.fold and folded.mode == "savedmodel"
+    report = race.report(job, {"pytorch": [[2.0, 2.0]], "keras-tensorflow": [[1.0, 1.0]], "keras-jax": [[4.0, 4.0]]})
+    assert race.format_report(report)[-1] == "fastest here for this job: keras-tensorflow (2.00x PyTorch)"

@@ -32,7 +32,7 @@ import math
 import os
 import shutil
 import time
-import warnings
+import warnings as python_warnings
 import zipfile
 
 import numpy as np
@@ -97,7 +97,7 @@ def finetune(source, *, dataset, output, weights=None, random_weights=False, cac
     from bit_keras.train.strategy import describe, is_chief, jax_devices_in_use, per_replica_batch, worker_scratch
 
     from bit_keras import weights as weights_rule
-    from bit_keras.precision import PRECISION_POLICIES, resolve_precision
+    from bit_keras.precision import PRECISION_POLICIES, EmulatedBFloat16Warning, resolve_precision
 
     resolve_precision(precision)  # refuses an unknown name; "auto" is decided with the strategy (build_finetuner)
     for name, value in (("examples_per_class", examples_per_class), ("micro_batch_size", micro_batch_size),
@@ -129,11 +129,14 @@ def finetune(source, *, dataset, output, weights=None, random_weights=False, cac
         train_size = int(examples_per_class) * info.num_classes
     eval_ds = load_source(dataset, eval_split, data_dir=data_dir, download=download)[0] if eval_split else None
     _seed_initial_weights(seed)  # an architecture name draws its random weights now
-    ft = build_finetuner(source, num_classes=info.num_classes, train_size=train_size, image_size=info.image_size,
-                         batch_size=batch_size, micro_batch_size=micro_batch_size, weights=weights,
-                         random_weights=random_weights, cache_dir=cache_dir, steps=steps,
-                         resolution=resolution, base_learning_rate=base_learning_rate, flip=flip, crop=crop,
-                         strategy=strategy, dtype=PRECISION_POLICIES.get(precision))  # auto: None
+    with python_warnings.catch_warnings():
+        if log is not None:  # said once, in the run header's warnings, instead
+            python_warnings.simplefilter("ignore", EmulatedBFloat16Warning)
+        ft = build_finetuner(source, num_classes=info.num_classes, train_size=train_size,
+                             image_size=info.image_size, batch_size=batch_size, micro_batch_size=micro_batch_size,
+                             weights=weights, random_weights=random_weights, cache_dir=cache_dir, steps=steps,
+                             resolution=resolution, base_learning_rate=base_learning_rate, flip=flip, crop=crop,
+                             strategy=strategy, dtype=PRECISION_POLICIES.get(precision))  # auto: None
     eval_every = min(int(eval_every or max(1, math.ceil(ft.rule.total_steps / 10))), ft.rule.total_steps)
     run = {"dataset": dataset, "train_split": train_split, "eval_split": eval_split,
            "source": _describe_source(source), "weights": _describe_weights(source, weights), "examples_per_class": examples_per_class, "train_size": train_size,
@@ -173,7 +176,8 @@ def finetune(source, *, dataset, output, weights=None, random_weights=False, cac
         files.remove(replaced)
     if start is not None and log is not None:
         log(f"Resuming from {start[1]} (update {start[0]} of {ft.rule.total_steps}).")
-    warnings = list(ft.rule.warnings())
+    warnings = [ft.precision_warning] if ft.precision_warning else []
+    warnings += ft.rule.warnings()
     if getattr(source, "random", False) and base_learning_rate is None:
         warnings.append(f"random weights: the HyperRule's learning rate ({ft.rule.base_learning_rate:.2g}) is tuned "
                         "for pre-trained features and barely moves random weights; pass a higher one with "
@@ -359,8 +363,8 @@ def _load_classifier(model_path, run):
             model = BiTImageClassifier(load_backbone(source), int(run["num_classes"]))
             model.load_weights(model_path)  # reads model.weights.h5 only, not the stored config
             return model
-        with warnings.catch_warnings():  # compile=False: the saved optimizer state is not wanted, not missing
-            warnings.filterwarnings("ignore", message="Skipping variable loading for optimizer")
+        with python_warnings.catch_warnings():  # compile=False: the saved optimizer state is not wanted
+            python_warnings.filterwarnings("ignore", message="Skipping variable loading for optimizer")
             return keras.saving.load_model(model_path, compile=False, safe_mode=True)
     except BiTError:
         raise

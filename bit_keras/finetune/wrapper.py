@@ -13,6 +13,7 @@ import contextlib
 import dataclasses
 import math
 import os
+import warnings
 
 import keras
 import numpy as np
@@ -20,7 +21,7 @@ import numpy as np
 from bit_keras import runs
 from bit_keras.hyperrule import HyperRule
 from bit_keras.errors import ConfigError, MissingFileError, StoppedError
-from bit_keras.precision import is_tpu
+from bit_keras.precision import EmulatedBFloat16Warning, bfloat16_warning, is_tpu, precision_of_policy
 
 
 @dataclasses.dataclass
@@ -37,6 +38,8 @@ class FineTuner:
         strategy: the `tf.distribute.Strategy` the model was built under (None: the default one).
         replicas: its replicas in sync (1 without a strategy, and for Keras' JAX distribution,
             which splits each batch itself).
+        precision_warning: why the precision asked for is slow here (bfloat16 on a CPU that only
+            emulates it), or None; `build_finetuner` also issues it as an `EmulatedBFloat16Warning`.
     """
 
     model: keras.Model
@@ -51,6 +54,7 @@ class FineTuner:
     variant: str | None = None
     strategy: object = None
     replicas: int = 1
+    precision_warning: str | None = None
 
     @property
     def accumulation_steps(self) -> int:
@@ -347,9 +351,13 @@ def build_finetuner(source, *, num_classes, train_size=None, image_size=None, ba
         model.train_step = _logs_as_vectors(model.train_step)
         model.test_step = _logs_as_vectors(model.test_step)
     model.micro_batch_size = micro_batch_size
+    precision_warning = bfloat16_warning(precision_of_policy(backbone_policy(backbone)), strategy)
+    if precision_warning:
+        warnings.warn(precision_warning, EmulatedBFloat16Warning, stacklevel=2)
     return FineTuner(model=model, backbone=backbone, rule=rule, num_classes=num_classes, batch_size=rule.batch_size,
                      micro_batch_size=micro_batch_size, flip=flip, crop=crop, multi_label=multi_label,
-                     variant=variant, strategy=None if _is_default(strategy) else strategy, replicas=replicas)
+                     variant=variant, strategy=None if _is_default(strategy) else strategy, replicas=replicas,
+                     precision_warning=precision_warning)
 
 
 def _logs_as_vectors(step):
