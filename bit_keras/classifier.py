@@ -24,7 +24,7 @@ from bit_keras.layout import HEAD_LAYER
 from bit_keras.preprocessing import BiTImageClassifierPreprocessor
 # Imported here so that loading a fine-tuned .keras file, which names both, finds them registered.
 from bit_keras.optimizers import AccumulatingSGD
-from bit_keras.schedules import WarmupStepDecay
+from bit_keras.learning_rates import WarmupStepDecay
 from bit_keras.errors import ConfigError
 from bit_keras.regularization import check_rate
 

@@ -45,7 +45,7 @@ def resolve_source(args):
 
 def add_hardware_flags(parser):
     """--strategy, --tpu and --cpu-devices, as `train`, `finetune`, `evaluate` and `vtab` spell them."""
-    from bit_keras.train.strategy import STRATEGIES
+    from bit_keras.distribute import STRATEGIES
 
     parser.add_argument("--strategy", choices=STRATEGIES, default="auto",
                         help="auto: tpu with --tpu, mirrored with GPUs, else default (one device). mirrored: all "
@@ -68,7 +68,7 @@ def check_hardware_flags(args):
     """
     import os
 
-    from bit_keras.train import strategy as strategies
+    from bit_keras import distribute as strategies
 
     if getattr(args, "cpu_devices", None) is not None:
         strategies.check_cpu_devices(args.cpu_devices)
@@ -85,14 +85,14 @@ def make_cli_strategy(args):
     On a backend other than TensorFlow the name is passed on, and the run refuses what it cannot do.
     """
     if args.cpu_devices is not None:
-        from bit_keras.train.strategy import split_cpu
+        from bit_keras.distribute import split_cpu
 
         split_cpu(args.cpu_devices)
     import keras
 
     if keras.backend.backend() != "tensorflow":
         return "default" if args.strategy == "auto" and not args.tpu else args.strategy
-    from bit_keras.train.strategy import make_strategy
+    from bit_keras.distribute import make_strategy
 
     return make_strategy(args.strategy, args.tpu, log=print)
 

@@ -106,7 +106,7 @@ def run_finetune(args):
         log=print, strategy=strategy, precision=args.precision)
     summary = {k: v for k, v in metrics.items() if k != "hyperrule"}
     print(json.dumps(summary, indent=2))
-    from bit_keras.train.strategy import is_chief
+    from bit_keras.distribute import is_chief
 
     if isinstance(strategy, str) or is_chief(strategy):
         print(f"Wrote {args.output}/model.keras and {args.output}/metrics.json")

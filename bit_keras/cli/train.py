@@ -124,7 +124,7 @@ def build_config(args, choice=None):
     from bit_keras import presets
     from bit_keras.train.loop import TrainConfig
     from bit_keras.train.recipes import TrainingOptions, parse_randaugment, resolve_recipe
-    from bit_keras.train.schedules import resolve_schedule
+    from bit_keras.train.upstream_schedules import resolve_schedule
 
     architecture = choice.architecture if choice is not None else presets.resolve(args.variant or "r50x1")[0]
     recipe_schedule, recipe_options = resolve_recipe(args.recipe)
@@ -193,7 +193,7 @@ def run_training(args):
     config = build_config(args, choice)
     check_data(config)  # a bad --dataset, --split or --eval-split fails before anything starts
     if args.cpu_devices:
-        from bit_keras.train.strategy import split_cpu
+        from bit_keras.distribute import split_cpu
 
         split_cpu(args.cpu_devices)  # before anything else initialises TensorFlow
     if args.dry_run:

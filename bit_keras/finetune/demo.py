@@ -43,7 +43,7 @@ def run_demo(output="demo_output", *, variant=None, weights=None, steps=DEFAULT_
     from bit_keras.architecture import Architecture
     from bit_keras.data import load_source
     from bit_keras.export import export_model, load_backbone
-    from bit_keras.finetune.wrapper import build_finetuner
+    from bit_keras.finetune.fine_tuner import build_finetuner
 
     started = time.time()
     if variant is None and weights is None:

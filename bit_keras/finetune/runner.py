@@ -39,7 +39,7 @@ import numpy as np
 
 from bit_keras import files, plots, resume, runs
 from bit_keras.errors import BiTError, CheckpointError, ConfigError, MissingFileError, StoppedError
-from bit_keras.train.strategy import jax_data_parallel
+from bit_keras.distribute import jax_data_parallel
 
 METRICS_FILE = "metrics.json"
 MODEL_FILE = "model.keras"
@@ -51,7 +51,7 @@ RUN_MARKERS = (runs.RUN_FILE, METRICS_FILE, CHECKPOINT_DIR)  # what `overwrite` 
 
 def _lock_dir(source, *, output, strategy=None, **_):
     """The directory this process writes: the run's, or a non-chief worker's scratch folder."""
-    from bit_keras.train.strategy import is_chief, worker_scratch
+    from bit_keras.distribute import is_chief, worker_scratch
 
     chief = is_chief(name=strategy) if isinstance(strategy, str) or strategy is None else is_chief(strategy)
     return output if chief else worker_scratch()
@@ -92,8 +92,8 @@ def finetune(source, *, dataset, output, weights=None, random_weights=False, cac
     Returns the final metrics (also written to output/metrics.json).
     """
     from bit_keras.data import check_split, few_shot, load_source
-    from bit_keras.finetune.wrapper import backbone_policy, build_finetuner, resolve_strategy
-    from bit_keras.train.strategy import describe, is_chief, jax_devices_in_use, per_replica_batch, worker_scratch
+    from bit_keras.finetune.fine_tuner import backbone_policy, build_finetuner, resolve_strategy
+    from bit_keras.distribute import describe, is_chief, jax_devices_in_use, per_replica_batch, worker_scratch
 
     from bit_keras import weights as weights_rule
     from bit_keras.precision import PRECISION_POLICIES, resolve_precision
@@ -237,7 +237,7 @@ def _fit_and_save(ft, run, output, train_ds, eval_ds, eval_every, start, callbac
     import keras
 
     from bit_keras.export.keras_file import export_keras
-    from bit_keras.finetune.wrapper import ResumeCheckpoints
+    from bit_keras.finetune.fine_tuner import ResumeCheckpoints
     from bit_keras.summaries import ScalarLogger
 
     dataset, seed, num_classes = run["dataset"], run["seed"], run["num_classes"]
@@ -304,7 +304,7 @@ def evaluate(model_path, *, dataset, split="test", batch_size=128, resolution=No
     import keras
 
     from bit_keras.data import check_split, load_source
-    from bit_keras.finetune.wrapper import resolve_strategy
+    from bit_keras.finetune.fine_tuner import resolve_strategy
     from bit_keras.train.evaluation import score_split
 
     check_split(dataset, split, data_dir=data_dir)  # before the model is loaded
@@ -345,7 +345,7 @@ def _load_classifier(model_path, run):
     import keras
 
     from bit_keras.classifier import BiTImageClassifier  # registers the BiT classes for load_model
-    from bit_keras.schedules import WarmupStepDecay  # noqa: F401  (registers the schedule)
+    from bit_keras.learning_rates import WarmupStepDecay  # noqa: F401  (registers the schedule)
 
     source = run.get("source")
     if isinstance(source, str) and os.path.isabs(source) and not os.path.exists(source) and not source.endswith(".keras"):

@@ -149,7 +149,7 @@ def score_split(model, source, *, crop, num_classes, batch_size, strategy=None) 
     """
     import types
 
-    from bit_keras.train.strategy import jax_devices_in_use
+    from bit_keras.distribute import jax_devices_in_use
 
     replicas = int(getattr(strategy, "num_replicas_in_sync", 1)) if strategy is not None else 1
     if jax_devices_in_use() > 1:

@@ -45,7 +45,7 @@ import time
 
 from bit_keras import files, plots, runs
 from bit_keras.train.recipes import TrainingOptions
-from bit_keras.train.schedules import UpstreamSchedule
+from bit_keras.train.upstream_schedules import UpstreamSchedule
 from bit_keras.errors import ConfigError
 
 FINAL_WEIGHTS = "bit_final.npz"
@@ -108,7 +108,7 @@ class _StopFlag:
 
 def _lock_dir(config, *, strategy=None, **_):
     """What this process writes: the model dir, or (a non-chief multi-worker task) its scratch folder."""
-    from bit_keras.train.strategy import is_chief, worker_scratch
+    from bit_keras.distribute import is_chief, worker_scratch
 
     chief = is_chief(strategy) if strategy is not None else is_chief(name=config.strategy)
     return config.model_dir if chief else worker_scratch()
@@ -133,12 +133,12 @@ def train(config: TrainConfig, *, strategy=None, source=None, eval_source=None, 
     from bit_keras.backbone import BiTBackbone
     from bit_keras.classifier import BiTImageClassifier
     from bit_keras.precision import PRECISION_POLICIES, bfloat16_warning, resolve_precision
-    from bit_keras.schedules import WarmupCosineDecay, WarmupStepDecay
+    from bit_keras.learning_rates import WarmupCosineDecay, WarmupStepDecay
     from bit_keras.summaries import write_scalar
     from bit_keras.train import evaluation
     from bit_keras.train import input as upstream_input
-    from bit_keras.train.strategy import describe as describe_strategy
-    from bit_keras.train.strategy import is_chief, lost_worker_error, make_strategy, per_replica_batch, worker_scratch
+    from bit_keras.distribute import describe as describe_strategy
+    from bit_keras.distribute import is_chief, lost_worker_error, make_strategy, per_replica_batch, worker_scratch
 
     _check_config(config)
     given_source = source is not None

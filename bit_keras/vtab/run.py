@@ -79,7 +79,7 @@ def run_vtab(source, *, output, tasks, protocol="1k", data_dir=None, download=Tr
     multi-worker job only the chief writes the results tables and the task records.
     """
     from bit_keras.finetune.runner import METRICS_FILE, RUN_MARKERS, finetune
-    from bit_keras.train.strategy import is_chief
+    from bit_keras.distribute import is_chief
 
     if protocol not in PROTOCOLS:
         raise ConfigError(f"Unknown VTAB protocol {protocol!r}: use one of {', '.join(PROTOCOLS)}.")
@@ -87,7 +87,7 @@ def run_vtab(source, *, output, tasks, protocol="1k", data_dir=None, download=Tr
     check_numbers(batch_size=batch_size, micro_batch_size=micro_batch_size, steps=steps, resolution=resolution,
                   seed=seed)
     if not isinstance(strategy, (str, type(None))) and micro_batch_size is not None:
-        from bit_keras.finetune.wrapper import per_replica_micro_batch, replicas_of
+        from bit_keras.finetune.fine_tuner import per_replica_micro_batch, replicas_of
 
         per_replica_micro_batch(batch_size, micro_batch_size, replicas_of(strategy))  # not once per task
     chief = is_chief(name=strategy) if strategy is None or isinstance(strategy, str) else is_chief(strategy)

@@ -101,7 +101,7 @@ class FineTuner:
 
     def splits_batches(self) -> bool:
         """Whether each batch is split over several replicas (tf.distribute) or devices (Keras' JAX distribution)."""
-        from bit_keras.train.strategy import jax_devices_in_use
+        from bit_keras.distribute import jax_devices_in_use
 
         return self.replicas > 1 or jax_devices_in_use() > 1
 
@@ -123,7 +123,7 @@ class FineTuner:
     @contextlib.contextmanager
     def _lost_workers(self, checkpoint=None):
         """A multi-worker step that fails because a task stopped answering becomes one line (ClusterError)."""
-        from bit_keras.train.strategy import lost_worker_error
+        from bit_keras.distribute import lost_worker_error
 
         try:
             yield
@@ -299,7 +299,7 @@ def build_finetuner(source, *, num_classes, train_size=None, image_size=None, ba
         weights, random_weights: override the weights a name means (file, URL or release name).
         multi_label: sigmoid cross-entropy (BiT-M style) instead of softmax cross-entropy.
         trainable: False freezes the backbone (linear probe).
-        strategy: a `tf.distribute.Strategy` (or a name for `bit_keras.train.strategy.make_strategy`:
+        strategy: a `tf.distribute.Strategy` (or a name for `bit_keras.distribute.make_strategy`:
             "mirrored", "multi_worker", "tpu", ...). The model, optimizer and metrics are built in
             its scope; `batch_size` stays the global batch and `micro_batch_size` is per replica.
             None: the strategy in force (the default one outside any `strategy.scope()`).
@@ -378,7 +378,7 @@ def resolve_strategy(strategy):
 
     if strategy is None:
         return tf.distribute.get_strategy()
-    from bit_keras.train.strategy import make_strategy
+    from bit_keras.distribute import make_strategy
 
     return make_strategy(strategy)
 
@@ -389,7 +389,7 @@ def replicas_of(strategy) -> int:
 
 def per_replica_micro_batch(global_batch, micro_batch_size, replicas) -> int:
     """Each replica's micro-batch: global batch = replicas x micro-batch x accumulation steps, checked."""
-    from bit_keras.train.strategy import per_replica_batch
+    from bit_keras.distribute import per_replica_batch
 
     per_replica = per_replica_batch(int(global_batch), replicas)  # ConfigError when it does not divide
     if micro_batch_size is None:
