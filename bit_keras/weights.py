@@ -53,33 +53,9 @@ class WeightsChoice:
         """The head a classifier gets by default: the file's, else the release's, else 1000."""
         return self.checkpoint_classes or (self.preset.num_classes if self.preset else 1000)
 
-    def build_backbone(self, *, dtype=None, load: bool = True, **kwargs):
-        """A `BiTBackbone` of this architecture, with the weights loaded (unless `load=False`)."""
-        from bit_keras.backbone import BiTBackbone
-
-        backbone = BiTBackbone(self.architecture.block_units, self.architecture.width, dtype=dtype,
-                               initializer="zeros" if self.path else "he_normal", **kwargs)
-        if self.path and load:
-            checkpoint.load_weights(backbone, self.path)
-        backbone.release = self.preset  # what a keras-hub preset's metadata names
-        return backbone
-
-    def build_classifier(self, num_classes=None, *, dtype=None, name=None, dropout=0.0, preprocessor=None,
-                         **backbone_kwargs):
-        """A `BiTImageClassifier`; the file's head is loaded when its class count is `num_classes`.
-
-        `backbone_kwargs` go to `BiTBackbone` (research switches), `dropout` to the classifier."""
-        from bit_keras.classifier import BiTImageClassifier
-
-        num_classes = self.default_num_classes() if num_classes is None else num_classes
-        same_head = self.preset is not None and num_classes == self.preset.num_classes
-        model = BiTImageClassifier(self.build_backbone(dtype=dtype, load=False, **backbone_kwargs), num_classes,
-                                   dtype=dtype, multi_label=same_head and self.preset.multi_label, name=name,
-                                   dropout=dropout, preprocessor=preprocessor)
-        if self.path:
-            checkpoint.load_weights(model, self.path)
-        model.release = self.preset
-        return model
+    def multi_label(self, num_classes) -> bool:
+        """Whether a head of `num_classes` is the release's own multi-label (sigmoid) head."""
+        return self.preset is not None and num_classes == self.preset.num_classes and self.preset.multi_label
 
 
 def resolve(name=None, weights=None, *, random_weights: bool = False, cache_dir=None) -> WeightsChoice:
@@ -130,6 +106,23 @@ def _checked(architecture, preset, path, source) -> WeightsChoice:
     if preset is not None and (preset.architecture != held or (info.num_classes or preset.num_classes) != preset.num_classes):
         preset = None
     return WeightsChoice(held, path, source, preset, info.num_classes)
+
+
+def warn_if_random(choice, *, asked: bool) -> None:
+    """Python's counterpart of the CLI's first line: a name that means random weights says so (once per call site).
+
+    Silent when random weights were asked for (`load_weights=False`)."""
+    if choice.random and not asked:
+        import warnings
+
+        warnings.warn(f"{choice.describe()}. Pass load_weights=False to ask for random weights without this "
+                      "warning.", UserWarning, stacklevel=3)
+
+
+def is_export(source) -> bool:
+    """Whether a model source is an export that carries its own weights: a directory (SavedModel,
+    keras-hub preset) or a `.keras` file, rather than a name the weights rule resolves."""
+    return isinstance(source, (str, os.PathLike)) and (os.path.isdir(source) or os.fspath(source).endswith(".keras"))
 
 
 def release_refusal(release: str, network: dict) -> str:

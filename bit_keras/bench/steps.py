@@ -7,9 +7,10 @@ import os
 import tempfile
 
 from bit_keras.errors import ConfigError, SetupError
+from bit_keras.precision import PRECISION_POLICIES
 
 MODES = ("infer", "train", "savedmodel")
-PRECISIONS = ("float32", "bfloat16")
+PRECISIONS = tuple(PRECISION_POLICIES)  # float32, bfloat16: a benchmark names its precision, never "auto"
 
 
 @dataclasses.dataclass(frozen=True)

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import sys
+
 from bit_keras.errors import ConfigError
+from bit_keras.precision import PRECISION_POLICIES
 
 _EPILOG = """\
 Figures are medians over --steps timed batches; after every batch a matmul in the row's
@@ -51,7 +53,7 @@ def register(subparsers):
                              "quantized): images/s at batch 8, latency p50/p99 at batch 1 (--steps rounds).")
     parser.add_argument("--serving", dest="mode", action="store_const", const="savedmodel",
                         help="Same as --mode savedmodel.")
-    parser.add_argument("--precision", choices=("float32", "bfloat16"), default="float32",
+    parser.add_argument("--precision", choices=tuple(PRECISION_POLICIES), default="float32",
                         help="bfloat16 runs the mixed_bfloat16 policy (float32 weights and statistics).")
     parser.add_argument("--jit", action="store_true",
                         help="Compile the step with XLA (on GPUs/TPUs; on CPUs it measured slower here).")

@@ -34,7 +34,7 @@ def wants_deploy(args) -> bool:
 
 def export(args):
     """Builds the model (a release, an .npz or a fine-tuned run), exports it, and prints the check last."""
-    from bit_keras.cli.main import UsageError
+    from bit_keras.errors import UsageError
 
     if args.run and (args.variant or args.weights or args.random_weights or args.classifier):
         raise UsageError("--from-run exports the run's own classifier; drop --variant/--weights/--random-weights/"

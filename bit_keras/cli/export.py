@@ -60,7 +60,7 @@ def export(args):
     if deploy.wants_deploy(args):
         return deploy.export(args)
 
-    from bit_keras.cli.main import UsageError
+    from bit_keras.errors import UsageError
     from bit_keras.export import variant
     from bit_keras.export.metadata import check_export_target, read_metadata
 

@@ -92,8 +92,9 @@ def finetune(source, *, dataset, output, weights=None, random_weights=False, cac
     Returns the final metrics (also written to output/metrics.json).
     """
     from bit_keras.data import check_split, few_shot, load_source
-    from bit_keras.finetune.fine_tuner import backbone_policy, build_finetuner, resolve_strategy
-    from bit_keras.distribute import describe, is_chief, jax_devices_in_use, per_replica_batch, worker_scratch
+    from bit_keras.distribute import (describe, is_chief, jax_devices_in_use, per_replica_batch, resolve_strategy,
+                                      worker_scratch)
+    from bit_keras.finetune.fine_tuner import backbone_policy, build_finetuner
 
     from bit_keras import weights as weights_rule
     from bit_keras.precision import PRECISION_POLICIES, resolve_precision
@@ -105,7 +106,7 @@ def finetune(source, *, dataset, output, weights=None, random_weights=False, cac
             raise ConfigError(f"{name} must be a positive integer. Received: {name}={value!r}")
     for split in (train_split, eval_split) if eval_split else (train_split,):  # before any weights or model
         check_split(dataset, split, data_dir=data_dir)
-    if isinstance(source, str) and not (os.path.isdir(source) or source.endswith(".keras")):
+    if isinstance(source, str) and not weights_rule.is_export(source):
         source = weights_rule.resolve(source, weights, random_weights=random_weights, cache_dir=cache_dir)
     if isinstance(source, weights_rule.WeightsChoice):
         weights, random_weights = None, False
@@ -304,7 +305,7 @@ def evaluate(model_path, *, dataset, split="test", batch_size=128, resolution=No
     import keras
 
     from bit_keras.data import check_split, load_source
-    from bit_keras.finetune.fine_tuner import resolve_strategy
+    from bit_keras.distribute import resolve_strategy
     from bit_keras.train.evaluation import score_split
 
     check_split(dataset, split, data_dir=data_dir)  # before the model is loaded

@@ -66,6 +66,7 @@ class TrainConfig:
     download: bool = True            # False: a tfds dataset must already be prepared
     strategy: str = "auto"
     tpu: str | None = None
+    cpu_devices: int | None = None   # split the CPU into N logical devices before making the strategy
     precision: str = "auto"          # auto: bfloat16 on TPU, float32 elsewhere
     jit_compile: bool = False
     seed: int = 0
@@ -119,7 +120,7 @@ def train(config: TrainConfig, *, strategy=None, source=None, eval_source=None, 
     """Runs (or resumes) one upstream pre-training run in `config.model_dir`.
 
     Args:
-        strategy: a ready `tf.distribute.Strategy`; by default one from config.strategy/tpu.
+        strategy: a ready `tf.distribute.Strategy`; by default one from config.strategy/tpu/cpu_devices.
         source: `(dataset, DatasetInfo)` of uint8 images and labels instead of
             `load_source(config.dataset)` (in-memory data for tests and notebooks).
         eval_source: `(dataset, DatasetInfo)` of the held-out split instead of loading
@@ -144,7 +145,7 @@ def train(config: TrainConfig, *, strategy=None, source=None, eval_source=None, 
     given_source = source is not None
     if not given_source:
         check_data(config, held_out=eval_source is None)  # before a cluster is waited for
-    strategy = strategy or make_strategy(config.strategy, config.tpu, log=log)
+    strategy = strategy or make_strategy(config.strategy, config.tpu, cpu_devices=config.cpu_devices, log=log)
     # TensorFlow's multi-worker rule: all workers save (saving may be collective), only the chief
     # into model_dir; the others into a scratch folder removed at the end. All restore the chief's.
     chief = is_chief(strategy)
