@@ -8,6 +8,7 @@ import time
 
 from bit_keras.bench.jpegs import make_jpegs
 from bit_keras.bench.machine import cpu_name, usable_cores
+from bit_keras.bench.steps import Config
 from bit_keras.bench.throughput import compare
 
 GPU_TRAINING_IMAGES_PER_SECOND = 2000  # timm's resnetv2_50x1_bit training on an H100 (issue 15's anchor)

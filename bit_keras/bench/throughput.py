@@ -20,7 +20,7 @@ import time
 from bit_keras.bench.counts import count_macs
 from bit_keras.bench.machine import cpu_name, peak_rss_bytes
 from bit_keras.bench.peak import PEAK_MATMUL_SIZE, MatmulProbe
-from bit_keras.bench.steps import make_step, parse_variant
+from bit_keras.bench.steps import Config, make_step, parse_variant
 from bit_keras.errors import ConfigError
 
 

@@ -7,6 +7,8 @@ import dataclasses
 import numpy as np
 import tensorflow as tf
 
+from bit_keras.errors import ConfigError
+
 
 @dataclasses.dataclass(frozen=True)
 class DatasetInfo:
@@ -27,6 +29,3 @@ def typical_size(ds, samples=32):
     if len(shapes) == 0:
         raise ConfigError("The dataset split is empty.")
     return tuple(int(s) for s in np.median(shapes, axis=0))
-
-
-# ---------------------------------------------------------------------------- folders

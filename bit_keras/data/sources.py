@@ -172,6 +172,8 @@ def split_size(spec: str, split: str = "train", *, data_dir=None):
         raise tfds.bad_split(name, split, error) from None
 
 
+# ---------------------------------------------------------------------------- folders
+
 def _inside(path, root):
     """Whether `path`, links resolved, stays in the dataset folder `root` (resolved): links out are not followed."""
     return os.path.realpath(path).startswith(os.path.join(root, ""))
