@@ -242,7 +242,7 @@ class BiTBackbone(keras_hub.models.FeaturePyramidBackbone):
             return super().from_preset(preset, load_weights=load_weights, dtype=dtype, **kwargs)
         if load_weights:
             weights_rule.refuse_release_into(preset, weights, **kwargs)
-        choice = weights_rule.resolve(preset, weights, random_weights=not load_weights, cache_dir=cache_dir)
+        choice = weights_rule.resolve(preset, weights, load_weights=load_weights, cache_dir=cache_dir)
         weights_rule.warn_if_random(choice, asked=not load_weights)
         return cls.from_weights(choice, dtype=dtype, **kwargs)
 

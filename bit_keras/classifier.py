@@ -204,7 +204,7 @@ class BiTImageClassifier(keras_hub.models.ImageClassifier):
             return super().from_preset(preset, load_weights=load_weights, dtype=dtype, **extra)
         if load_weights:
             weights_rule.refuse_release_into(preset, weights, **backbone_kwargs)
-        choice = weights_rule.resolve(preset, weights, random_weights=not load_weights, cache_dir=cache_dir)
+        choice = weights_rule.resolve(preset, weights, load_weights=load_weights, cache_dir=cache_dir)
         weights_rule.warn_if_random(choice, asked=not load_weights)
         if preprocessor is True:
             from bit_keras.preprocessing import for_preset

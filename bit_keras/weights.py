@@ -5,7 +5,7 @@
   naming the cache path and the URL;
 - an architecture (`r50x1`, `r2-3-4-1x2`) means random weights (`WeightsChoice.random`);
 - `weights=` (a local `.npz`, a URL or a release name) overrides either;
-- `random_weights=True` asks for random weights on a released name;
+- `load_weights=False` asks for random weights on a released name (keras-hub's spelling; `--random-weights`);
 - timm's names (`resnetv2_50x1_bit.goog_in21k`) are release names; `hf://timm/NAME` (as a
   name or `weights=`) and a local timm `.safetensors` file read timm's layout (`timm.py`).
 
@@ -58,22 +58,22 @@ class WeightsChoice:
         return self.preset is not None and num_classes == self.preset.num_classes and self.preset.multi_label
 
 
-def resolve(name=None, weights=None, *, random_weights: bool = False, cache_dir=None) -> WeightsChoice:
+def resolve(name=None, weights=None, *, load_weights: bool = True, cache_dir=None) -> WeightsChoice:
     """Applies the weights rule to a model name and an optional `weights=` override.
 
     `name=None` takes the architecture from the `weights` file (any depth and width).
     """
-    if weights is not None and random_weights:
-        raise ConfigError("Pass either weights=... or random_weights=True (--random-weights), not both.")
+    if weights is not None and not load_weights:
+        raise ConfigError("Pass either weights=... or load_weights=False, not both.")
     if name is None and weights is None:
         raise ConfigError("Name a model (e.g. 'm-r50x1') or a checkpoint (weights=FILE.npz).")
     from bit_keras import timm
 
-    if timm.hub_name(name) is not None and weights is None and not random_weights:
+    if timm.hub_name(name) is not None and weights is None and load_weights:
         weights = name  # `hf://timm/NAME`: timm's own file from the Hugging Face Hub
     architecture, preset = presets.resolve(timm.hub_name(name) or name) if name is not None else (None, None)
     if weights is None:
-        if preset is None or random_weights:
+        if preset is None or not load_weights:
             return WeightsChoice(architecture, None, "random", preset)
         return _checked(architecture, preset, download.fetch_preset(preset, directory=cache_dir), preset.url)
     weights = os.fspath(weights)
@@ -133,7 +133,7 @@ def release_refusal(release: str, network: dict) -> str:
             f"it; this model asks for {', '.join(differ) or layout.describe_network(network)}. Drop "
             f"{'that switch' if len(differ) == 1 else 'those switches'} (defaults: "
             f"{layout.network_switches(layout.BIT_NETWORK)}) or train this network from random weights "
-            f"(load_weights=False / --random-weights).")
+            f"(load_weights=False).")
 
 
 def refuse_release_into(name=None, weights=None, *, normalization="group", weight_standardization=True,

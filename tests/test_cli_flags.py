@@ -56,3 +56,12 @@ def test_a_library_switch_reads_as_the_flag_users_type(tmp_path, capsys):
     args = build_parser().parse_args(["export", "--variant", "r50x1", "--output", str(tmp_path / "out")])
     assert _main(args) == 2
     assert "a released name such as 'm-r50x1'" in capsys.readouterr().err
+
+
+def test_a_switch_value_in_a_library_message_reads_as_the_switch():
+    from bit_keras.cli.main import _as_flags
+
+    args = build_parser().parse_args(["finetune", "--variant", "r14x1", "--dataset", "digits", "--output", "out"])
+    assert _as_flags("load_weights=False; download=False; batch=512; seed=3", args) == \
+        "--random-weights; --no-download; --batch 512; --seed 3"
+    assert _as_flags("load_weights=True", args) == "--random-weights True"   # not what the switch sets: spelled out

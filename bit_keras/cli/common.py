@@ -44,7 +44,7 @@ def add_model_flags(parser, *, default=None, variant_help=MODEL_HELP):
     parser.add_argument("--variant", default=default, required=False, help=variant_help)
     parser.add_argument("--weights", default=None,
                         help="A local .npz, a URL or a release name, instead of the weights --variant means.")
-    parser.add_argument("--random-weights", action="store_true",
+    parser.add_argument("--random-weights", dest="load_weights", action="store_false",
                         help="Random (untrained) weights even for a released name.")
     parser.add_argument("--cache-dir", default=None, help="Download cache (default $BIT_KERAS_CACHE or "
                         "~/.cache/bit_keras).")
@@ -54,7 +54,7 @@ def resolve_model(args):
     """Applies the weights rule to the model flags and says the outcome first (downloads if needed)."""
     from bit_keras import weights
 
-    choice = weights.resolve(args.variant, args.weights, random_weights=args.random_weights,
+    choice = weights.resolve(args.variant, args.weights, load_weights=args.load_weights,
                              cache_dir=args.cache_dir)
     print(f"Model {choice.describe()}", flush=True)
     return choice
@@ -69,7 +69,7 @@ def resolve_source(args):
     source = args.variant
     if not is_export(source):
         return resolve_model(args)
-    if args.weights or args.random_weights:
+    if args.weights or not args.load_weights:
         raise UsageError(f"{source} is an export with its own weights; drop --weights / --random-weights.")
     return source
 

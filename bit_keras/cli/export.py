@@ -70,7 +70,7 @@ def export(args):
 
         path = variant.export_variant(args.variant, args.output, weights=args.weights,
                                       classifier=args.classifier, overwrite=args.overwrite,
-                                      random_weights=args.random_weights, format=args.format,
+                                      load_weights=args.load_weights, format=args.format,
                                       cache_dir=args.cache_dir, serving_model_fn=_folder(args))
     except (FileExistsError, NotADirectoryError, IsADirectoryError) as error:
         raise UsageError(str(error)) from None

@@ -45,7 +45,9 @@ def build_parser():
     for command in subparsers.choices.values():
         flags = {action.dest: action.option_strings[-1] for action in command._actions
                  if action.option_strings and action.option_strings[-1].startswith("--")}
-        switches = {action.dest for action in command._actions if isinstance(action, argparse._StoreTrueAction)}
+        # A switch's flag stands for the value it sets: --random-weights for load_weights=False.
+        switches = {action.dest: str(action.const) for action in command._actions
+                    if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction))}
         command.set_defaults(flag_names=flags, flag_switches=switches)
     return parser
 
@@ -83,18 +85,19 @@ def _main(args):
 def _as_flags(message: str, args) -> str:
     """Library messages name arguments (`weights=`); on the command line they are flags (`--weights `).
 
-    A switch set to True (`random_weights=True`) is the bare flag (`--random-weights`)."""
-    flags, switches = getattr(args, "flag_names", {}), getattr(args, "flag_switches", set())
+    A switch set to the value its flag sets (`load_weights=False`, `download=False`) is the bare
+    flag (`--random-weights`, `--no-download`)."""
+    flags, switches = getattr(args, "flag_names", {}), getattr(args, "flag_switches", {})
 
     def as_flag(match):
         name, value = match.group(1), match.group(2)
         if name not in flags:
             return match.group(0)
-        if value == "True" and name in switches:
+        if value is not None and switches.get(name) == value:
             return flags[name]
         return f"{flags[name]} {value or ''}"
 
-    return re.sub(r"\b([a-z_]+)=(True\b)?", as_flag, message)
+    return re.sub(r"\b([a-z_]+)=(?:(True|False)\b)?", as_flag, message)
 
 
 def run(argv=None):

@@ -187,7 +187,7 @@ def run_training(args):
 
     if args.variant is None and args.weights is None:
         args.variant = "r50x1"
-    if not args.random_weights:  # a release into a non-BiT network: refused before anything is downloaded
+    if args.load_weights:  # a release into a non-BiT network: refused before anything is downloaded
         from bit_keras.weights import refuse_release_into
 
         switches = {"normalization": args.norm, "weight_standardization": args.ws, "groups": args.groups}

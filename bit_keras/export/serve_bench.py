@@ -77,7 +77,7 @@ def serve_benchmark(variant="r50x1", resolution=224, *, batch=8, steps=10, laten
     except RuntimeError:  # TensorFlow already ran something in this process: its pool stays as it is
         pass
     architecture = parse_variant(variant)
-    model = BiTImageClassifier.from_weights(weights.resolve(architecture.name, random_weights=True), 1000)
+    model = BiTImageClassifier.from_weights(weights.resolve(architecture.name, load_weights=False), 1000)
     rng = np.random.default_rng(0)
     images = rng.uniform(0, 1, (batch, resolution, resolution, 3)).astype(np.float32)
     single = images[:1]

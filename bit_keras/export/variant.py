@@ -10,18 +10,18 @@ FORMATS = ("savedmodel", "keras", "keras-hub")
 
 
 def export_variant(variant, directory, *, weights=None, classifier=False, overwrite=False,
-                   random_weights=False, format="savedmodel", cache_dir=None, serving_model_fn=None) -> str:
+                   load_weights=True, format="savedmodel", cache_dir=None, serving_model_fn=None) -> str:
     """Builds `variant` with its weights (`bit_keras.weights`' rule) and exports it; returns the export's path.
 
     Args:
         variant: a released name ("m-r50x1", "BiT-S-R101x3", ...) or, with `weights` or
-            `random_weights`, an architecture ("r50x1", "r2-3-4-1x2"). None: whatever
+            `load_weights=False`, an architecture ("r50x1", "r2-3-4-1x2"). None: whatever
             architecture the `weights` file holds.
         directory: the SavedModel directory (or `.keras` file for `format="keras"`).
         weights: a local `.npz`, a URL or a release name instead of the name's own weights.
         classifier: export the logits of the checkpoint's head instead of the features.
         overwrite: replace an existing export.
-        random_weights: export untrained weights on purpose (an architecture alone is
+        load_weights: False exports untrained weights on purpose (an architecture alone is
             refused, so untrained weights are never exported by accident).
         format: "savedmodel" (TF Hub Reusable SavedModel), "keras" (a `.keras` file with named blocks)
             or "keras-hub" (a keras-hub preset directory, with the preprocessor for uint8 images).
@@ -37,14 +37,8 @@ def export_variant(variant, directory, *, weights=None, classifier=False, overwr
         check_preset_target(directory, overwrite=overwrite)
     else:
         check_export_target(directory, overwrite=overwrite)
-    choice = weights_rule.resolve(variant, weights, random_weights=random_weights, cache_dir=cache_dir)
-    if choice.random and not random_weights:
-        releases = presets.presets_for(choice.architecture)
-        named = f", a released name such as {releases[0].short_name!r}" if releases else ""
-        raise ConfigError(
-            f"{variant!r} names an architecture, not a released checkpoint, so there are no weights to export. "
-            f"Pass weights=FILE.npz (or a URL){named}, or random_weights=True to export untrained weights on "
-            f"purpose.")
+    choice = weights_rule.resolve(variant, weights, load_weights=load_weights, cache_dir=cache_dir)
+    refuse_untrained(choice, variant, load_weights=load_weights)
     if format == "keras-hub":
         from bit_keras.export.keras_hub import export_preset
         from bit_keras.preprocessing import for_preset
@@ -66,6 +60,18 @@ def export_variant(variant, directory, *, weights=None, classifier=False, overwr
 
     serving_model = serving_model_fn(model) if serving_model_fn is not None else None
     return export_model(model, directory, overwrite=overwrite, metadata=metadata, serving_model=serving_model)
+
+
+def refuse_untrained(choice, variant, *, load_weights) -> None:
+    """Untrained weights are exported only on purpose: an architecture alone (`r50x1`) is refused,
+    naming a real release of it where BiT has one."""
+    if choice.random and load_weights:
+        releases = presets.presets_for(choice.architecture)
+        named = f", a released name such as {releases[0].short_name!r}" if releases else ""
+        raise ConfigError(
+            f"{variant!r} names an architecture, not a released checkpoint, so there are no weights to export. "
+            f"Pass weights=FILE.npz (or a URL){named}, or load_weights=False to export untrained weights on "
+            f"purpose.")
 
 
 def build_for_export(choice, *, classifier=False):

@@ -287,7 +287,7 @@ class LearningRateLogger(keras.callbacks.Callback):
 
 
 def build_finetuner(source, *, num_classes, train_size=None, image_size=None, batch_size=512,
-                    micro_batch_size=None, weights=None, random_weights=False, rule=None, steps=None,
+                    micro_batch_size=None, weights=None, load_weights=True, rule=None, steps=None,
                     resolution=None, base_learning_rate=None, flip=True, crop=True, multi_label=False,
                     trainable=True, cache_dir=None, dtype=None, jit_compile="auto", strategy=None) -> FineTuner:
     """A `BiTImageClassifier` compiled with the BiT-HyperRule, with the matching input pipelines.
@@ -297,7 +297,7 @@ def build_finetuner(source, *, num_classes, train_size=None, image_size=None, ba
             architecture such as "r50x1" random ones; see `bit_keras.weights`), an exported
             SavedModel directory or `.keras` file (`bit_keras export`), or a Keras backbone.
         num_classes: classes of the new, zero-initialised head.
-        weights, random_weights: override the weights a name means (file, URL or release name).
+        weights, load_weights: override the weights a name means (a file, URL or release name; False: random).
         multi_label: sigmoid cross-entropy (BiT-M style) instead of softmax cross-entropy.
         trainable: False freezes the backbone (linear probe).
         strategy: a `tf.distribute.Strategy` (or a name for `bit_keras.distribute.make_strategy`:
@@ -326,7 +326,7 @@ def build_finetuner(source, *, num_classes, train_size=None, image_size=None, ba
         raise ConfigError(f"The backbone {source.name} was built outside this strategy's scope; build it inside "
                           "`with strategy.scope():`, or pass a model name or an exported path instead.")
     with strategy.scope():
-        backbone, variant = _load_backbone(source, weights=weights, random_weights=random_weights,
+        backbone, variant = _load_backbone(source, weights=weights, load_weights=load_weights,
                                            trainable=trainable, cache_dir=cache_dir, dtype=dtype)
         if requested_dtype is not None:
             _check_backbone_policy(backbone, requested_dtype)
@@ -374,7 +374,7 @@ def _check_backbone_policy(backbone, dtype):
                           f"export it with dtype={wanted!r}, or leave the precision at its default.")
 
 
-def _load_backbone(source, *, weights, random_weights, trainable, cache_dir, dtype):
+def _load_backbone(source, *, weights, load_weights, trainable, cache_dir, dtype):
     """(backbone, model name or None) from a model name, a `WeightsChoice`, an export or a Keras object."""
     from bit_keras import weights as weights_rule
 
@@ -389,14 +389,14 @@ def _load_backbone(source, *, weights, random_weights, trainable, cache_dir, dty
     elif weights_rule.is_export(source):
         from bit_keras.export import load_backbone
 
-        if weights is not None or random_weights:
-            raise ConfigError(f"{source} is an exported model with its own weights; drop weights= / random_weights=.")
+        if weights is not None or not load_weights:
+            raise ConfigError(f"{source} is an exported model with its own weights; drop weights= and load_weights=False.")
         if not os.path.exists(source):
             raise MissingFileError(f"No exported model at {source}.")
         backbone = load_backbone(source, trainable=trainable)
         return backbone, getattr(backbone, "variant", None)
     else:
-        choice = weights_rule.resolve(source, weights, random_weights=random_weights, cache_dir=cache_dir)
+        choice = weights_rule.resolve(source, weights, load_weights=load_weights, cache_dir=cache_dir)
     from bit_keras.backbone import BiTBackbone
 
     backbone = BiTBackbone.from_weights(choice, dtype=dtype)

@@ -59,7 +59,7 @@ def _lock_dir(source, *, output, strategy=None, **_):
 
 @runs.holding_lock(_lock_dir)
 @jax_data_parallel()  # a fresh scope per call; only on JAX with several devices
-def finetune(source, *, dataset, output, weights=None, random_weights=False, cache_dir=None,
+def finetune(source, *, dataset, output, weights=None, load_weights=True, cache_dir=None,
              examples_per_class=None, batch_size=512,
              micro_batch_size=None, steps=None, eval_every=None, flip=True, crop=True, resolution=None,
              base_learning_rate=None, train_split="train", eval_split="test", data_dir=None, download=True, seed=0,
@@ -99,9 +99,9 @@ def finetune(source, *, dataset, output, weights=None, random_weights=False, cac
     _check_arguments(dataset, train_split, eval_split, data_dir=data_dir, precision=precision,
                      examples_per_class=examples_per_class, micro_batch_size=micro_batch_size, eval_every=eval_every)
     if isinstance(source, str) and not weights_rule.is_export(source):
-        source = weights_rule.resolve(source, weights, random_weights=random_weights, cache_dir=cache_dir)
+        source = weights_rule.resolve(source, weights, load_weights=load_weights, cache_dir=cache_dir)
     if isinstance(source, weights_rule.WeightsChoice):
-        weights, random_weights = None, False
+        weights, load_weights = None, True
     output = os.fspath(output)
     if os.path.exists(os.path.join(output, METRICS_FILE)) and not overwrite:
         raise ConfigError(f"{output} holds a finished run ({METRICS_FILE}); pass --overwrite or another --output.")
@@ -119,7 +119,7 @@ def finetune(source, *, dataset, output, weights=None, random_weights=False, cac
     _seed_initial_weights(seed)  # an architecture name draws its random weights now
     ft = build_finetuner(source, num_classes=info.num_classes, train_size=train_size, image_size=info.image_size,
                          batch_size=batch_size, micro_batch_size=micro_batch_size, weights=weights,
-                         random_weights=random_weights, cache_dir=cache_dir, steps=steps,
+                         load_weights=load_weights, cache_dir=cache_dir, steps=steps,
                          resolution=resolution, base_learning_rate=base_learning_rate, flip=flip, crop=crop,
                          strategy=strategy, dtype=PRECISION_POLICIES.get(precision))  # auto: None
     eval_every = min(int(eval_every or max(1, math.ceil(ft.rule.total_steps / 10))), ft.rule.total_steps)
