@@ -64,4 +64,3 @@ def test_a_switch_value_in_a_library_message_reads_as_the_switch():
     args = build_parser().parse_args(["finetune", "--variant", "r14x1", "--dataset", "digits", "--output", "out"])
     assert _as_flags("load_weights=False; download=False; batch=512; seed=3", args) == \
         "--random-weights; --no-download; --batch 512; --seed 3"
-    assert _as_flags("load_weights=True", args) == "--random-weights True"   # not what the switch sets: spelled out
