@@ -2,9 +2,8 @@
 
 Every command and API gets its strategy here (`resolve_strategy`, `make_strategy`) and asks
 what kind it is here (`is_tpu`, `is_multi_worker`, `is_default`); only this module knows them
-apart. Tests split
-the CPU into logical devices (`split_cpu`, before TensorFlow initialises) so that
-MirroredStrategy runs with more than one replica on a machine without accelerators.
+apart. Tests split the CPU into logical devices (`split_cpu`, before TensorFlow initialises)
+so that MirroredStrategy runs with more than one replica on a machine without accelerators.
 
 Multi-worker runs follow TensorFlow's multi-worker guide: every worker runs the same
 command, only the chief writes into the run directory, and the others write into a
@@ -74,8 +73,9 @@ def resolve_strategy(strategy=None, *, tpu=None, cpu_devices=None, log=None):
 
     if keras.backend.backend() != "tensorflow":
         if strategy not in (None, "auto", "default") or tpu:
-            raise ConfigError(f"strategy={strategy or 'tpu'!r} needs the TensorFlow backend (KERAS_BACKEND=tensorflow); "
-                              "on JAX, fine-tuning uses every local device through keras.distribution.")
+            asked = f"tpu={tpu!r}" if tpu else f"strategy={strategy!r}"
+            raise ConfigError(f"{asked} needs the TensorFlow backend (KERAS_BACKEND=tensorflow); on JAX, "
+                              "fine-tuning uses every local device through keras.distribution.")
         return _NoStrategy()
     if strategy is None and not tpu:
         if cpu_devices is not None:
