@@ -16,7 +16,7 @@ def _from_preset_warnings(**kwargs):
 
 def test_an_architecture_name_warns_of_random_weights_unless_they_were_asked_for():
     (message,) = _from_preset_warnings()
-    assert message.startswith("r1-1-1-1x1: random weights (untrained") and "load_weights=False" in message
+    assert message.startswith("r14x1: random weights (untrained") and "load_weights=False" in message
     assert _from_preset_warnings(load_weights=False) == []
 
 
