@@ -123,7 +123,7 @@ def to_rgb(image):
     if image.shape.rank == 2:
         image = image[..., None]
     if image.shape[-1] == 1:
-        image = tf.image.grayscaleto_rgb(image)
+        image = tf.image.grayscale_to_rgb(image)
     elif image.shape[-1] == 4:
         image = image[..., :3]
     return image if image.dtype == tf.uint8 else tf.image.convert_image_dtype(image, tf.uint8)
