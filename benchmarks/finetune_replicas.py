@@ -33,12 +33,12 @@ def main(argv=None):
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args(argv)
 
-    from bit_keras.train.strategy import split_cpu
+    from bit_keras.distribute import split_cpu
 
     split_cpu(2)
     from bit_keras.data import load_source
     from bit_keras.finetune import build_finetuner
-    from bit_keras.train.strategy import make_strategy
+    from bit_keras.distribute import make_strategy
 
     train, info = load_source("digits", "train")
     runs = {}

@@ -15,7 +15,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from bit_keras import benchmark
+from bit_keras.bench.steps import Config, build_model, with_keras_group_norm
 from bit_keras.inference import rebuild
 from bit_keras.layers import GroupNormalization, StandardizedConv2D, _conv_output_size
 
@@ -62,10 +62,10 @@ class OldGN(GroupNormalization):
 
 def make(kind, batch=32, size=128):
     precision = "float32" if kind == "base32" else "bfloat16"
-    model = benchmark._build_model(benchmark.Config(variant="r50x1", size=size, batch=batch, mode="train",
-                                                    precision=precision))
+    model = build_model(Config(variant="r50x1", size=size, batch=batch, mode="train",
+                                precision=precision))
     if kind == "base32":
-        model = benchmark.with_keras_group_norm(model)
+        model = with_keras_group_norm(model)
     elif kind == "old":
         def old_layer(layer):
             if isinstance(layer, GroupNormalization):

@@ -18,7 +18,7 @@ def measure(variant: str, checkpoint: str) -> dict:
     import keras  # noqa: F401  (the runtime's own footprint is the baseline)
 
     import bit_keras
-    from bit_keras.benchmark import peak_rss_bytes, reset_peak_rss, rss_bytes
+    from bit_keras.bench.machine import peak_rss_bytes, reset_peak_rss, rss_bytes
 
     reset_peak_rss()  # the peak counts from here, not from a parent process's
     baseline = rss_bytes()

@@ -33,7 +33,7 @@ def main(argv=None):
     import numpy as np
 
     from bit_keras.backbone import BiTBackbone
-    from bit_keras.benchmark import parse_variant
+    from bit_keras.bench import parse_variant
     from bit_keras.classifier import BiTImageClassifier
     from bit_keras.inference import fold_standardization
 

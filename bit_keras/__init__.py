@@ -3,7 +3,7 @@
 The pipeline, module by module: `architecture` (the shape and its one walk) and `presets`
 (the releases, the name grammar) -> `layers` -> `backbone` (`BiTBackbone`) and `classifier`
 (`BiTImageClassifier`, the HyperRule head) -> `weights` (which weights a name means) with
-`checkpoint`/`download` (release .npz I/O) -> `hyperrule`/`schedules` -> data ->
+`checkpoint`/`download` (release .npz I/O) -> `hyperrule`/`learning_rates` -> data ->
 fine-tuning, upstream training, export -> `cli`.
 
 Heavy imports (Keras, keras-hub) happen on first use, so `bit_keras list` stays fast; the
@@ -41,7 +41,7 @@ _LAZY = {
     "load_backbone": "bit_keras.export",
     "read_metadata": "bit_keras.export",
     "build_finetuner": "bit_keras.finetune",
-    "WarmupStepDecay": "bit_keras.schedules",
+    "WarmupStepDecay": "bit_keras.learning_rates",
     "AccumulatingSGD": "bit_keras.optimizers",
 }
 

@@ -1,7 +1,7 @@
 """The BiT ResNet-v2 shape as data, and the one walk over its units.
 
 The Keras builder (`backbone.py`), the checkpoint key layout (`layout.py`) and the MAC
-count (`benchmark.py`) all read `Architecture.units()`, so they cannot disagree about
+count (`bench/counts.py`) all read `Architecture.units()`, so they cannot disagree about
 strides, channel counts or which unit has a projection.
 
 One spelling for every architecture, in Python and on every command line:

@@ -243,8 +243,21 @@ class BiTBackbone(StandardizesOncePerPredict, keras_hub.models.FeaturePyramidBac
             return super().from_preset(preset, load_weights=load_weights, dtype=dtype, **kwargs)
         if load_weights:
             weights_rule.refuse_release_into(preset, weights, **kwargs)
-        choice = weights_rule.resolve(preset, weights, random_weights=not load_weights, cache_dir=cache_dir)
-        return choice.build_backbone(dtype=dtype, **kwargs)
+        choice = weights_rule.resolve(preset, weights, load_weights=load_weights, cache_dir=cache_dir)
+        weights_rule.warn_if_random(choice, asked=not load_weights)
+        return cls.from_weights(choice, dtype=dtype, **kwargs)
+
+    @classmethod
+    def from_weights(cls, choice, *, dtype=None, load: bool = True, **kwargs) -> "BiTBackbone":
+        """A backbone of a `weights.WeightsChoice`'s architecture, its weights loaded (unless `load=False`)."""
+        from bit_keras import checkpoint
+
+        backbone = cls(choice.architecture.block_units, choice.architecture.width, dtype=dtype,
+                       initializer="zeros" if choice.path else "he_normal", **kwargs)
+        if choice.path and load:
+            checkpoint.load_weights(backbone, choice.path)
+        backbone.release = choice.preset  # what a keras-hub preset's metadata names
+        return backbone
 
     def save_to_preset(self, preset_dir, max_shard_size=10):
         """keras-hub's preset (config, weights) plus an image converter at the release's

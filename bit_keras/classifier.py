@@ -24,7 +24,7 @@ from bit_keras.layout import HEAD_LAYER
 from bit_keras.preprocessing import BiTImageClassifierPreprocessor
 # Imported here so that loading a fine-tuned .keras file, which names both, finds them registered.
 from bit_keras.optimizers import AccumulatingSGD
-from bit_keras.schedules import WarmupStepDecay
+from bit_keras.learning_rates import WarmupStepDecay
 from bit_keras.errors import ConfigError
 from bit_keras.inference import standardized_kernels
 from bit_keras.regularization import check_rate
@@ -206,13 +206,31 @@ class BiTImageClassifier(keras_hub.models.ImageClassifier):
             return super().from_preset(preset, load_weights=load_weights, dtype=dtype, **extra)
         if load_weights:
             weights_rule.refuse_release_into(preset, weights, **backbone_kwargs)
-        choice = weights_rule.resolve(preset, weights, random_weights=not load_weights, cache_dir=cache_dir)
+        choice = weights_rule.resolve(preset, weights, load_weights=load_weights, cache_dir=cache_dir)
+        weights_rule.warn_if_random(choice, asked=not load_weights)
         if preprocessor is True:
             from bit_keras.preprocessing import for_preset
 
             preprocessor = for_preset(choice.preset or choice.architecture)
-        return choice.build_classifier(num_classes, dtype=dtype, name=name, dropout=dropout,
-                                       preprocessor=preprocessor, **backbone_kwargs)
+        return cls.from_weights(choice, num_classes, dtype=dtype, name=name, dropout=dropout,
+                                preprocessor=preprocessor, **backbone_kwargs)
+
+    @classmethod
+    def from_weights(cls, choice, num_classes=None, *, dtype=None, name=None, dropout=0.0, preprocessor=None,
+                     **backbone_kwargs) -> "BiTImageClassifier":
+        """A classifier of a `weights.WeightsChoice`; the file's head is loaded when its class count is `num_classes`.
+
+        `backbone_kwargs` go to `BiTBackbone` (research switches), `dropout` to the classifier."""
+        from bit_keras import checkpoint
+
+        num_classes = choice.default_num_classes() if num_classes is None else num_classes
+        backbone = BiTBackbone.from_weights(choice, dtype=dtype, load=False, **backbone_kwargs)
+        model = cls(backbone, num_classes, dtype=dtype, multi_label=choice.multi_label(num_classes), name=name,
+                    dropout=dropout, preprocessor=preprocessor)
+        if choice.path:
+            checkpoint.load_weights(model, choice.path)
+        model.release = choice.preset
+        return model
 
     def _not_task_weights(self) -> list:
         # A preset holds weights, not training state: the optimizer stays out, as the backbone's layers do.

@@ -58,3 +58,7 @@ class StoppedError(BiTError, RuntimeError):
 
 class VerificationError(BiTError, RuntimeError):
     """An export does not compute what the Keras model computes (checked in its own runtime); nothing was written."""
+
+
+class UsageError(BiTError):
+    """A problem with the command-line flags themselves (a combination that cannot work); exit status 2."""

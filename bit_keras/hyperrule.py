@@ -4,7 +4,7 @@ No framework imports: the rule can be printed, tested and reused by any trainer.
 Defaults follow the paper; `public_code_resolution=True` gives the
 public code's 512 -> 480 for every model, and `schedule="public"` the public code's decay
 boundaries ([100, 200, 300, 400, 500] etc.: warm-up, three decays, end) instead of the
-paper's 30/60/90% of the steps. The learning rate is `bit_keras.schedules.learning_rate`:
+paper's 30/60/90% of the steps. The learning rate is `bit_keras.learning_rates.learning_rate`:
 the warm-up starts above 0 (the public code's starts at exactly 0) and the rate drops at a
 boundary step itself (step >= b).
 """
@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import json
 
-from bit_keras.schedules import DECAY_FACTOR, learning_rate, plan_warnings
+from bit_keras.learning_rates import DECAY_FACTOR, learning_rate, plan_warnings
 from bit_keras.errors import ConfigError
 
 BASE_BATCH = 512
@@ -35,7 +35,7 @@ PUBLIC_SCHEDULES = {
     "medium": (500, 3000, 6000, 9000, 10_000),
     "large": (500, 6000, 12_000, 18_000, 20_000),
 }
-SCHEDULES = ("paper", "public")
+SCHEDULE_SOURCES = ("paper", "public")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -115,8 +115,8 @@ def hyperrule(train_size: int, image_size, *, large_resolution=DEFAULT_LARGE_RES
         raise ConfigError(f"image_size must be (height, width). Received: image_size={image_size!r}") from None
     if len(image_size) != 2 or min(image_size) < 1:
         raise ConfigError(f"image_size must be (height, width). Received: image_size={image_size}")
-    if schedule not in SCHEDULES:
-        raise ConfigError(f"schedule must be one of {SCHEDULES}. Received: schedule={schedule!r}")
+    if schedule not in SCHEDULE_SOURCES:
+        raise ConfigError(f"schedule must be one of {SCHEDULE_SOURCES}. Received: schedule={schedule!r}")
     step_scale = BASE_BATCH / batch_size
     public = tuple(max(1, round(step * step_scale)) for step in PUBLIC_SCHEDULES[dataset_scale(train_size)])
     warmup_steps, total_steps = public[0], public[-1]

@@ -11,16 +11,13 @@ from __future__ import annotations
 
 import sys
 
+from bit_keras.distribute import is_tpu
 from bit_keras.errors import ConfigError
 
 PRECISION_POLICIES = {"float32": "float32", "bfloat16": "mixed_bfloat16"}
 PRECISIONS = ("auto", *PRECISION_POLICIES)
 BFLOAT16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")  # x86 instructions that compute in bfloat16
 EMULATED_BFLOAT16_SLOWDOWN = "about 10x"
-
-
-def is_tpu(strategy) -> bool:
-    return type(strategy).__name__.startswith("TPUStrategy")
 
 
 def resolve_precision(precision: str, strategy=None) -> str:

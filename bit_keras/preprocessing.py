@@ -16,9 +16,7 @@ import keras_hub
 import numpy as np
 
 from bit_keras.backbone import BiTBackbone
-
-# BiT evaluates its releases at these resolutions; a converter for a name gets the release's.
-DEFAULT_RESOLUTION = 224
+from bit_keras.presets import EVALUATION_RESOLUTION as DEFAULT_RESOLUTION  # a converter for a name gets its release's
 
 
 def _is_float(images) -> bool:

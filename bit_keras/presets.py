@@ -19,6 +19,7 @@ from bit_keras.errors import ConfigError
 from bit_keras.hyperrule import DEFAULT_LARGE_RESOLUTION
 
 RELEASE_URL = "https://storage.googleapis.com/bit_models"
+EVALUATION_RESOLUTION = 224  # what an architecture, BiT-S and BiT-M are evaluated at (the ILSVRC fine-tunes: more)
 HYPERRULE_RESOLUTION = DEFAULT_LARGE_RESOLUTION  # (resize, crop) for images of 96x96 px and more
 HYPERRULE_RESOLUTION_R152X4 = (512, 480)         # the paper's larger crop for its largest model
 RELEASED_ARCHITECTURES = ("r50x1", "r50x3", "r101x1", "r101x3", "r152x2", "r152x4")

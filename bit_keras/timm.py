@@ -34,7 +34,7 @@ import numpy as np
 
 from bit_keras import files, layout
 from bit_keras.architecture import Architecture
-from bit_keras.errors import CheckpointError
+from bit_keras.errors import CheckpointError, DownloadError
 
 HF_SCHEME = "hf://timm/"
 HF_URL = "https://huggingface.co/timm/{name}/resolve/main/model.safetensors"
@@ -184,5 +184,14 @@ def fetch(name, directory=None) -> str:
     from bit_keras import download
 
     url = HF_URL.format(name=name)
-    path = download.fetch(url, f"{name}.safetensors", directory=directory)
+    path = download.fetch(url, f"{name}.safetensors", directory=directory, verify=_verify_download)
     return as_npz(path, directory)
+
+
+def _verify_download(source, path) -> None:
+    """What the download cache checks before keeping a timm file: its header and key names."""
+    try:
+        header, _ = read_safetensors_header(path)
+        architecture_of({name: tuple(entry["shape"]) for name, entry in header.items()})
+    except (CheckpointError, KeyError, TypeError, ValueError) as error:
+        raise DownloadError(f"{source} is not a usable timm BiT safetensors file ({error}); nothing was cached.") from None

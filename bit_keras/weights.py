@@ -5,7 +5,7 @@
   naming the cache path and the URL;
 - an architecture (`r50x1`, `r2-3-4-1x2`) means random weights (`WeightsChoice.random`);
 - `weights=` (a local `.npz`, a URL or a release name) overrides either;
-- `random_weights=True` asks for random weights on a released name;
+- `load_weights=False` asks for random weights on a released name (keras-hub's spelling; `--random-weights`);
 - timm's names (`resnetv2_50x1_bit.goog_in21k`) are release names; `hf://timm/NAME` (as a
   name or `weights=`) and a local timm `.safetensors` file read timm's layout (`timm.py`).
 
@@ -53,51 +53,27 @@ class WeightsChoice:
         """The head a classifier gets by default: the file's, else the release's, else 1000."""
         return self.checkpoint_classes or (self.preset.num_classes if self.preset else 1000)
 
-    def build_backbone(self, *, dtype=None, load: bool = True, **kwargs):
-        """A `BiTBackbone` of this architecture, with the weights loaded (unless `load=False`)."""
-        from bit_keras.backbone import BiTBackbone
-
-        backbone = BiTBackbone(self.architecture.block_units, self.architecture.width, dtype=dtype,
-                               initializer="zeros" if self.path else "he_normal", **kwargs)
-        if self.path and load:
-            checkpoint.load_weights(backbone, self.path)
-        backbone.release = self.preset  # what a keras-hub preset's metadata names
-        return backbone
-
-    def build_classifier(self, num_classes=None, *, dtype=None, name=None, dropout=0.0, preprocessor=None,
-                         **backbone_kwargs):
-        """A `BiTImageClassifier`; the file's head is loaded when its class count is `num_classes`.
-
-        `backbone_kwargs` go to `BiTBackbone` (research switches), `dropout` to the classifier."""
-        from bit_keras.classifier import BiTImageClassifier
-
-        num_classes = self.default_num_classes() if num_classes is None else num_classes
-        same_head = self.preset is not None and num_classes == self.preset.num_classes
-        model = BiTImageClassifier(self.build_backbone(dtype=dtype, load=False, **backbone_kwargs), num_classes,
-                                   dtype=dtype, multi_label=same_head and self.preset.multi_label, name=name,
-                                   dropout=dropout, preprocessor=preprocessor)
-        if self.path:
-            checkpoint.load_weights(model, self.path)
-        model.release = self.preset
-        return model
+    def multi_label(self, num_classes) -> bool:
+        """Whether a head of `num_classes` is the release's own multi-label (sigmoid) head."""
+        return self.preset is not None and num_classes == self.preset.num_classes and self.preset.multi_label
 
 
-def resolve(name=None, weights=None, *, random_weights: bool = False, cache_dir=None) -> WeightsChoice:
+def resolve(name=None, weights=None, *, load_weights: bool = True, cache_dir=None) -> WeightsChoice:
     """Applies the weights rule to a model name and an optional `weights=` override.
 
     `name=None` takes the architecture from the `weights` file (any depth and width).
     """
-    if weights is not None and random_weights:
-        raise ConfigError("Pass either weights=... or random_weights=True (--random-weights), not both.")
+    if weights is not None and not load_weights:
+        raise ConfigError("Pass either weights=... or load_weights=False, not both.")
     if name is None and weights is None:
         raise ConfigError("Name a model (e.g. 'm-r50x1') or a checkpoint (weights=FILE.npz).")
     from bit_keras import timm
 
-    if timm.hub_name(name) is not None and weights is None and not random_weights:
+    if timm.hub_name(name) is not None and weights is None and load_weights:
         weights = name  # `hf://timm/NAME`: timm's own file from the Hugging Face Hub
     architecture, preset = presets.resolve(timm.hub_name(name) or name) if name is not None else (None, None)
     if weights is None:
-        if preset is None or random_weights:
+        if preset is None or not load_weights:
             return WeightsChoice(architecture, None, "random", preset)
         return _checked(architecture, preset, download.fetch_preset(preset, directory=cache_dir), preset.url)
     weights = os.fspath(weights)
@@ -132,6 +108,23 @@ def _checked(architecture, preset, path, source) -> WeightsChoice:
     return WeightsChoice(held, path, source, preset, info.num_classes)
 
 
+def warn_if_random(choice, *, asked: bool) -> None:
+    """Python's counterpart of the CLI's first line: a name that means random weights says so (once per call site).
+
+    Silent when random weights were asked for (`load_weights=False`)."""
+    if choice.random and not asked:
+        import warnings
+
+        warnings.warn(f"{choice.describe()}. Pass load_weights=False to ask for random weights without this "
+                      "warning.", UserWarning, stacklevel=3)
+
+
+def is_export(source) -> bool:
+    """Whether a model source is an export that carries its own weights: a directory (SavedModel,
+    keras-hub preset) or a `.keras` file, rather than a name the weights rule resolves."""
+    return isinstance(source, (str, os.PathLike)) and (os.path.isdir(source) or os.fspath(source).endswith(".keras"))
+
+
 def release_refusal(release: str, network: dict) -> str:
     """One line: release weights do not fit the research network asked for, and what to change."""
     differ = [f"{key}={value!r}" for key, value in network.items()
@@ -140,7 +133,7 @@ def release_refusal(release: str, network: dict) -> str:
             f"it; this model asks for {', '.join(differ) or layout.describe_network(network)}. Drop "
             f"{'that switch' if len(differ) == 1 else 'those switches'} (defaults: "
             f"{layout.network_switches(layout.BIT_NETWORK)}) or train this network from random weights "
-            f"(load_weights=False / --random-weights).")
+            f"(load_weights=False).")
 
 
 def refuse_release_into(name=None, weights=None, *, normalization="group", weight_standardization=True,

@@ -55,7 +55,7 @@ def digits(image_size, seed=0):
 def hyperrule_schedule(tf_keras, rule):
     """bit_keras's HyperRule learning rate (warm-up, /10 at each decay) as a tf-keras schedule."""
     import tensorflow as tf
-    from bit_keras.schedules import learning_rate
+    from bit_keras.learning_rates import learning_rate
 
     class HyperRuleSchedule(tf_keras.optimizers.schedules.LearningRateSchedule):
         def __call__(self, step):

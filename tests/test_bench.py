@@ -1,4 +1,4 @@
-"""`bit_keras bench` and bit_keras.benchmark: the report's format and the MAC count (not speed)."""
+"""`bit_keras bench` and bit_keras.bench: the report's format and the MAC count (not speed)."""
 
 import json
 import subprocess
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import bit_keras
-from bit_keras import benchmark
+from bit_keras import bench
 from bit_keras.cli import main as cli_main
 
 TINY = "r1-1-1-1x1"  # the custom-architecture spelling every command takes
@@ -30,13 +30,13 @@ def _conv_macs_from_model(block_units, width, size, classes):
 
 @pytest.mark.parametrize("size", [64, 97])  # 97: odd sizes round like the padding does
 def test_mac_count_matches_the_built_model(size):
-    assert benchmark.count_macs(bit_keras.Architecture((1, 2, 1, 1), 1), size, 10) == _conv_macs_from_model((1, 2, 1, 1), 1, size, 10)
+    assert bench.count_macs(bit_keras.Architecture((1, 2, 1, 1), 1), size, 10) == _conv_macs_from_model((1, 2, 1, 1), 1, size, 10)
 
 
 def test_r50x1_macs_are_resnet50s():
     # ResNet-50's convolutions and head: 4.09 GMACs at 224 (torchvision's figure). timm's
     # 4.23 also counts the elementwise layers, so it may only be a few percent higher.
-    macs = benchmark.count_macs(bit_keras.Architecture.parse("r50x1"), 224, 1000)
+    macs = bench.count_macs(bit_keras.Architecture.parse("r50x1"), 224, 1000)
     assert round(macs / 1e9, 2) == 4.09
     assert 1.0 < 4.23e9 / macs < 1.05
 
@@ -49,7 +49,7 @@ def test_straightforward_baseline_computes_the_same_function():
     for variable in model.variables:
         if variable.path.endswith(("gamma", "beta", "bias")) or "head" in variable.path:
             variable.assign(rng.uniform(0.5, 1.5, variable.shape))
-    plain = benchmark.with_keras_group_norm(model)
+    plain = bench.with_keras_group_norm(model)
     assert isinstance(plain.get_layer("block1-unit01-b-group_norm"), keras.layers.GroupNormalization)
     images = rng.uniform(0, 1, (2, 48, 48, 3)).astype("float32")
     expected = np.asarray(model(images))
@@ -57,10 +57,10 @@ def test_straightforward_baseline_computes_the_same_function():
 
 
 def test_parse_variant():
-    assert benchmark.parse_variant("BiT-M-R50x1") == bit_keras.Architecture((3, 4, 6, 3), 1)
-    assert benchmark.parse_variant("r1-2-1-1x2") == bit_keras.Architecture((1, 2, 1, 1), 2)
+    assert bench.parse_variant("BiT-M-R50x1") == bit_keras.Architecture((3, 4, 6, 3), 1)
+    assert bench.parse_variant("r1-2-1-1x2") == bit_keras.Architecture((1, 2, 1, 1), 2)
     with pytest.raises(ValueError, match="Unknown BiT model"):
-        benchmark.parse_variant("r51x1")
+        bench.parse_variant("r51x1")
 
 
 def test_cli_json_report_with_baseline():
@@ -76,7 +76,7 @@ def test_cli_json_report_with_baseline():
     assert (baseline["jit"], baseline["fold"], tuned["jit"], tuned["fold"]) == (False, False, True, True)
     assert baseline["straightforward"] and not tuned["straightforward"]
     assert baseline["speedup_vs_first"] == 1.0
-    macs = benchmark.count_macs(bit_keras.Architecture((1, 1, 1, 1), 1), 64, 1000)
+    macs = bench.count_macs(bit_keras.Architecture((1, 1, 1, 1), 1), 64, 1000)
     for entry in report["results"]:
         assert len(entry["step_seconds_all"]) == 2
         assert entry["images_per_second"] == pytest.approx(2 / entry["step_seconds"])
@@ -118,7 +118,7 @@ def test_bfloat16_rows_report_both_peaks(capsys):
     for precision in ("float32", "bfloat16"):
         assert row[f"fraction_of_{precision}_peak"] == pytest.approx(
             row["model_gflops_per_second"] / row[f"{precision}_peak_gflops_per_second"])
-    line = benchmark.format_result(row)
+    line = bench.format_result(row)
     assert "% of the measured bfloat16 peak (" in line and "% of the float32 peak (" in line
 
 
@@ -136,23 +136,23 @@ def test_input_mode_reports_supply_next_to_consumption(capsys):
 
 
 def test_input_throughput_runs_the_real_pipeline(tmp_path):
-    benchmark.make_jpegs(str(tmp_path), count=6, image_size=(40, 60), classes=2)
+    bench.make_jpegs(str(tmp_path), count=6, image_size=(40, 60), classes=2)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["class0", "class1"]
-    result = benchmark.input_throughput(str(tmp_path), crop=32, batch=2, threads=1, batches=2, warmup=1)
+    result = bench.input_throughput(str(tmp_path), crop=32, batch=2, threads=1, batches=2, warmup=1)
     assert result["output_shape"] == [2, 32, 32, 3] and result["threads"] == 1
     assert result["source_images"] == 6 and result["source_image_size"] == [40, 60]
     assert result["images_per_second"] > 0
 
 
 def test_measure_memory_runs_a_fresh_subprocess():
-    row = benchmark.measure_memory(TINY, 32, 1, accumulation=2, updates=1, accumulator="keras")
+    row = bench.measure_memory(TINY, 32, 1, accumulation=2, updates=1, accumulator="keras")
     assert (row["micro_batch"], row["accumulation"], row["batch"], row["accumulator"]) == (1, 2, 2, "keras")
     assert row["parameters"] == row["parameters_counted"]
     assert row["peak_rss_bytes"] >= row["rss_after_build_bytes"] > 100 * 2**20
-    assert row["activation_estimate_bytes"] == benchmark.activation_bytes(bit_keras.Architecture((1, 1, 1, 1), 1), 32, 1)
+    assert row["activation_estimate_bytes"] == bench.activation_bytes(bit_keras.Architecture((1, 1, 1, 1), 1), 32, 1)
     assert row["optimizer_state_estimate_bytes"] == 4 * 4 * row["parameters"]  # weights, gradients, momentum, accumulator
     with pytest.raises(ValueError, match="accumulator must be one of momentum, keras"):
-        benchmark.measure_memory(TINY, 32, 1, accumulation=2, accumulator="adam")
+        bench.measure_memory(TINY, 32, 1, accumulation=2, accumulator="adam")
 
 
 def test_a_row_killed_for_memory_reads_does_not_fit(tmp_path, monkeypatch):
@@ -160,13 +160,13 @@ def test_a_row_killed_for_memory_reads_does_not_fit(tmp_path, monkeypatch):
     python = tmp_path / "python"
     python.write_text("#!/bin/sh\nkill -9 $$\n")
     python.chmod(0o755)
-    monkeypatch.setattr(benchmark.sys, "executable", str(python))
-    row = benchmark.measure_memory(TINY, 32, 2, accumulation=2)
+    monkeypatch.setattr(bench.memory.sys, "executable", str(python))
+    row = bench.measure_memory(TINY, 32, 2, accumulation=2)
     assert row["fits"] is False and row["rss_after_build_bytes"] is None
     report = {"variant": TINY, "size": 32, "precision": "float32", "rows": [row]}
-    line = benchmark.format_memory_report(report)[1]
+    line = bench.format_memory_report(report)[1]
     assert line.startswith("micro-batch 2, accumulation 2: does not fit: killed (out of memory) at ")
-    assert line.endswith(f"on a machine with {benchmark.machine_memory_bytes() / 2**30:.1f} GiB")
+    assert line.endswith(f"on a machine with {bench.machine_memory_bytes() / 2**30:.1f} GiB")
 
 
 def test_memory_mode_rows_and_per_image(monkeypatch, capsys):
@@ -179,16 +179,16 @@ def test_memory_mode_rows_and_per_image(monkeypatch, capsys):
                 "activation_estimate_bytes": 2**30 * micro_batch,
                 "optimizer_state_estimate_bytes": 2**29 * (3 + keras_accumulator)}
 
-    monkeypatch.setattr(benchmark, "measure_memory", fake)
+    monkeypatch.setattr(bench.memory, "measure_memory", fake)
     assert _run_cli("--variant", TINY, "--resolution", "32", "--mode", "memory", "--micro-batch", "1,2",
                     "--accumulation", "2", "--accumulator", "keras,momentum", "--json") == 0
     report = json.loads(capsys.readouterr().out)
     assert [(r["micro_batch"], r["accumulation"], r["batch"], r["accumulator"]) for r in report["rows"]] == [
         (1, 1, 1, "momentum"), (2, 1, 2, "momentum"), (2, 2, 4, "keras"), (2, 2, 4, "momentum")]
     assert report["measured_bytes_per_image"] == 300 * 2**20
-    assert report["estimated_activation_bytes_per_image"] == benchmark.activation_bytes(
+    assert report["estimated_activation_bytes_per_image"] == bench.activation_bytes(
         bit_keras.Architecture((1, 1, 1, 1), 1), 32)
-    lines = benchmark.format_memory_report(report)
+    lines = bench.format_memory_report(report)
     assert lines[0].startswith(f"memory: {TINY} fine-tuning at 32px, float32")
     assert lines[1] == ("micro-batch 1, no accumulation: peak RSS 1.27 GiB (after building 0.88 GiB; estimate: "
                         "activations 1.00 GiB + weights/gradients/momentum 1.50 GiB)")
@@ -204,7 +204,7 @@ def test_memory_mode_rows_and_per_image(monkeypatch, capsys):
 
 def test_memory_mode_defaults_to_the_hyperrules_crop(monkeypatch, capsys):
     seen = {}
-    monkeypatch.setattr(benchmark, "memory_report",
+    monkeypatch.setattr(bench.memory, "memory_report",
                         lambda variant, size, micro_batches, **kw: seen.update(size=size, mb=micro_batches) or
                         {"machine": "m", "variant": variant, "size": size, "precision": "float32", "rows": []})
     assert _run_cli("--variant", "r152x4", "--mode", "memory", "--micro-batch", "1,4") == 0
@@ -216,12 +216,12 @@ def test_memory_mode_defaults_to_the_hyperrules_crop(monkeypatch, capsys):
 def test_parameter_count_and_activation_estimate():
     for units, width in (((1, 1, 1, 1), 1), ((1, 2, 1, 1), 2)):
         model = bit_keras.BiTImageClassifier(bit_keras.BiTBackbone(units, width), 10)
-        assert benchmark.parameter_count(bit_keras.Architecture(units, width), 10) == model.count_params()
+        assert bit_keras.Architecture(units, width).num_params(10) == model.count_params()
     r50 = bit_keras.Architecture.parse("r50x1")
-    assert benchmark.activation_bytes(r50, 224, 4) == 4 * benchmark.activation_bytes(r50, 224, 1)
-    assert benchmark.activation_bytes(r50, 224, 1, 2) * 2 == benchmark.activation_bytes(r50, 224, 1, 4)
+    assert bench.activation_bytes(r50, 224, 4) == 4 * bench.activation_bytes(r50, 224, 1)
+    assert bench.activation_bytes(r50, 224, 1, 2) * 2 == bench.activation_bytes(r50, 224, 1, 4)
     # ResNet-50 keeps on the order of 100 MB of float32 activations per 224 px image for training.
-    assert 50e6 < benchmark.activation_bytes(r50, 224) < 300e6
+    assert 50e6 < bench.activation_bytes(r50, 224) < 300e6
 
 
 @pytest.mark.parametrize("args, message", [

@@ -233,13 +233,13 @@ def test_tfds_download_fails_fast_when_the_host_is_unreachable(tmp_path, monkeyp
     """Offline, tfds retried for minutes; one probe of the download host fails in seconds, making no folder."""
     import time
 
-    from bit_keras.data import sources
+    from bit_keras.data import tfds
 
-    builder = sources._tfds_builder("cifar10", str(tmp_path / "tfds"))
-    assert sources._download_hosts(builder) == [("www.cs.toronto.edu", 443)]   # from tfds's metadata
+    builder = tfds.tfds_builder("cifar10", str(tmp_path / "tfds"))
+    assert tfds.download_hosts(builder) == [("www.cs.toronto.edu", 443)]   # from tfds's metadata
     monkeypatch.setenv("https_proxy", "http://proxy.example:3128")
-    assert sources._download_hosts(builder) == [("proxy.example", 3128)]
-    monkeypatch.setattr(sources, "_download_hosts", lambda builder: [("127.0.0.1", 9)])   # nothing listens
+    assert tfds.download_hosts(builder) == [("proxy.example", 3128)]
+    monkeypatch.setattr(tfds, "download_hosts", lambda builder: [("127.0.0.1", 9)])   # nothing listens
     start = time.monotonic()
     with pytest.raises(FileNotFoundError, match=r"tfds:cifar10 is not prepared in .* \(127.0.0.1:9 cannot be reached"):
         load_source("tfds:cifar10", data_dir=str(tmp_path / "tfds"))
@@ -247,11 +247,11 @@ def test_tfds_download_fails_fast_when_the_host_is_unreachable(tmp_path, monkeyp
 
 
 def test_prepared_tfds_is_not_probed_and_bad_slices_are_one_line(tiny_tfds, tmp_path, monkeypatch):
-    from bit_keras.data import sources, split_size
+    from bit_keras.data import split_size, tfds
     from bit_keras.errors import ConfigError
 
     name, data_dir = tiny_tfds
-    monkeypatch.setattr(sources, "_unreachable", lambda hosts: pytest.fail("a prepared dataset was probed"))
+    monkeypatch.setattr(tfds, "unreachable", lambda hosts: pytest.fail("a prepared dataset was probed"))
     assert load_source(name, "train", data_dir=data_dir)[1].train_size == 10
     assert split_size(name, "test", data_dir=data_dir) == 4 and split_size(name, "train[:50%]", data_dir=data_dir) == 5
     assert split_size(name, data_dir=str(tmp_path / "none")) is None and not (tmp_path / "none").exists()

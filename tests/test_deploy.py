@@ -86,8 +86,9 @@ def relative_difference(actual, expected):
 @pytest.fixture(scope="module")
 def keras_model(checkpoint_file):
     from bit_keras import weights
+    from bit_keras.classifier import BiTImageClassifier
 
-    return weights.resolve(None, checkpoint_file[0]).build_classifier()
+    return BiTImageClassifier.from_weights(weights.resolve(None, checkpoint_file[0]))
 
 
 @pytest.fixture(scope="module")
@@ -203,11 +204,12 @@ def test_truncated_or_corrupt_export_is_refused_in_one_line(fmt, exports, tmp_pa
 
 def test_an_export_that_misses_the_tolerance_is_not_written(checkpoint_file, tmp_path, monkeypatch):
     from bit_keras import weights
+    from bit_keras.classifier import BiTImageClassifier
     from bit_keras.errors import VerificationError
     from bit_keras.export import formats, verify
 
     monkeypatch.setattr(verify, "FLOAT_TOLERANCE", -1.0)  # no file can pass
-    model = weights.resolve(None, checkpoint_file[0]).build_classifier()
+    model = BiTImageClassifier.from_weights(weights.resolve(None, checkpoint_file[0]))
     output = tmp_path / "model.tflite"
     with pytest.raises(VerificationError, match="nothing was written"):
         formats.export_deployable(model, output, format="litert", resolution=RESOLUTION, log=lambda _: None)

@@ -30,10 +30,10 @@ FINETUNE = ["--dataset", "digits", "--batch", "16", "--steps", "3", "--eval-ever
 
 COMPARE_SCRIPT = r"""
 import json, sys
-from bit_keras.train.strategy import split_cpu
+from bit_keras.distribute import split_cpu
 split_cpu(2)
 from bit_keras.finetune.runner import evaluate, finetune
-from bit_keras.train.strategy import make_strategy
+from bit_keras.distribute import make_strategy
 
 tmp, backbone = sys.argv[1], sys.argv[2]
 headers = {}
@@ -322,7 +322,7 @@ def test_tf_config_outside_its_cluster_and_impossible_hardware_flags_are_one_lin
         tmp_path, monkeypatch, capsys):
     from bit_keras.cli import main as cli_main
     from bit_keras.errors import ConfigError
-    from bit_keras.train.strategy import task_of
+    from bit_keras.distribute import task_of
 
     workers = ["127.0.0.1:1", "127.0.0.1:2"]
     for task, problem in [({"type": "worker", "index": 2}, "(worker 2) is outside its cluster (worker: 2 task(s))"),
@@ -361,7 +361,7 @@ def test_a_lost_peer_is_named_in_one_line_and_anything_else_keeps_its_traceback(
     import tensorflow as tf
 
     from bit_keras.errors import ClusterError
-    from bit_keras.train.strategy import lost_worker_error
+    from bit_keras.distribute import lost_worker_error
 
     class CollectiveAllReduceStrategy:   # what MultiWorkerMirroredStrategy() returns, without a cluster
         cluster_resolver = None
@@ -384,7 +384,7 @@ def test_a_lost_peer_is_named_in_one_line_and_anything_else_keeps_its_traceback(
 SIGTERM_AFTER_JOINING = r"""
 import json, os, signal, sys, time
 os.environ["TF_CONFIG"] = json.dumps({"cluster": {"worker": [sys.argv[1]]}, "task": {"type": "worker", "index": 0}})
-from bit_keras.train.strategy import multi_worker_strategy
+from bit_keras.distribute import multi_worker_strategy
 multi_worker_strategy()
 os.kill(os.getpid(), signal.SIGTERM)   # TensorFlow's cluster agent would swallow it
 time.sleep(30)
@@ -513,7 +513,7 @@ def test_vtab_passes_the_strategy_to_every_finetune_and_only_the_chief_writes_th
 
 def test_the_chief_is_the_chief_task_or_worker_0(monkeypatch):
     from bit_keras.errors import SetupError
-    from bit_keras.train.strategy import choose_strategy_name, is_chief, multi_worker_strategy
+    from bit_keras.distribute import choose_strategy_name, is_chief, multi_worker_strategy
 
     for name in ("TF_CONFIG", "SLURM_PROCID", "SLURM_STEP_NUM_TASKS", "SLURM_STEP_NODELIST"):
         monkeypatch.delenv(name, raising=False)

@@ -186,10 +186,10 @@ def test_a_fine_tuned_classifier_exports_its_logits(tmp_path):
 def test_random_weights_only_on_request(tmp_path):
     from bit_keras.export.variant import export_variant
 
-    with pytest.raises(ValueError, match="random_weights=True"):
+    with pytest.raises(ValueError, match="load_weights=False"):
         export_variant("r50x1", tmp_path / "a")
     with pytest.raises(ValueError, match="not both"):
-        export_variant("r50x1", tmp_path / "b", weights="x.npz", random_weights=True)
+        export_variant("r50x1", tmp_path / "b", weights="x.npz", load_weights=False)
     assert not any(tmp_path.iterdir())
 
 

@@ -10,7 +10,7 @@ import bit_keras
 from bit_keras.data import from_arrays
 from bit_keras.finetune import build_finetuner, shorten
 from bit_keras.hyperrule import hyperrule
-from bit_keras.schedules import WarmupStepDecay
+from bit_keras.learning_rates import WarmupStepDecay
 
 
 def _tiny_backbone():

@@ -17,7 +17,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CHECK = r'''
 import numpy as np, keras
 from bit_keras.optimizers import AccumulatingSGD
-from bit_keras.schedules import WarmupStepDecay
+from bit_keras.learning_rates import WarmupStepDecay
 
 
 def check(steps=3, updates=4, momentum=0.9):

@@ -74,10 +74,10 @@ def test_finetune_curves_draw_the_learning_rate_of_every_update(tmp_path, monkey
 def test_a_train_run_leaves_curves_png_once_it_has_logged(tmp_path):
     from bit_keras.data import from_arrays
     from bit_keras.train.loop import TrainConfig, train
-    from bit_keras.train.schedules import SCHEDULES
+    from bit_keras.train.upstream_schedules import UPSTREAM_SCHEDULES
 
     config = TrainConfig(model_dir=str(tmp_path), dataset="arrays", block_units=(1, 1, 1, 1), width=1, max_steps=0,
-                         log_every=1, schedule=SCHEDULES["bit-s"].replace(batch_size=8, image_size=32))
+                         log_every=1, schedule=UPSTREAM_SCHEDULES["bit-s"].replace(batch_size=8, image_size=32))
     source = from_arrays(np.zeros((16, 8, 8, 3), np.uint8), np.arange(16) % 4)
     train(config, source=source, log=lambda line: None)
     assert not (tmp_path / "curves.png").exists()  # no step logged: no picture

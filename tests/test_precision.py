@@ -43,12 +43,12 @@ def test_train_warns_in_its_header_where_bfloat16_is_emulated(tmp_path, monkeypa
     from bit_keras import precision
     from bit_keras.data import from_arrays
     from bit_keras.train.loop import TrainConfig, train
-    from bit_keras.train.schedules import SCHEDULES
+    from bit_keras.train.upstream_schedules import UPSTREAM_SCHEDULES
 
     monkeypatch.setattr(precision, "cpu_bfloat16", lambda: [])
     monkeypatch.setattr(precision, "_has_accelerator", lambda: False)
     config = TrainConfig(model_dir=str(tmp_path), dataset="arrays", block_units=(1, 1, 1, 1), width=1, max_steps=0,
-                         precision="bfloat16", schedule=SCHEDULES["bit-s"].replace(batch_size=8, image_size=32))
+                         precision="bfloat16", schedule=UPSTREAM_SCHEDULES["bit-s"].replace(batch_size=8, image_size=32))
     lines = []
     train(config, source=from_arrays(np.zeros((16, 8, 8, 3), np.uint8), np.arange(16) % 4), log=lines.append)
     assert any("no bfloat16 instructions" in line and line.startswith("warning:") for line in lines), lines

@@ -137,13 +137,13 @@ def test_train_refuses_a_file_model_dir_before_touching_anything(tmp_path):
 
 def _config(model_dir, **schedule):
     from bit_keras.train.loop import TrainConfig
-    from bit_keras.train.schedules import SCHEDULES
+    from bit_keras.train.upstream_schedules import UPSTREAM_SCHEDULES
 
     max_steps = schedule.pop("max_steps", 0)
     init_weights = schedule.pop("init_weights", None)
     return TrainConfig(model_dir=str(model_dir), dataset="arrays", block_units=UNITS, width=1, log_every=1,
                        checkpoint_every=2, max_steps=max_steps, init_weights=init_weights,
-                       schedule=SCHEDULES["bit-s"].replace(batch_size=8, image_size=32, **schedule))
+                       schedule=UPSTREAM_SCHEDULES["bit-s"].replace(batch_size=8, image_size=32, **schedule))
 
 
 def _source():

@@ -14,8 +14,8 @@ import pytest
 
 import bit_keras
 from bit_keras.hyperrule import hyperrule
-from bit_keras.schedules import WarmupStepDecay
-from bit_keras.train.schedules import SCHEDULES
+from bit_keras.learning_rates import WarmupStepDecay
+from bit_keras.train.upstream_schedules import UPSTREAM_SCHEDULES
 
 
 def expected(step, peak, warmup, boundaries):
@@ -25,7 +25,7 @@ def expected(step, peak, warmup, boundaries):
 
 
 RULE = hyperrule(10_000, (32, 32))                                        # the paper: N < 20k
-UPSTREAM = SCHEDULES["bit-s"]
+UPSTREAM = UPSTREAM_SCHEDULES["bit-s"]
 CASES = {   # name: (schedule, pure-Python rate, peak, warm-up, boundaries, steps) as the spec gives them
     "hyperrule": (WarmupStepDecay.from_rule(RULE), RULE.learning_rate, 0.003, 100, (150, 300, 450), 500),
     "hyperrule-boundary-in-warmup": (
@@ -77,14 +77,14 @@ def test_steps_per_update_counts_updates_not_micro_batches_and_serializes():
 
 
 def test_the_pure_modules_do_not_import_tensorflow():
-    code = "import bit_keras.schedules, bit_keras.hyperrule, sys; assert 'tensorflow' not in sys.modules"
+    code = "import bit_keras.learning_rates, bit_keras.hyperrule, sys; assert 'tensorflow' not in sys.modules"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
 
 
 def test_plans_that_cannot_work_are_named():
     from bit_keras.hyperrule import shorten
-    from bit_keras.schedules import plan_warnings
+    from bit_keras.learning_rates import plan_warnings
 
     assert plan_warnings(500, 100, (150, 300, 450)) == [] and hyperrule(10_000, (32, 32)).warnings() == []
     long_warmup = plan_warnings(405, 5000, (135, 270, 360))
@@ -101,7 +101,7 @@ def test_train_says_so_in_its_header(tmp_path):
     from bit_keras.train.loop import TrainConfig, train
 
     lines = []
-    schedule = SCHEDULES["bit-s"].replace(batch_size=8, image_size=32)   # warm-up 5000 on 16 images
+    schedule = UPSTREAM_SCHEDULES["bit-s"].replace(batch_size=8, image_size=32)   # warm-up 5000 on 16 images
     train(TrainConfig(model_dir=str(tmp_path), dataset="arrays", schedule=schedule, block_units=(1, 1, 1, 1),
                       max_steps=0), source=from_arrays(np.zeros((16, 8, 8, 3), np.uint8), np.arange(16) % 4),
           log=lines.append)

@@ -28,9 +28,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def _config(tmp_path, name, **changes):
     from bit_keras.train.loop import TrainConfig
     from bit_keras.train.recipes import TrainingOptions
-    from bit_keras.train.schedules import SCHEDULES
+    from bit_keras.train.upstream_schedules import UPSTREAM_SCHEDULES
 
-    schedule = SCHEDULES["bit-s"].replace(batch_size=8, image_size=SIZE, warmup_steps=2,
+    schedule = UPSTREAM_SCHEDULES["bit-s"].replace(batch_size=8, image_size=SIZE, warmup_steps=2,
                                           epochs=changes.pop("epochs", 1), multi_label=changes.pop("multi_label", False),
                                           base_learning_rate=changes.pop("base_lr", 0.03))
     options = TrainingOptions(**changes.pop("options", {}))
@@ -64,8 +64,8 @@ def _numpy_counts(params, images, labels):
 # ------------------------------------------------------------------ schedule, recipe, flags (no training)
 
 def test_cosine_schedule_matches_the_numpy_formula():
-    from bit_keras.schedules import WarmupCosineDecay
-    from bit_keras.train.schedules import SCHEDULES
+    from bit_keras.learning_rates import WarmupCosineDecay
+    from bit_keras.train.upstream_schedules import UPSTREAM_SCHEDULES
 
     peak, warmup, total = 0.48, 10, 100
     schedule = WarmupCosineDecay(peak, warmup, total)
@@ -76,7 +76,7 @@ def test_cosine_schedule_matches_the_numpy_formula():
     got = np.array([float(schedule(int(s))) for s in steps])
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-7)   # float32 cosine near 0
     assert got[steps.tolist().index(9)] == pytest.approx(peak) and got[-1] > 0   # peak after warm-up; last > 0
-    plan = SCHEDULES["bit-s"].replace(lr_schedule="cosine", batch_size=4096, warmup_steps=warmup,
+    plan = UPSTREAM_SCHEDULES["bit-s"].replace(lr_schedule="cosine", batch_size=4096, warmup_steps=warmup,
                                       epochs=total * 4096 / 1e5).plan(100_000)
     assert plan.total_steps == total and plan.decay_steps == ()
     np.testing.assert_allclose([plan.learning_rate(int(s)) for s in steps], expected, rtol=1e-12)
@@ -187,13 +187,13 @@ def test_a_bad_eval_split_is_named_as_eval_split(tmp_path, dry_run):
 
 def test_data_is_checked_before_the_strategy_is_made(tmp_path, monkeypatch):
     from bit_keras.errors import ConfigError, MissingFileError
-    from bit_keras.train import strategy
+    from bit_keras import distribute
     from bit_keras.train.loop import train
 
     def no_strategy(*args, **kwargs):
         raise AssertionError("the strategy was made before the data was checked")
 
-    monkeypatch.setattr(strategy, "make_strategy", no_strategy)
+    monkeypatch.setattr(distribute, "make_strategy", no_strategy)
     config = _config(tmp_path, "run")
     for spec, error, message in (("folder:" + str(tmp_path / "none"), MissingFileError, "--dataset"),
                                  ("nope:x", ConfigError, "Unknown dataset spec 'nope:x'"),
@@ -264,16 +264,16 @@ def test_label_smoothing_changes_the_loss_as_the_formula_says(tmp_path, multi_la
 
 EVAL_SCRIPT = r"""
 import json, sys
-from bit_keras.train.strategy import split_cpu
+from bit_keras.distribute import split_cpu
 split_cpu(2)
 from bit_keras.data import load_source
 from bit_keras.train.loop import TrainConfig, train
 from bit_keras.train.recipes import TrainingOptions
-from bit_keras.train.schedules import SCHEDULES
-from bit_keras.train.strategy import make_strategy
+from bit_keras.train.upstream_schedules import UPSTREAM_SCHEDULES
+from bit_keras.distribute import make_strategy
 
 tmp = sys.argv[1]
-schedule = SCHEDULES["bit-s"].replace(batch_size=8, image_size=16, warmup_steps=2, epochs=6 * 8 / 200,
+schedule = UPSTREAM_SCHEDULES["bit-s"].replace(batch_size=8, image_size=16, warmup_steps=2, epochs=6 * 8 / 200,
                                       base_learning_rate=0.3)
 # 50 held-out examples at a global batch of 8 (4 per replica): the last batch has 2.
 config = TrainConfig(model_dir=tmp + "/run", dataset="digits", split="train[:200]", schedule=schedule,
@@ -347,7 +347,7 @@ def _restore(path, ema):
 
     model = bit_keras.BiTImageClassifier(bit_keras.BiTBackbone(UNITS, 1), 10)
     model(np.zeros((1, SIZE, SIZE, 3), np.float32))
-    from bit_keras.schedules import WarmupStepDecay
+    from bit_keras.learning_rates import WarmupStepDecay
 
     # A schedule, as in training: the optimizer then holds no learning-rate variable.
     optimizer = keras.optimizers.SGD(WarmupStepDecay(0.1, 0, []), momentum=0.9, use_ema=True, ema_momentum=ema)

@@ -27,12 +27,12 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STRATEGIES_SCRIPT = r"""
 import json, sys
 import numpy as np
-from bit_keras.train.strategy import split_cpu
+from bit_keras.distribute import split_cpu
 split_cpu(2)
 from bit_keras.data import from_arrays
 from bit_keras.train.loop import TrainConfig, train
-from bit_keras.train.schedules import SCHEDULES
-from bit_keras.train.strategy import make_strategy
+from bit_keras.train.upstream_schedules import UPSTREAM_SCHEDULES
+from bit_keras.distribute import make_strategy
 
 tmp, init = sys.argv[1], sys.argv[2]
 data = np.load(tmp + "/data.npz")
@@ -42,7 +42,7 @@ for name, kind, multi_label, precision in [("default", "default", False, "float3
                                            ("mirrored", "mirrored", False, "float32"),
                                            ("mirrored_bf16_sigmoid", "mirrored", True, "bfloat16")]:
     # A huge weight decay, so that an L2 term counted once per replica would show in the losses.
-    schedule = SCHEDULES["bit-s"].replace(batch_size=8, image_size=32, warmup_steps=2, epochs=3 * 8 / 48,
+    schedule = UPSTREAM_SCHEDULES["bit-s"].replace(batch_size=8, image_size=32, warmup_steps=2, epochs=3 * 8 / 48,
                                           multi_label=multi_label, weight_decay=20.0)
     strategy = make_strategy(kind)
     result = train(TrainConfig(model_dir=f"{tmp}/{name}", dataset="arrays", schedule=schedule, block_units=(1, 1, 1, 1),
@@ -228,9 +228,9 @@ def test_tensorboard_scalars(interrupted_runs):
 
 def _tiny_config(tmp_path, **changes):
     from bit_keras.train.loop import TrainConfig
-    from bit_keras.train.schedules import SCHEDULES
+    from bit_keras.train.upstream_schedules import UPSTREAM_SCHEDULES
 
-    schedule = SCHEDULES["bit-s"].replace(batch_size=changes.pop("batch", 8), image_size=32)
+    schedule = UPSTREAM_SCHEDULES["bit-s"].replace(batch_size=changes.pop("batch", 8), image_size=32)
     return TrainConfig(model_dir=str(tmp_path), dataset="arrays", schedule=schedule, block_units=UNITS, width=1,
                        **changes)
 

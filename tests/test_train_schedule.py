@@ -8,9 +8,9 @@ import types
 
 import pytest
 
-from bit_keras.schedules import learning_rate
-from bit_keras.train.schedules import SCHEDULES, resolve_schedule
-from bit_keras.train.strategy import choose_strategy_name, per_replica_batch
+from bit_keras.learning_rates import learning_rate
+from bit_keras.train.upstream_schedules import UPSTREAM_SCHEDULES, resolve_schedule
+from bit_keras.distribute import choose_strategy_name, per_replica_batch
 
 IMAGENET = 1_281_167
 PEAK_4096 = 0.03 * 4096 / 256  # 0.48
@@ -22,7 +22,7 @@ PEAK_4096 = 0.03 * 4096 / 256  # 0.48
     ("bit-l", 300_000_000, 40, (10, 23, 30, 37)),    # JFT-300M
 ])
 def test_paper_schedules_at_warmup_and_every_decay(name, train_size, epochs, decays):
-    plan = SCHEDULES[name].plan(train_size)
+    plan = UPSTREAM_SCHEDULES[name].plan(train_size)
     per_epoch = train_size / 4096
     assert plan.total_steps == round(epochs * per_epoch)
     assert plan.learning_rate(0) == pytest.approx(PEAK_4096 / 5000)          # warm-up start
@@ -34,13 +34,13 @@ def test_paper_schedules_at_warmup_and_every_decay(name, train_size, epochs, dec
         assert plan.learning_rate(boundary - 1) == pytest.approx(PEAK_4096 * 0.1 ** (k - 1))
         assert plan.learning_rate(boundary) == pytest.approx(PEAK_4096 * 0.1 ** k)
     assert plan.learning_rate(plan.total_steps - 1) == pytest.approx(PEAK_4096 * 0.1 ** len(decays))
-    assert SCHEDULES[name].momentum == 0.9 and SCHEDULES[name].weight_decay == 1e-4
-    assert SCHEDULES[name].batch_size == 4096 and SCHEDULES[name].image_size == 224
-    assert SCHEDULES[name].multi_label == (name != "bit-s")
+    assert UPSTREAM_SCHEDULES[name].momentum == 0.9 and UPSTREAM_SCHEDULES[name].weight_decay == 1e-4
+    assert UPSTREAM_SCHEDULES[name].batch_size == 4096 and UPSTREAM_SCHEDULES[name].image_size == 224
+    assert UPSTREAM_SCHEDULES[name].multi_label == (name != "bit-s")
 
 
 def test_bit_s_on_imagenet_in_numbers():
-    plan = SCHEDULES["bit-s"].plan(IMAGENET)
+    plan = UPSTREAM_SCHEDULES["bit-s"].plan(IMAGENET)
     # 1281167 / 4096 = 312.785 updates per epoch: x30 = 9383.6, x60 = 18767.1, x80 = 25022.8, x90 = 28151.2.
     assert plan.decay_steps == (9384, 18767, 25023)
     assert plan.total_steps == 28151
@@ -48,16 +48,16 @@ def test_bit_s_on_imagenet_in_numbers():
 
 
 def test_other_batches_follow_the_linear_scaling_rule():
-    plan = SCHEDULES["bit-s"].replace(batch_size=1024).plan(IMAGENET)
+    plan = UPSTREAM_SCHEDULES["bit-s"].replace(batch_size=1024).plan(IMAGENET)
     assert plan.learning_rate_peak == pytest.approx(0.12)
     assert plan.decay_steps[0] == round(30 * IMAGENET / 1024)
 
 
 def test_keras_schedule_matches_the_pure_python_one():
-    from bit_keras.schedules import WarmupStepDecay
+    from bit_keras.learning_rates import WarmupStepDecay
 
-    for name in SCHEDULES:
-        plan = SCHEDULES[name].plan(IMAGENET)
+    for name in UPSTREAM_SCHEDULES:
+        plan = UPSTREAM_SCHEDULES[name].plan(IMAGENET)
         keras_rate = WarmupStepDecay.from_plan(plan)
         for step, rate in plan.milestones():
             assert float(keras_rate(step)) == pytest.approx(rate, rel=1e-6), (name, step)
@@ -65,18 +65,18 @@ def test_keras_schedule_matches_the_pure_python_one():
 
 
 def test_overrides_and_bad_values():
-    custom = SCHEDULES["bit-l"].replace(epochs=4, decay_epochs=(1, 2), warmup_steps=0, base_learning_rate=0.1,
+    custom = UPSTREAM_SCHEDULES["bit-l"].replace(epochs=4, decay_epochs=(1, 2), warmup_steps=0, base_learning_rate=0.1,
                                         momentum=None)
     assert custom.momentum == 0.9 and custom.decay_epochs == (1.0, 2.0)
     plan = custom.plan(100_000)
     assert plan.learning_rate(0) == pytest.approx(0.1 * 4096 / 256)          # no warm-up
     with pytest.raises(ValueError, match="increasing"):
-        SCHEDULES["bit-s"].replace(decay_epochs=(60, 30))
+        UPSTREAM_SCHEDULES["bit-s"].replace(decay_epochs=(60, 30))
     with pytest.raises(ValueError, match="momentum"):
-        SCHEDULES["bit-s"].replace(momentum=1.5)
+        UPSTREAM_SCHEDULES["bit-s"].replace(momentum=1.5)
     with pytest.raises(ValueError, match="Unknown schedule"):
         resolve_schedule("bit-x")
-    assert resolve_schedule("L") is SCHEDULES["bit-l"]
+    assert resolve_schedule("L") is UPSTREAM_SCHEDULES["bit-l"]
 
 
 def test_warmup_and_decay_compose_when_warmup_outlasts_a_boundary():
@@ -107,7 +107,7 @@ def test_strategy_selection():
 def test_tpu_strategy_with_a_mock_resolver(monkeypatch):
     import tensorflow as tf
 
-    from bit_keras.train import strategy as strategy_module
+    from bit_keras import distribute as strategy_module
 
     calls = []
 
@@ -154,7 +154,7 @@ def test_cli_flags_override_every_schedule_number():
     assert (config.checkpoint_every, config.keep_checkpoints, config.tpu, config.precision, config.jit_compile) == \
         (50, 2, "local", "bfloat16", True)
     default = build_config(_parse("--dataset", "digits", "--model-dir", "d", "--schedule", "bit-l"))
-    assert default.schedule == SCHEDULES["bit-l"] and default.schedule.multi_label
+    assert default.schedule == UPSTREAM_SCHEDULES["bit-l"] and default.schedule.multi_label
     tiny = build_config(_parse("--dataset", "digits", "--model-dir", "d", "--variant", "r1-1-1-1x1"))
     assert (tiny.block_units, tiny.width) == ((1, 1, 1, 1), 1)
 

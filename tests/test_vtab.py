@@ -27,6 +27,8 @@ def test_list_shows_the_19_tasks_by_group(capsys):
     assert _cli("vtab", "--list") == 0
     out = capsys.readouterr().out
     assert "19 tasks: 7 natural, 4 specialized, 8 structured" in out
+    header, first = out.splitlines()[:2]
+    assert header.split()[:4] == ["task", "group", "classes", "tfds"] and first.split()[0] == TASKS[0].name
     assert _cli("vtab", "--list", "--json") == 0
     rows = json.loads(capsys.readouterr().out)
     assert [r["task"] for r in rows] == [t.name for t in TASKS] and len(rows) == 19

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import sys
+
 from bit_keras.errors import ConfigError
+from bit_keras.precision import PRECISION_POLICIES
 
 _EPILOG = """\
 Figures are medians over --steps timed batches; after every batch a matmul in the row's
@@ -51,7 +53,7 @@ def register(subparsers):
                              "quantized): images/s at batch 8, latency p50/p99 at batch 1 (--steps rounds).")
     parser.add_argument("--serving", dest="mode", action="store_const", const="savedmodel",
                         help="Same as --mode savedmodel.")
-    parser.add_argument("--precision", choices=("float32", "bfloat16"), default="float32",
+    parser.add_argument("--precision", choices=tuple(PRECISION_POLICIES), default="float32",
                         help="bfloat16 runs the mixed_bfloat16 policy (float32 weights and statistics).")
     parser.add_argument("--jit", action="store_true",
                         help="Compile the step with XLA (on GPUs/TPUs; on CPUs it measured slower here).")
@@ -88,9 +90,9 @@ def register(subparsers):
 
 
 def bench(args) -> int:
-    from bit_keras import benchmark
+    from bit_keras.bench import steps, throughput
 
-    architecture = benchmark.parse_variant(args.variant)  # a bad name fails before TensorFlow loads
+    architecture = steps.parse_variant(args.variant)  # a bad name fails before TensorFlow loads
     if args.resolution is None:
         if args.mode == "memory":
             from bit_keras import presets
@@ -104,7 +106,7 @@ def bench(args) -> int:
         raise ConfigError(f"Need --steps >= 1, --batch >= 1 and --resolution >= 32; received "
                          f"--steps {args.steps} --batch {args.batch} --resolution {args.resolution}.")
     if args.mode == "memory":
-        return _memory(args, benchmark)
+        return _memory(args)
     if args.mode == "serve":
         from bit_keras.export import serve_bench
 
@@ -115,18 +117,18 @@ def bench(args) -> int:
     if args.baseline == "pytorch":
         return _race(args)
     if args.mode == "input":
-        return _input(args, benchmark)
+        return _input(args)
     if args.plot:
         from bit_keras import plots
 
         plots.check_path(args.plot)  # before minutes of timing
-    config = benchmark.Config(variant=args.variant, size=args.resolution, batch=args.batch, mode=args.mode,
-                              precision=args.precision, jit=args.jit, fold=args.fold)
+    config = steps.Config(variant=args.variant, size=args.resolution, batch=args.batch, mode=args.mode,
+                          precision=args.precision, jit=args.jit, fold=args.fold)
     configs = [config]
     if args.baseline:
-        configs.insert(0, benchmark.Config(variant=args.variant, size=args.resolution, batch=args.batch,
-                                           mode=args.mode, straightforward=True))
-    report = benchmark.compare(configs, steps=args.steps)
+        configs.insert(0, steps.Config(variant=args.variant, size=args.resolution, batch=args.batch,
+                                       mode=args.mode, straightforward=True))
+    report = throughput.compare(configs, steps=args.steps)
     if args.plot:
         plots.bench(report, args.plot)
     if args.json:
@@ -134,7 +136,7 @@ def bench(args) -> int:
         return 0
     print(f"machine: {report['machine']}, Keras backend {report['backend']}, {_bfloat16_line()}")
     for result in report["results"]:
-        print(benchmark.format_result(result))
+        print(throughput.format_result(result))
     print(f"peak memory (RSS high-water mark of the process): {report['peak_rss_bytes'] / 2**20:.0f} MiB")
     if args.plot:
         print(f"picture: {args.plot}")
@@ -176,16 +178,21 @@ def _print_or_json(args, report, lines) -> int:
     return 0
 
 
-def _input(args, benchmark) -> int:
+def _input(args) -> int:
+    from bit_keras.bench import input as bench_input
+    from bit_keras.bench.steps import Config
+
     if args.baseline or args.fold or args.jit or args.plot:
         raise ConfigError("--mode input takes no --baseline, --fold, --jit or --plot.")
-    config = benchmark.Config(variant=args.variant, size=args.resolution, batch=args.batch, mode="train",
-                              precision=args.precision)
-    report = benchmark.input_report(config, steps=args.steps)
-    return _print_or_json(args, report, benchmark.format_input_report(report))
+    config = Config(variant=args.variant, size=args.resolution, batch=args.batch, mode="train",
+                    precision=args.precision)
+    report = bench_input.input_report(config, steps=args.steps)
+    return _print_or_json(args, report, bench_input.format_input_report(report))
 
 
-def _memory(args, benchmark) -> int:
+def _memory(args) -> int:
+    from bit_keras.bench import memory
+
     if args.baseline or args.fold or args.jit or args.plot:
         raise ConfigError("--mode memory takes no --baseline, --fold, --jit or --plot.")
     try:
@@ -193,12 +200,12 @@ def _memory(args, benchmark) -> int:
     except ValueError:
         micro_batches = ()
     accumulators = tuple(args.accumulator.split(","))
-    if not set(accumulators) <= set(benchmark.ACCUMULATORS):
-        raise ConfigError(f"--accumulator takes {' or '.join(benchmark.ACCUMULATORS)} (comma-separated); "
+    if not set(accumulators) <= set(memory.ACCUMULATORS):
+        raise ConfigError(f"--accumulator takes {' or '.join(memory.ACCUMULATORS)} (comma-separated); "
                           f"received {args.accumulator!r}.")
     if not micro_batches or min(micro_batches) < 1 or args.accumulation < 1:
         raise ConfigError(f"Need --micro-batch as positive integers separated by commas and --accumulation >= 1; "
                          f"received --micro-batch {args.micro_batch!r} --accumulation {args.accumulation}.")
-    report = benchmark.memory_report(args.variant, args.resolution, micro_batches, accumulation=args.accumulation,
-                                     precision=args.precision, accumulators=accumulators)
-    return _print_or_json(args, report, benchmark.format_memory_report(report))
+    report = memory.memory_report(args.variant, args.resolution, micro_batches, accumulation=args.accumulation,
+                                  precision=args.precision, accumulators=accumulators)
+    return _print_or_json(args, report, memory.format_memory_report(report))

@@ -7,12 +7,44 @@ MODEL_HELP = ("A released name (m-r50x1, BiT-S-R101x3, BiT-M-R50x1-ILSVRC2012, .
               "any units per block, e.g. r2-3-4-1x2), which means random weights.")
 
 
+DATASET_HELP = ("tfds:NAME[/CONFIG] (tensorflow-datasets), folder:PATH (PATH/<class>/*.jpg), digits "
+                "(scikit-learn's, offline) or vtab:TASK (`bit_keras vtab --list`).")
+GLOBAL_BATCH_HELP = "Global batch of one update over all replicas"
+
+
+def add_data_flags(parser, *, dataset: bool = True) -> None:
+    """--dataset, --data-dir and --no-download, as finetune, evaluate, train and vtab spell them."""
+    if dataset:
+        parser.add_argument("--dataset", required=True, help=DATASET_HELP)
+    parser.add_argument("--data-dir", default=None, help="tensorflow-datasets data directory (default: tfds's own, "
+                        "~/tensorflow_datasets; a gs:// path on Cloud TPU).")
+    parser.add_argument("--no-download", dest="download", action="store_false",
+                        help="Fail at once if a tfds dataset is not prepared in --data-dir, instead of downloading it.")
+
+
+def add_batch_flag(parser, *, default=512, dest="batch", default_text="HyperRule: 512") -> None:
+    """--batch where it is the global batch of one update (finetune, vtab, hyperrule, train)."""
+    parser.add_argument("--batch", dest=dest, type=int, default=default, help=f"{GLOBAL_BATCH_HELP} ({default_text}).")
+
+
+def add_fine_tuning_flags(parser, *, batch_dest="batch", micro_batch_dest="micro_batch") -> None:
+    """--batch, --micro-batch, --steps, --resolution and --seed of a HyperRule fine-tune (finetune and vtab)."""
+    add_batch_flag(parser, dest=batch_dest)
+    parser.add_argument("--micro-batch", dest=micro_batch_dest, type=int, default=None,
+                        help="Examples per forward/backward pass on each replica; micro-batches are accumulated "
+                             "into one update (same result, less memory): --batch = replicas x micro-batch x "
+                             "accumulation steps.")
+    parser.add_argument("--steps", type=int, default=None, help="Shorten the HyperRule schedule to N updates.")
+    parser.add_argument("--resolution", type=int, default=None, help="Crop size instead of the HyperRule's.")
+    parser.add_argument("--seed", type=int, default=0, help="Seed of the data order, crops, flips and MixUp.")
+
+
 def add_model_flags(parser, *, default=None, variant_help=MODEL_HELP):
     """--variant, --weights, --random-weights and --cache-dir, as every command spells them."""
     parser.add_argument("--variant", default=default, required=False, help=variant_help)
     parser.add_argument("--weights", default=None,
                         help="A local .npz, a URL or a release name, instead of the weights --variant means.")
-    parser.add_argument("--random-weights", action="store_true",
+    parser.add_argument("--random-weights", dest="load_weights", action="store_false",
                         help="Random (untrained) weights even for a released name.")
     parser.add_argument("--cache-dir", default=None, help="Download cache (default $BIT_KERAS_CACHE or "
                         "~/.cache/bit_keras).")
@@ -22,7 +54,7 @@ def resolve_model(args):
     """Applies the weights rule to the model flags and says the outcome first (downloads if needed)."""
     from bit_keras import weights
 
-    choice = weights.resolve(args.variant, args.weights, random_weights=args.random_weights,
+    choice = weights.resolve(args.variant, args.weights, load_weights=args.load_weights,
                              cache_dir=args.cache_dir)
     print(f"Model {choice.describe()}", flush=True)
     return choice
@@ -31,21 +63,20 @@ def resolve_model(args):
 def resolve_source(args):
     """What a fine-tuning command starts from: an export directory or .keras file as given, else
     `resolve_model` (which prints the weights line first; offline, a release fails here)."""
-    import os
-
-    from bit_keras.cli.main import UsageError
+    from bit_keras.errors import UsageError
+    from bit_keras.weights import is_export
 
     source = args.variant
-    if not (os.path.isdir(source) or source.endswith(".keras")):
+    if not is_export(source):
         return resolve_model(args)
-    if args.weights or args.random_weights:
+    if args.weights or not args.load_weights:
         raise UsageError(f"{source} is an export with its own weights; drop --weights / --random-weights.")
     return source
 
 
 def add_hardware_flags(parser):
     """--strategy, --tpu and --cpu-devices, as `train`, `finetune`, `evaluate` and `vtab` spell them."""
-    from bit_keras.train.strategy import STRATEGIES
+    from bit_keras.distribute import STRATEGIES
 
     parser.add_argument("--strategy", choices=STRATEGIES, default="auto",
                         help="auto: tpu with --tpu, mirrored with GPUs, else default (one device). mirrored: all "
@@ -61,40 +92,18 @@ def add_hardware_flags(parser):
 
 
 def check_hardware_flags(args):
-    """Refuses impossible hardware flags and a TF_CONFIG outside its cluster before any work (the CLI calls it first).
+    """`bit_keras.distribute.check_flags` on the hardware flags (the CLI calls it before any work)."""
+    from bit_keras import distribute
 
-    --cluster-timeout becomes $BIT_KERAS_CLUSTER_TIMEOUT, so every strategy built in this process
-    (finetune, train, vtab's runs) waits that long for the cluster.
-    """
-    import os
-
-    from bit_keras.train import strategy as strategies
-
-    if getattr(args, "cpu_devices", None) is not None:
-        strategies.check_cpu_devices(args.cpu_devices)
-    if getattr(args, "cluster_timeout", None) is not None:
-        seconds = strategies.check_cluster_timeout(args.cluster_timeout, name="--cluster-timeout")
-        os.environ[strategies.CLUSTER_TIMEOUT_VARIABLE] = repr(seconds)
-    if getattr(args, "strategy", None) == "multi_worker" and os.environ.get("TF_CONFIG"):
-        strategies.task_of()   # parses and checks TF_CONFIG (ConfigError)
+    distribute.check_flags(strategy=getattr(args, "strategy", None), cpu_devices=getattr(args, "cpu_devices", None),
+                           cluster_timeout=getattr(args, "cluster_timeout", None))
 
 
 def make_cli_strategy(args):
-    """The strategy the hardware flags ask for; splits the CPU first, before TensorFlow initialises.
+    """The strategy the hardware flags ask for (`bit_keras.distribute.resolve_strategy`; it splits the CPU first)."""
+    from bit_keras.distribute import resolve_strategy
 
-    On a backend other than TensorFlow the name is passed on, and the run refuses what it cannot do.
-    """
-    if args.cpu_devices is not None:
-        from bit_keras.train.strategy import split_cpu
-
-        split_cpu(args.cpu_devices)
-    import keras
-
-    if keras.backend.backend() != "tensorflow":
-        return "default" if args.strategy == "auto" and not args.tpu else args.strategy
-    from bit_keras.train.strategy import make_strategy
-
-    return make_strategy(args.strategy, args.tpu, log=print)
+    return resolve_strategy(args.strategy, tpu=args.tpu, cpu_devices=args.cpu_devices, log=print)
 
 
 def add_precision_flag(parser) -> None:

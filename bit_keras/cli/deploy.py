@@ -34,9 +34,9 @@ def wants_deploy(args) -> bool:
 
 def export(args):
     """Builds the model (a release, an .npz or a fine-tuned run), exports it, and prints the check last."""
-    from bit_keras.cli.main import UsageError
+    from bit_keras.errors import UsageError
 
-    if args.run and (args.variant or args.weights or args.random_weights or args.classifier):
+    if args.run and (args.variant or args.weights or not args.load_weights or args.classifier):
         raise UsageError("--from-run exports the run's own classifier; drop --variant/--weights/--random-weights/"
                          "--classifier.")
     if args.format not in DEPLOY_FORMATS:
@@ -85,18 +85,14 @@ def export(args):
 
 def _model(args):
     """(model, metadata, resolution) from --from-run or --variant/--weights."""
-    from bit_keras.errors import ConfigError
-
     if args.run:
         model, metadata, crop = load_run(args.run)
         return model, metadata, args.resolution or crop
     from bit_keras.cli.common import resolve_model
-    from bit_keras.export.variant import build_for_export
+    from bit_keras.export.variant import build_for_export, refuse_untrained
 
     choice = resolve_model(args)
-    if choice.random and not args.random_weights:
-        raise ConfigError(f"{args.variant!r} names an architecture but no released checkpoint, so there are no "
-                          "weights to export. Pass --weights FILE.npz, a released name, or --random-weights.")
+    refuse_untrained(choice, args.variant, load_weights=args.load_weights)
     model, metadata = build_for_export(choice, classifier=args.classifier)
     return model, metadata, args.resolution or metadata.get("resolution") or 224
 

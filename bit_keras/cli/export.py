@@ -60,7 +60,7 @@ def export(args):
     if deploy.wants_deploy(args):
         return deploy.export(args)
 
-    from bit_keras.cli.main import UsageError
+    from bit_keras.errors import UsageError
     from bit_keras.export import variant
     from bit_keras.export.metadata import check_export_target, read_metadata
 
@@ -70,7 +70,7 @@ def export(args):
 
         path = variant.export_variant(args.variant, args.output, weights=args.weights,
                                       classifier=args.classifier, overwrite=args.overwrite,
-                                      random_weights=args.random_weights, format=args.format,
+                                      load_weights=args.load_weights, format=args.format,
                                       cache_dir=args.cache_dir, serving_model_fn=_folder(args))
     except (FileExistsError, NotADirectoryError, IsADirectoryError) as error:
         raise UsageError(str(error)) from None

@@ -9,8 +9,8 @@ import json
 import os
 import sys
 
-from bit_keras.cli.common import (MODEL_HELP, add_hardware_flags, add_model_flags, add_precision_flag,
-                                  make_cli_strategy, resolve_source)
+from bit_keras.cli.common import (MODEL_HELP, add_data_flags, add_fine_tuning_flags, add_hardware_flags,
+                                  add_model_flags, add_precision_flag, make_cli_strategy, resolve_source)
 
 
 def register(subparsers):
@@ -20,28 +20,17 @@ def register(subparsers):
                     "after an interruption resumes from the last checkpoint in --output.")
     add_model_flags(parser, variant_help=MODEL_HELP + " Or a directory (or .keras file) written by "
                     "`bit_keras export`, with its own weights. Required.")
-    parser.add_argument("--dataset", required=True, help="tfds:NAME[/CONFIG], folder:PATH or digits.")
+    add_data_flags(parser)
     parser.add_argument("--output", required=True, help="Run directory: checkpoint/, logs/, model.keras, curves.png, metrics.json.")
     parser.add_argument("--examples-per-class", type=int, default=None, help="Few-shot: k training examples per class.")
-    parser.add_argument("--batch", type=int, default=512,
-                        help="Global batch of one update over all replicas (HyperRule: 512).")
-    parser.add_argument("--micro-batch", type=int, default=None,
-                        help="Examples per forward/backward pass on each replica; micro-batches are accumulated "
-                             "into one update (same result, less memory): --batch = replicas x micro-batch x "
-                             "accumulation steps.")
-    parser.add_argument("--steps", type=int, default=None, help="Shorten the HyperRule schedule to N updates.")
+    add_fine_tuning_flags(parser)
     parser.add_argument("--eval-every", type=int, default=None, help="Updates between evaluations/checkpoints.")
-    parser.add_argument("--resolution", type=int, default=None, help="Crop size instead of the HyperRule's.")
     parser.add_argument("--learning-rate", type=float, default=None,
                         help="Peak learning rate instead of the HyperRule's (only sensible without pre-trained weights).")
     parser.add_argument("--no-flip", dest="flip", action="store_false", help="No random horizontal flips.")
     parser.add_argument("--no-crop", dest="crop", action="store_false", help="No random crops (resize to the crop size).")
     parser.add_argument("--train-split", default="train", help="Split to fine-tune on, e.g. train or train[:90%%].")
     parser.add_argument("--eval-split", default="test", help="Split scored during and after training; 'none' skips it.")
-    parser.add_argument("--data-dir", default=None, help="tensorflow-datasets data directory.")
-    parser.add_argument("--no-download", dest="download", action="store_false",
-                        help="Fail at once if a tfds dataset is not prepared in --data-dir, instead of downloading it.")
-    parser.add_argument("--seed", type=int, default=0, help="Seed of the data order, crops, flips and MixUp.")
     add_precision_flag(parser)
     parser.add_argument("--overwrite", action="store_true", help="Start again even if --output holds a run.")
     parser.add_argument("--savedmodel", action="store_true",
@@ -54,13 +43,10 @@ def register(subparsers):
 
     parser = subparsers.add_parser("evaluate", help="Score a fine-tuned model (.keras or a finetune --output) on a dataset.")
     parser.add_argument("--model", required=True, help="A .keras file or a `bit_keras finetune` output directory.")
-    parser.add_argument("--dataset", required=True, help="tfds:NAME[/CONFIG], folder:PATH or digits.")
+    add_data_flags(parser)
     parser.add_argument("--split", default="test", help="Split to score, e.g. test or train[90%%:].")
     parser.add_argument("--batch", type=int, default=128, help="Images per evaluation batch.")
     parser.add_argument("--resolution", type=int, default=None, help="Default: the crop size in the run's run.json.")
-    parser.add_argument("--data-dir", default=None, help="tensorflow-datasets data directory.")
-    parser.add_argument("--no-download", dest="download", action="store_false",
-                        help="Fail at once if a tfds dataset is not prepared, instead of downloading it.")
     parser.add_argument("--json", action="store_true", help="Print JSON.")
     add_hardware_flags(parser.add_argument_group("hardware"))
     parser.set_defaults(handler=run_evaluate)
@@ -83,7 +69,7 @@ def register(subparsers):
 
 
 def run_finetune(args):
-    from bit_keras.cli.main import UsageError
+    from bit_keras.errors import UsageError
 
     if args.variant is None:
         raise UsageError("--variant is required: a model name (m-r50x1, r50x1, ...) or an export directory.")
@@ -106,7 +92,7 @@ def run_finetune(args):
         log=print, strategy=strategy, precision=args.precision)
     summary = {k: v for k, v in metrics.items() if k != "hyperrule"}
     print(json.dumps(summary, indent=2))
-    from bit_keras.train.strategy import is_chief
+    from bit_keras.distribute import is_chief
 
     if isinstance(strategy, str) or is_chief(strategy):
         print(f"Wrote {args.output}/model.keras and {args.output}/metrics.json")

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import json
 import re
+
+from bit_keras.cli.common import add_batch_flag
 from bit_keras.errors import ConfigError
+from bit_keras.hyperrule import SCHEDULE_SOURCES
 
 
 def register(subparsers):
@@ -15,10 +18,10 @@ def register(subparsers):
     parser.add_argument("--variant", default=None,
                         help="The model to fine-tune (any name `bit_keras list` knows, or an architecture): "
                              "its releases' resolution for large images (R152x4: 512 -> 480).")
-    parser.add_argument("--batch", type=int, default=512, help="Global batch size (default 512).")
+    add_batch_flag(parser, default_text="default 512")
     parser.add_argument("--public-code-resolution", action="store_true",
                         help="Use the public code's 512 -> 480 for every model.")
-    parser.add_argument("--schedule", choices=("paper", "public"), default="paper",
+    parser.add_argument("--schedule", choices=SCHEDULE_SOURCES, default="paper",
                         help="Decay boundaries: the paper's 30/60/90%% (default) or the public code's.")
     parser.add_argument("--json", action="store_true", help="Print JSON.")
     parser.add_argument("--plot", metavar="FILE", default=None,

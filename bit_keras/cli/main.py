@@ -28,10 +28,6 @@ COMMAND_MODULES = (
 )
 
 
-class UsageError(Exception):
-    """A problem with the flags themselves; printed as one line, exit status 2."""
-
-
 def build_parser():
     parser = argparse_flags.ArgumentParser(
         prog="bit_keras", description="Big Transfer (BiT) models for Keras 3.")
@@ -49,7 +45,10 @@ def build_parser():
     for command in subparsers.choices.values():
         flags = {action.dest: action.option_strings[-1] for action in command._actions
                  if action.option_strings and action.option_strings[-1].startswith("--")}
-        command.set_defaults(flag_names=flags)
+        # A switch's flag stands for the value it sets: --random-weights for load_weights=False.
+        switches = {action.dest: str(action.const) for action in command._actions
+                    if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction))}
+        command.set_defaults(flag_names=flags, flag_switches=switches)
     return parser
 
 
@@ -74,7 +73,7 @@ def _main(args):
         # Our own errors (and the system's: disk full, permissions) name the problem; a
         # traceback would bury it. Anything else is a bug and keeps its traceback.
         full = not isinstance(error, BiTError) and files.is_disk_full(error)  # a write outside staged files
-        if getattr(args, "verbose", False) or not (full or isinstance(error, (UsageError, BiTError, OSError))):
+        if getattr(args, "verbose", False) or not (full or isinstance(error, (BiTError, OSError))):
             raise
         if full:
             error = files.disk_full_error(getattr(error, "filename", None) or os.getcwd(), error)
@@ -84,9 +83,21 @@ def _main(args):
 
 
 def _as_flags(message: str, args) -> str:
-    """Library messages name arguments (`weights=`); on the command line they are flags (`--weights `)."""
-    flags = getattr(args, "flag_names", {})
-    return re.sub(r"\b([a-z_]+)=", lambda m: f"{flags[m.group(1)]} " if m.group(1) in flags else m.group(0), message)
+    """Library messages name arguments (`weights=`); on the command line they are flags (`--weights `).
+
+    A switch set to the value its flag sets (`load_weights=False`, `download=False`) is the bare
+    flag (`--random-weights`, `--no-download`)."""
+    flags, switches = getattr(args, "flag_names", {}), getattr(args, "flag_switches", {})
+
+    def as_flag(match):
+        name, value = match.group(1), match.group(2)
+        if name not in flags:
+            return match.group(0)
+        if value is not None and switches.get(name) == value:
+            return flags[name]
+        return f"{flags[name]} {value or ''}"
+
+    return re.sub(r"\b([a-z_]+)=(?:(True|False)\b)?", as_flag, message)
 
 
 def run(argv=None):

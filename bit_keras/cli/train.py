@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import json
 
-from bit_keras.cli.common import MODEL_HELP, add_hardware_flags, add_model_flags, add_precision_flag, resolve_model
+from bit_keras.cli.common import (MODEL_HELP, add_batch_flag, add_data_flags, add_hardware_flags, add_model_flags,
+                                  add_precision_flag, resolve_model)
 from bit_keras.errors import ConfigError
 
 
@@ -38,11 +39,8 @@ def register(subparsers):
     what = p.add_argument_group("model and data")
     add_model_flags(what, variant_help=MODEL_HELP + " The weights initialise a fresh run "
                     "(a resumed run continues from its checkpoint). Default r50x1 (random weights).")
-    what.add_argument("--dataset", required=True, help="tfds:NAME[/CONFIG], folder:PATH or digits.")
+    add_data_flags(what)
     what.add_argument("--split", default="train", help="Split to train on (default train).")
-    what.add_argument("--data-dir", default=None, help="TFDS data directory (a gs:// path on Cloud TPU).")
-    what.add_argument("--no-download", dest="download", action="store_false",
-                      help="Fail at once if a tfds dataset is not prepared in --data-dir, instead of downloading it.")
     what.add_argument("--model-dir", required=True, help="Checkpoints, TensorBoard logs, bit_final.npz and curves.png "
                       "(local or gs://). Reuse it to resume. Under multi_worker only the chief writes it, and all "
                       "workers must see it (gs:// or a shared filesystem) to resume.")
@@ -55,7 +53,7 @@ def register(subparsers):
 
     sched = p.add_argument_group("schedule (defaults from --schedule)")
     sched.add_argument("--schedule", default="bit-s", help="bit-s, bit-m or bit-l (default bit-s).")
-    sched.add_argument("--batch", type=int, default=None, help="Global batch (default 4096).")
+    add_batch_flag(sched, default=None, default_text="default: the schedule's, 4096")
     sched.add_argument("--resolution", type=int, default=None, help="Training crop size in pixels (default 224).")
     sched.add_argument("--base-lr", type=float, default=None, help="Learning rate per 256 images (default 0.03).")
     sched.add_argument("--warmup-steps", type=int, default=None, help="Linear warm-up updates (default 5000).")
@@ -124,7 +122,7 @@ def build_config(args, choice=None):
     from bit_keras import presets
     from bit_keras.train.loop import TrainConfig
     from bit_keras.train.recipes import TrainingOptions, parse_randaugment, resolve_recipe
-    from bit_keras.train.schedules import resolve_schedule
+    from bit_keras.train.upstream_schedules import resolve_schedule
 
     architecture = choice.architecture if choice is not None else presets.resolve(args.variant or "r50x1")[0]
     recipe_schedule, recipe_options = resolve_recipe(args.recipe)
@@ -145,7 +143,8 @@ def build_config(args, choice=None):
     return TrainConfig(
         model_dir=args.model_dir, dataset=args.dataset, schedule=schedule, block_units=architecture.block_units,
         width=architecture.width, split=args.split, data_dir=args.data_dir, download=args.download,
-        strategy=args.strategy, tpu=args.tpu, precision=args.precision, jit_compile=args.jit, seed=args.seed,
+        strategy=args.strategy, tpu=args.tpu, cpu_devices=args.cpu_devices, precision=args.precision,
+        jit_compile=args.jit, seed=args.seed,
         checkpoint_every=args.checkpoint_every, keep_checkpoints=args.keep, log_every=args.log_every,
         steps_per_loop=args.steps_per_loop, max_steps=args.max_steps, shuffle_buffer=args.shuffle_buffer,
         crop_area_min=args.crop_area_min, flip=args.flip, init_weights=choice.path if choice is not None else None,
@@ -188,14 +187,15 @@ def run_training(args):
 
     if args.variant is None and args.weights is None:
         args.variant = "r50x1"
+    if args.load_weights:  # a release into a non-BiT network: refused before anything is downloaded
+        from bit_keras.weights import refuse_release_into
+
+        switches = {"normalization": args.norm, "weight_standardization": args.ws, "groups": args.groups}
+        refuse_release_into(args.variant, args.weights, **{k: v for k, v in switches.items() if v is not None})
     # A dry run downloads nothing: it needs the architecture only (a --weights file names its own).
     choice = resolve_model(args) if not args.dry_run or args.variant is None else None
     config = build_config(args, choice)
     check_data(config)  # a bad --dataset, --split or --eval-split fails before anything starts
-    if args.cpu_devices:
-        from bit_keras.train.strategy import split_cpu
-
-        split_cpu(args.cpu_devices)  # before anything else initialises TensorFlow
     if args.dry_run:
         return _dry_run(args, config)
     from bit_keras.train.loop import PREEMPTED_EXIT_CODE, train

@@ -6,7 +6,8 @@ import json
 import os
 import sys
 
-from bit_keras.cli.common import MODEL_HELP, add_hardware_flags, add_model_flags, make_cli_strategy, resolve_source
+from bit_keras.cli.common import (MODEL_HELP, add_data_flags, add_fine_tuning_flags, add_hardware_flags, add_model_flags,
+                                  make_cli_strategy, resolve_source)
 
 
 def register(subparsers):
@@ -19,28 +20,21 @@ def register(subparsers):
     parser.add_argument("--list", action="store_true", help="Print the 19 tasks (group, classes, splits, tfds name).")
     parser.add_argument("--json", action="store_true", help="With --list or --dry-run: print JSON.")
     parser.add_argument("--dry-run", action="store_true", help="Print each task's HyperRule plan; touches no data.")
-    add_model_flags(parser, variant_help=MODEL_HELP + " Or an export directory. Required to run.")
+    add_model_flags(parser, variant_help=MODEL_HELP + " Or an export directory. Needed to run the tasks (not "
+                    "for --list; --dry-run takes it for the resolution).")
     parser.add_argument("--output", default=None, help="Results folder: one run folder per task and results.*.")
     parser.add_argument("--tasks", default="all", help="all, natural, specialized, structured or NAME,NAME,...")
     parser.add_argument("--protocol", default="1k", choices=("1k", "val", "full"),
                         help="1k: train800+val200 -> test (default); val: train800 -> val200; full: trainval -> test.")
-    parser.add_argument("--data-dir", default=None, help="tensorflow-datasets data directory.")
-    parser.add_argument("--no-download", dest="download", action="store_false",
-                        help="Fail a task at once if its tfds dataset is not prepared, instead of downloading it.")
-    parser.add_argument("--steps", type=int, default=None, help="Shorten every schedule to N updates (smoke runs).")
-    parser.add_argument("--batch", dest="batch_size", type=int, default=512,
-                        help="Effective batch of one update (HyperRule: 512).")
-    parser.add_argument("--micro-batch", dest="micro_batch_size", type=int, default=None,
-                        help="Examples per forward/backward pass on each replica (gradient accumulation).")
-    parser.add_argument("--resolution", type=int, default=None, help="Crop size instead of the HyperRule's.")
-    parser.add_argument("--seed", type=int, default=0, help="Seed of the data order, crops and flips.")
+    add_data_flags(parser, dataset=False)
+    add_fine_tuning_flags(parser, batch_dest="batch_size", micro_batch_dest="micro_batch_size")
     parser.add_argument("--quiet", action="store_true", help="One line per evaluation instead of a progress bar.")
     add_hardware_flags(parser.add_argument_group("hardware (passed to every fine-tune)"))
     parser.set_defaults(handler=run_vtab)
 
 
 def run_vtab(args):
-    from bit_keras.cli.main import UsageError
+    from bit_keras.errors import UsageError
     from bit_keras.vtab import TASKS, select
 
     if args.list:
@@ -80,6 +74,7 @@ def _print_list(tasks, as_json):
     if as_json:
         print(json.dumps(rows, indent=2))
         return 0
+    print(f"{'task':<22} {'group':<12} {'classes':>12}  {'tfds dataset':<52} splits (protocol 1k)")
     for r in rows:
         print(f"{r['task']:<22} {r['group']:<12} {r['classes']:>4} classes  {r['tfds']:<52} "
               f"train {r['splits']['train800val200']}  test {r['splits']['test']}")

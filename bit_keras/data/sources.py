@@ -7,40 +7,23 @@ Every source yields single `(image uint8 [h, w, 3], label int64)` examples plus 
 from __future__ import annotations
 
 import concurrent.futures
-import dataclasses
 import os
 import re
-import socket
-import urllib.parse
-import urllib.request
 
 import numpy as np
 import tensorflow as tf
-from absl import logging
+
+from bit_keras.data import tfds
+from bit_keras.data.info import DatasetInfo, typical_size
 from bit_keras.errors import ConfigError, MissingFileError, SetupError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
 IMAGE_MAGIC = (b"\xff\xd8\xff", b"\x89PNG", b"GIF87a", b"GIF89a", b"BM")  # first bytes of those formats
 NOT_CLASSES = ("__MACOSX",)  # macOS zip metadata; hidden folders are skipped too
-PROBE_TIMEOUT = 3.0          # seconds to reach a download host before calling a tfds dataset offline
-GENERIC_HOST = ("storage.googleapis.com", 443)  # probed for a tfds dataset that lists no download URL
 ACCEPTED_SPECS = ("tfds:NAME", "tfds:NAME/CONFIG", "folder:PATH", "digits", "vtab:TASK")
 DIGITS_TEST_SIZE = 360
 DIGITS_SPLITS = ("train", "test", "all")
 SPLIT_SEED = 0  # fixed order for folder/digits splits, so "train[:90%]" and "train[90%:]" are disjoint
-
-
-@dataclasses.dataclass(frozen=True)
-class DatasetInfo:
-    """What a pipeline and the HyperRule need to know about one split of a dataset."""
-
-    name: str
-    num_classes: int
-    train_size: int          # examples in the selected split
-    image_size: tuple        # typical (height, width): picks the HyperRule's resolution
-    class_names: tuple = ()
-    skipped: tuple = ()      # (path, reason) of folder files left out: empty, not an image, cut short, a link out
-    lost_by_class: tuple = ()  # (class name, files left out, files listed) of each class that lost some
 
 
 def load_source(spec: str, split: str = "train", *, data_dir=None, download=True):
@@ -63,7 +46,7 @@ def load_source(spec: str, split: str = "train", *, data_dir=None, download=True
                          f"Received: {spec!r}")
     scheme, _, rest = spec.partition(":")
     if scheme == "tfds" and rest:
-        return _load_tfds(rest, split, data_dir, download)
+        return tfds.load(rest, split, data_dir, download)
     if scheme == "vtab" and rest:  # a VTAB task: its own splits (train800val200, test, ...) and labels
         from bit_keras.vtab.data import load_split
 
@@ -94,7 +77,7 @@ def check_split(spec: str, split: str = "train", *, data_dir=None) -> None:
         if base not in DIGITS_SPLITS:
             raise ConfigError(f"digits has splits 'train' (1437), 'test' (360) and 'all'. Received: split={split!r}")
     elif scheme == "tfds" and rest:
-        builder = _tfds_builder(rest, data_dir)
+        builder = tfds.tfds_builder(rest, data_dir)
         name = split.partition("[")[0].strip() if isinstance(split, str) else split
         if builder.is_prepared() and name not in builder.info.splits:
             raise ConfigError(f"tfds:{rest} has no split {name!r}; it has {', '.join(sorted(builder.info.splits))}.")
@@ -171,55 +154,6 @@ def _slice_items(items, start, stop, split, where):
     return items[lo:hi]
 
 
-# ---------------------------------------------------------------------------- tfds
-
-def _tfds_builder(name, data_dir):
-    """tfds's builder for `name`; it reads metadata only (no network, no folders made)."""
-    import tensorflow_datasets as tfds
-
-    try:
-        return tfds.builder(name, data_dir=data_dir)
-    except Exception as error:  # tfds raises its own not-found types, with every dataset name listed
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise ConfigError(f"tensorflow-datasets cannot build {name!r}: {first_line} See tfds.list_builders() "
-                         "for names; a config goes after a slash: tfds:NAME/CONFIG.") from None
-
-
-def _not_prepared(name, builder, why):
-    return MissingFileError(f"tfds:{name} is not prepared in {builder.data_dir} ({why}). Run `tfds build {name} "
-                            "--data_dir DIR` where the network is reachable and pass that data_dir, or use "
-                            "folder:PATH or digits.")
-
-
-def _bad_split(name, split, error):
-    return ConfigError(f"tfds:{name}: bad split {split!r}: {' '.join(str(error).split())}")
-
-
-def _download_hosts(builder):
-    """(host, port) pairs a download needs: the HTTPS proxy if one is set, else the hosts of the dataset's URLs."""
-    proxy = urllib.request.getproxies().get("https")
-    try:
-        urls = [proxy] if proxy else list(builder.url_infos or ())
-    except Exception:  # a dataset without a checksums file: tfds cannot list its URLs
-        urls = []
-    hosts = {(u.hostname, u.port or (443 if u.scheme == "https" else 80))
-             for u in map(urllib.parse.urlsplit, urls) if u.hostname}
-    return sorted(hosts) or [GENERIC_HOST]
-
-
-def _unreachable(hosts):
-    """"host:port" of the first host that takes no connection within PROBE_TIMEOUT, else None.
-
-    Offline, tfds retries its downloads for minutes before failing; this takes seconds.
-    """
-    for host, port in hosts:
-        try:
-            socket.create_connection((host, port), timeout=PROBE_TIMEOUT).close()
-        except OSError:
-            return f"{host}:{port}"
-    return None
-
-
 def split_size(spec: str, split: str = "train", *, data_dir=None):
     """Examples in `split` without downloading or preparing anything (a schedule's dry run).
 
@@ -229,88 +163,13 @@ def split_size(spec: str, split: str = "train", *, data_dir=None):
     scheme, _, name = spec.partition(":") if isinstance(spec, str) else ("", "", "")
     if scheme != "tfds" or not name:
         return load_source(spec, split)[1].train_size
-    builder = _tfds_builder(name, data_dir)
+    builder = tfds.tfds_builder(name, data_dir)
     if not builder.is_prepared():
         return None
     try:
         return int(builder.info.splits[split].num_examples)
     except (KeyError, ValueError) as error:
-        raise _bad_split(name, split, error) from None
-
-
-def prepared_builder(name, data_dir, download):
-    """tfds's builder for `name`, downloaded and prepared first if asked and needed (fails fast offline)."""
-    builder = _tfds_builder(name, data_dir)
-    if download and not builder.is_prepared():
-        # A manual download (imagenet2012) is read from disk: nothing to reach.
-        host = None if builder.MANUAL_DOWNLOAD_INSTRUCTIONS else _unreachable(_download_hosts(builder))
-        if host:
-            raise _not_prepared(name, builder, f"{host} cannot be reached to download it")
-        logging.info("tfds:%s is not in %s: downloading and preparing it (needs the network).", name,
-                     builder.data_dir)
-        try:
-            builder.download_and_prepare()
-        except Exception as error:
-            raise SetupError(f"Could not download and prepare tfds:{name} into {builder.data_dir} ({error}). "
-                               "Offline? Prepare it elsewhere and pass data_dir, or use folder:PATH or digits.") from None
-    return builder
-
-
-def _load_tfds(name, split, data_dir, download):
-    builder = prepared_builder(name, data_dir, download)
-    info = builder.info
-    image_key, label_key = info.supervised_keys or ("image", "label")
-    if image_key not in info.features or label_key not in info.features:
-        raise ConfigError(f"tfds:{name} has no (image, label) pair of features; found {list(info.features)}.")
-    label_feature = info.features[label_key]
-    num_classes = getattr(label_feature, "num_classes", None)
-    if not num_classes:
-        raise ConfigError(f"tfds:{name} feature {label_key!r} is not a class label; cannot classify.")
-    try:
-        ds = builder.as_dataset(split=split, shuffle_files=False)
-    except AssertionError:  # tfds signals "not prepared" with an assertion
-        raise _not_prepared(name, builder, "downloads are off: download=False, --no-download") from None
-    except ValueError as error:  # an unknown split name, a slice past the split's end
-        raise _bad_split(name, split, error) from None
-    ds = ds.map(lambda example: (_to_rgb(example[image_key]), tf.cast(example[label_key], tf.int64)),
-                num_parallel_calls=tf.data.AUTOTUNE)
-    try:
-        size = info.splits[split].num_examples
-    except (KeyError, ValueError):
-        size = None  # metadata without split sizes (e.g. under tfds.testing.mock_data): count
-    if not size:
-        size = _count(ds)
-    shape = info.features[image_key].shape
-    image_size = tuple(shape[:2]) if None not in shape[:2] else _typical_size(ds)
-    return ds, DatasetInfo(name=f"tfds:{name}", num_classes=int(num_classes), train_size=int(size),
-                           image_size=tuple(int(s) for s in image_size),
-                           class_names=tuple(getattr(label_feature, "names", None) or ()))
-
-
-def _to_rgb(image):
-    image = tf.convert_to_tensor(image)
-    if image.shape.rank == 2:
-        image = image[..., None]
-    if image.shape[-1] == 1:
-        image = tf.image.grayscale_to_rgb(image)
-    elif image.shape[-1] == 4:
-        image = image[..., :3]
-    return image if image.dtype == tf.uint8 else tf.image.convert_image_dtype(image, tf.uint8)
-
-
-def _count(ds):
-    cardinality = int(ds.cardinality())
-    if cardinality >= 0:
-        return cardinality
-    return int(ds.reduce(np.int64(0), lambda count, _: count + 1))
-
-
-def _typical_size(ds, samples=32):
-    """Median (height, width) of the first few images: enough to pick the HyperRule's resolution."""
-    shapes = np.array([tf.shape(image)[:2].numpy() for image, _ in ds.take(samples)])
-    if len(shapes) == 0:
-        raise ConfigError("The dataset split is empty.")
-    return tuple(int(s) for s in np.median(shapes, axis=0))
+        raise tfds.bad_split(name, split, error) from None
 
 
 # ---------------------------------------------------------------------------- folders
@@ -409,7 +268,7 @@ def _load_folder(path, split):
     # TensorFlow's warning, rather than end a run hours in.
     ds = ds.ignore_errors(log_warning=True)
     return ds, DatasetInfo(name=f"folder:{path}", num_classes=len(class_names), train_size=len(items),
-                           image_size=_typical_size(ds, samples=16), class_names=tuple(class_names),
+                           image_size=typical_size(ds, samples=16), class_names=tuple(class_names),
                            skipped=skipped, lost_by_class=tuple(entry for entry in lost if entry[1]))
 
 

@@ -13,9 +13,9 @@ from bit_keras.export.savedmodel import export_model
 def __getattr__(name):
     # Keras is imported on first use only.
     if name in ("load_backbone", "ExportedBackbone"):
-        from bit_keras.export import backbone
+        from bit_keras.export import layer
 
-        return getattr(backbone, name)
+        return getattr(layer, name)
     if name == "export_variant":
         from bit_keras.export import variant
 

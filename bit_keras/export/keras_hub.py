@@ -47,13 +47,13 @@ def describe(model) -> dict:
     """`bit_keras.json` of a backbone or classifier."""
     from bit_keras import __version__
     from bit_keras.export.metadata import hyperrule_parameters
-    from bit_keras.preprocessing import DEFAULT_RESOLUTION
+    from bit_keras.presets import EVALUATION_RESOLUTION
 
     backbone = getattr(model, "backbone", model)
     release = getattr(model, "release", None) or getattr(backbone, "release", None)
     converter = getattr(getattr(model, "preprocessor", None), "image_converter", None)
     resolution = (converter.image_size if converter is not None and converter.image_size else
-                  (release.resolution,) * 2 if release else (DEFAULT_RESOLUTION,) * 2)
+                  (release.resolution,) * 2 if release else (EVALUATION_RESOLUTION,) * 2)
     num_classes = getattr(model, "num_classes", None)
     return {
         "format": FORMAT,

@@ -5,7 +5,7 @@ Every row is exported by `formats.export_deployable` (so each is first checked a
 Keras model) and timed in this process with the same thread count: images/s at batch 8 (the
 median of `steps` calls, rows interleaved call by call so that a busy neighbour slows every
 row alike) and latency at batch 1 (p50 and p99 of `latency_calls` calls), with ratios to the
-SavedModel and the fraction of the float32 matmul peak (`benchmark.MatmulProbe`, timed between
+SavedModel and the fraction of the float32 matmul peak (`bench.peak.MatmulProbe`, timed between
 rounds).
 """
 
@@ -68,22 +68,27 @@ def serve_benchmark(variant="r50x1", resolution=224, *, batch=8, steps=10, laten
     """{"rows": [...], "machine": ..., ...}: the same random-weights classifier served by each runtime."""
     import tensorflow as tf
 
-    from bit_keras import benchmark, weights
+    from bit_keras import weights
+    from bit_keras.classifier import BiTImageClassifier
+    from bit_keras.bench.counts import count_macs
+    from bit_keras.bench.machine import cpu_name
+    from bit_keras.bench.peak import MatmulProbe
+    from bit_keras.bench.steps import parse_variant
 
     threads = threads or os.cpu_count()
     try:
         tf.config.threading.set_intra_op_parallelism_threads(threads)
     except RuntimeError:  # TensorFlow already ran something in this process: its pool stays as it is
         pass
-    architecture = benchmark.parse_variant(variant)
-    model = weights.resolve(architecture.name, random_weights=True).build_classifier(1000)
+    architecture = parse_variant(variant)
+    model = BiTImageClassifier.from_weights(weights.resolve(architecture.name, load_weights=False), 1000)
     rng = np.random.default_rng(0)
     images = rng.uniform(0, 1, (batch, resolution, resolution, 3)).astype(np.float32)
     single = images[:1]
-    flops_per_image = 2 * benchmark.count_macs(architecture, resolution, 1000)
+    flops_per_image = 2 * count_macs(architecture, resolution, 1000)
     with tempfile.TemporaryDirectory(prefix="bit_keras_serve_") as directory:
         runners = _runners(model, resolution, directory, threads, rows, log)
-        probe = benchmark.MatmulProbe()
+        probe = MatmulProbe()
         for run in runners.values():  # first calls pay for allocation and kernel selection
             run(images), run(single)
         batch_times = {name: [] for name in runners}
@@ -112,7 +117,7 @@ def serve_benchmark(variant="r50x1", resolution=224, *, batch=8, steps=10, laten
     for row in results:
         row["throughput_vs_savedmodel"] = row["images_per_second_batch8"] / base["images_per_second_batch8"]
     return {"variant": architecture.name, "resolution": resolution, "batch": batch, "threads": threads,
-            "steps": steps, "latency_calls": latency_calls, "machine": benchmark.cpu_name(),
+            "steps": steps, "latency_calls": latency_calls, "machine": cpu_name(),
             "float32_peak_gflops_per_second": peak / 1e9, "rows": results}
 
 

@@ -43,7 +43,7 @@ def run_demo(output="demo_output", *, variant=None, weights=None, steps=DEFAULT_
     from bit_keras.architecture import Architecture
     from bit_keras.data import load_source
     from bit_keras.export import export_model, load_backbone
-    from bit_keras.finetune.wrapper import build_finetuner
+    from bit_keras.finetune.fine_tuner import build_finetuner
 
     started = time.time()
     if variant is None and weights is None:
@@ -60,7 +60,9 @@ def run_demo(output="demo_output", *, variant=None, weights=None, steps=DEFAULT_
         print_fn(f"[1/4] Weights: NO released BiT checkpoint in {download.cache_dir()} (looked for {looked_for}).\n"
                  f"      Falling back to RANDOM weights: this shows the pipeline working, not BiT's transfer. Put a "
                  f"release .npz there under its name (or pass --weights) for real transfer with R50x1.")
-    backbone = choice.build_backbone()
+    from bit_keras.backbone import BiTBackbone
+
+    backbone = BiTBackbone.from_weights(choice)
     if choice.random:
         print_fn(f"      Model: {choice.architecture.name}, BiT's ResNet-v2 (GroupNorm + weight standardization), "
                  f"{backbone.count_params() / 1e6:.1f}M parameters"

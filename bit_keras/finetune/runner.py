@@ -40,7 +40,7 @@ import numpy as np
 
 from bit_keras import files, plots, resume, runs
 from bit_keras.errors import BiTError, CheckpointError, ConfigError, MissingFileError, StoppedError
-from bit_keras.train.strategy import jax_data_parallel
+from bit_keras.distribute import jax_data_parallel
 
 METRICS_FILE = "metrics.json"
 MODEL_FILE = "model.keras"
@@ -52,7 +52,7 @@ RUN_MARKERS = (runs.RUN_FILE, METRICS_FILE, CHECKPOINT_DIR)  # what `overwrite` 
 
 def _lock_dir(source, *, output, strategy=None, **_):
     """The directory this process writes: the run's, or a non-chief worker's scratch folder."""
-    from bit_keras.train.strategy import is_chief, worker_scratch
+    from bit_keras.distribute import is_chief, worker_scratch
 
     chief = is_chief(name=strategy) if isinstance(strategy, str) or strategy is None else is_chief(strategy)
     return output if chief else worker_scratch()
@@ -60,7 +60,7 @@ def _lock_dir(source, *, output, strategy=None, **_):
 
 @runs.holding_lock(_lock_dir)
 @jax_data_parallel()  # a fresh scope per call; only on JAX with several devices
-def finetune(source, *, dataset, output, weights=None, random_weights=False, cache_dir=None,
+def finetune(source, *, dataset, output, weights=None, load_weights=True, cache_dir=None,
              examples_per_class=None, batch_size=512,
              micro_batch_size=None, steps=None, eval_every=None, flip=True, crop=True, resolution=None,
              base_learning_rate=None, train_split="train", eval_split="test", data_dir=None, download=True, seed=0,
@@ -92,27 +92,19 @@ def finetune(source, *, dataset, output, weights=None, random_weights=False, cac
 
     Returns the final metrics (also written to output/metrics.json).
     """
-    from bit_keras.data import check_split, few_shot, load_source
-    from bit_keras.finetune.wrapper import backbone_policy, build_finetuner, resolve_strategy
-    from bit_keras.train.strategy import describe, is_chief, jax_devices_in_use, per_replica_batch, worker_scratch
-
     from bit_keras import weights as weights_rule
-    from bit_keras.precision import PRECISION_POLICIES, EmulatedBFloat16Warning, resolve_precision
+    from bit_keras.distribute import describe, is_chief, jax_devices_in_use, per_replica_batch, resolve_strategy
+    from bit_keras.finetune.fine_tuner import build_finetuner
+    from bit_keras.precision import PRECISION_POLICIES, EmulatedBFloat16Warning
 
-    resolve_precision(precision)  # refuses an unknown name; "auto" is decided with the strategy (build_finetuner)
-    for name, value in (("examples_per_class", examples_per_class), ("micro_batch_size", micro_batch_size),
-                        ("eval_every", eval_every)):
-        if value is not None and (int(value) != value or value < 1):  # 0 would silently mean "the default"
-            raise ConfigError(f"{name} must be a positive integer. Received: {name}={value!r}")
-    for split in (train_split, eval_split) if eval_split else (train_split,):  # before any weights or model
-        check_split(dataset, split, data_dir=data_dir)
-    if isinstance(source, str) and not (os.path.isdir(source) or source.endswith(".keras")):
-        source = weights_rule.resolve(source, weights, random_weights=random_weights, cache_dir=cache_dir)
+    _check_arguments(dataset, train_split, eval_split, data_dir=data_dir, precision=precision,
+                     examples_per_class=examples_per_class, micro_batch_size=micro_batch_size, eval_every=eval_every)
+    if isinstance(source, str) and not weights_rule.is_export(source):
+        source = weights_rule.resolve(source, weights, load_weights=load_weights, cache_dir=cache_dir)
     if isinstance(source, weights_rule.WeightsChoice):
-        weights, random_weights = None, False
+        weights, load_weights = None, True
     output = os.fspath(output)
-    metrics_path = os.path.join(output, METRICS_FILE)
-    if os.path.exists(metrics_path) and not overwrite:
+    if os.path.exists(os.path.join(output, METRICS_FILE)) and not overwrite:
         raise ConfigError(f"{output} holds a finished run ({METRICS_FILE}); pass --overwrite or another --output.")
     strategy = resolve_strategy(strategy)
     chief = is_chief(strategy)  # the default strategy and the JAX stand-in have no cluster: chief
@@ -122,24 +114,71 @@ def finetune(source, *, dataset, output, weights=None, random_weights=False, cac
     if overwrite and chief:  # refused now if not a run; replaced only once the data and model are known to work
         files.check_target(output, overwrite=True, markers=RUN_MARKERS, kind="a bit_keras finetune run")
 
-    train_ds, info = load_source(dataset, train_split, data_dir=data_dir, download=download)
-    train_size = info.train_size
-    if examples_per_class:
-        train_ds = few_shot(train_ds, int(examples_per_class), num_classes=info.num_classes, seed=seed)
-        train_size = int(examples_per_class) * info.num_classes
-    eval_ds = load_source(dataset, eval_split, data_dir=data_dir, download=download)[0] if eval_split else None
+    train_ds, eval_ds, info, train_size = _load_data(dataset, train_split, eval_split, data_dir=data_dir,
+                                                     download=download, examples_per_class=examples_per_class,
+                                                     seed=seed)
     _seed_initial_weights(seed)  # an architecture name draws its random weights now
     with python_warnings.catch_warnings():
         if log is not None:  # said once, in the run header's warnings, instead
             python_warnings.simplefilter("ignore", EmulatedBFloat16Warning)
         ft = build_finetuner(source, num_classes=info.num_classes, train_size=train_size,
                              image_size=info.image_size, batch_size=batch_size, micro_batch_size=micro_batch_size,
-                             weights=weights, random_weights=random_weights, cache_dir=cache_dir, steps=steps,
+                             weights=weights, load_weights=load_weights, cache_dir=cache_dir, steps=steps,
                              resolution=resolution, base_learning_rate=base_learning_rate, flip=flip, crop=crop,
                              strategy=strategy, dtype=PRECISION_POLICIES.get(precision))  # auto: None
     eval_every = min(int(eval_every or max(1, math.ceil(ft.rule.total_steps / 10))), ft.rule.total_steps)
+    run = _run_record(ft, info, source=source, weights=weights, dataset=dataset, train_split=train_split,
+                      eval_split=eval_split, examples_per_class=examples_per_class, train_size=train_size,
+                      flip=flip, crop=crop, eval_every=eval_every, seed=seed)
+    if log is not None:
+        log(_header(ft, describe(ft.strategy) if ft.strategy is not None else None, jax_devices))
+        log(_plan(ft.rule, base_learning_rate, crop=ft.crop))
+    fit = dict(train_ds=train_ds, eval_ds=eval_ds, eval_every=eval_every, callbacks=callbacks,
+               savedmodel=savedmodel, verbose=verbose)
+    if not chief:
+        return _fit_as_worker(ft, run, output, overwrite=overwrite, **fit)
+    # Only now: a bad dataset or variant leaves no empty run behind and destroys no old one.
+    start = _open_output(output, run, overwrite=overwrite, total_steps=ft.rule.total_steps, log=log)
+    for warning in _warnings(ft, info, source=source, base_learning_rate=base_learning_rate, dataset=dataset,
+                             train_split=train_split, train_size=train_size) if log is not None else ():
+        log(f"warning: {warning}")
+    return _fit_and_save(ft, run, output, start=start, log=log, chief=True, **fit)
+
+
+def _check_arguments(dataset, train_split, eval_split, *, data_dir, precision, **counts) -> None:
+    """Refuses bad numbers, an unknown precision and missing splits before any weights or model."""
+    from bit_keras.data import check_split
+    from bit_keras.precision import resolve_precision
+
+    resolve_precision(precision)  # refuses an unknown name; "auto" is decided with the strategy (build_finetuner)
+    for name, value in counts.items():
+        if value is not None and (int(value) != value or value < 1):  # 0 would silently mean "the default"
+            raise ConfigError(f"{name} must be a positive integer. Received: {name}={value!r}")
+    for split in (train_split, eval_split) if eval_split else (train_split,):
+        check_split(dataset, split, data_dir=data_dir)
+
+
+def _load_data(dataset, train_split, eval_split, *, data_dir, download, examples_per_class, seed):
+    """(train dataset, eval dataset or None, train DatasetInfo, training-set size after few-shot selection)."""
+    from bit_keras.data import few_shot, load_source
+
+    train_ds, info = load_source(dataset, train_split, data_dir=data_dir, download=download)
+    train_size = info.train_size
+    if examples_per_class:
+        train_ds = few_shot(train_ds, int(examples_per_class), num_classes=info.num_classes, seed=seed)
+        train_size = int(examples_per_class) * info.num_classes
+    eval_ds = load_source(dataset, eval_split, data_dir=data_dir, download=download)[0] if eval_split else None
+    return train_ds, eval_ds, info, train_size
+
+
+def _run_record(ft, info, *, source, weights, dataset, train_split, eval_split, examples_per_class, train_size,
+                flip, crop, eval_every, seed) -> dict:
+    """run.json's configuration: what a resumed run must match."""
+    from bit_keras.finetune.fine_tuner import backbone_policy
+
     run = {"dataset": dataset, "train_split": train_split, "eval_split": eval_split,
-           "source": _describe_source(source), "weights": _describe_weights(source, weights), "examples_per_class": examples_per_class, "train_size": train_size,
+           "source": _describe_source(source), "weights": _describe_weights(source, weights),
+           "examples_per_class": examples_per_class, "train_size": train_size,
            "num_classes": info.num_classes, "class_names": list(info.class_names), "flip": flip, "crop": crop,
            # Examples per forward/backward step over all replicas: what the data and the schedule
            # depend on, so a run resumes on another number of devices when the math is the same.
@@ -150,24 +189,28 @@ def finetune(source, *, dataset, output, weights=None, random_weights=False, cac
     policy = backbone_policy(ft.backbone)
     if policy != "float32":  # absent means float32, as in runs recorded before precision could change
         run["precision"] = policy
-    # Only now: a bad dataset or variant leaves no empty run behind and destroys no old one. The
-    # old run goes aside in one rename, so the new one starts clean (no old logs or checkpoint).
-    if log is not None:
-        log(_header(ft, describe(ft.strategy) if ft.strategy is not None else None, jax_devices))
-        log(_plan(ft.rule, base_learning_rate, crop=ft.crop))
-    if not chief:
-        # The chief's checkpoint is where every worker resumes from; this worker's own writes go aside.
-        start = None if overwrite else _resume_point(output, run, None, move_damaged=False)
-        writes = worker_scratch()
+    return run
+
+
+def _fit_as_worker(ft, run, output, *, overwrite, **fit) -> dict:
+    """A non-chief worker: resumes from the chief's checkpoint, writes into a scratch folder it removes."""
+    from bit_keras.distribute import worker_scratch
+
+    start = None if overwrite else _resume_point(output, run, None, move_damaged=False)
+    writes = worker_scratch()
+    files.remove(writes)
+    os.makedirs(os.path.join(writes, CHECKPOINT_DIR))
+    if start is not None:
+        start = (start[0], shutil.copy(start[1], os.path.join(writes, CHECKPOINT_DIR)))
+    try:
+        return _fit_and_save(ft, run, writes, start=start, log=None, chief=False, **fit)
+    finally:
         files.remove(writes)
-        os.makedirs(os.path.join(writes, CHECKPOINT_DIR))
-        if start is not None:
-            start = (start[0], shutil.copy(start[1], os.path.join(writes, CHECKPOINT_DIR)))
-        try:
-            return _fit_and_save(ft, run, writes, train_ds, eval_ds, eval_every, start, callbacks,
-                                 savedmodel=savedmodel, verbose=verbose, log=None, chief=False)
-        finally:
-            files.remove(writes)
+
+
+def _open_output(output, run, *, overwrite, total_steps, log):
+    """Makes `output` this run's (an old run goes aside in one rename, so the new one starts clean: no old
+    logs or checkpoint), writes run.json and returns where to resume: (update, checkpoint) or None."""
     replaced = files.move_aside(output) if overwrite and os.path.lexists(output) else None
     os.makedirs(output, exist_ok=True)
     start = _resume_point(output, run, log)
@@ -175,7 +218,12 @@ def finetune(source, *, dataset, output, weights=None, random_weights=False, cac
     if replaced:
         files.remove(replaced)
     if start is not None and log is not None:
-        log(f"Resuming from {start[1]} (update {start[0]} of {ft.rule.total_steps}).")
+        log(f"Resuming from {start[1]} (update {start[0]} of {total_steps}).")
+    return start
+
+
+def _warnings(ft, info, *, source, base_learning_rate, dataset, train_split, train_size) -> list:
+    """What the run header warns about: the schedule's own, random weights at the HyperRule's rate, unreadable files."""
     warnings = [ft.precision_warning] if ft.precision_warning else []
     warnings += ft.rule.warnings()
     if getattr(source, "random", False) and base_learning_rate is None:
@@ -188,10 +236,7 @@ def finetune(source, *, dataset, output, weights=None, random_weights=False, cac
         warnings.append(f"{len(info.skipped)} file(s) of {dataset} [{train_split}] cannot be read as images and were "
                         f"left out before training (by class: {by_class}); it trains on the {train_size} readable "
                         f"ones: {shown}" + (", ..." if len(info.skipped) > 3 else ""))
-    for warning in warnings if log is not None else ():
-        log(f"warning: {warning}")
-    return _fit_and_save(ft, run, output, train_ds, eval_ds, eval_every, start, callbacks,
-                         savedmodel=savedmodel, verbose=verbose, log=log, chief=True)
+    return warnings
 
 
 def _seed_initial_weights(seed):
@@ -242,7 +287,7 @@ def _fit_and_save(ft, run, output, train_ds, eval_ds, eval_every, start, callbac
     import keras
 
     from bit_keras.export.keras_file import export_keras
-    from bit_keras.finetune.wrapper import ResumeCheckpoints
+    from bit_keras.finetune.fine_tuner import ResumeCheckpoints
     from bit_keras.summaries import ScalarLogger
 
     dataset, seed, num_classes = run["dataset"], run["seed"], run["num_classes"]
@@ -309,7 +354,7 @@ def evaluate(model_path, *, dataset, split="test", batch_size=128, resolution=No
     import keras
 
     from bit_keras.data import check_split, load_source
-    from bit_keras.finetune.wrapper import resolve_strategy
+    from bit_keras.distribute import resolve_strategy
     from bit_keras.train.evaluation import score_split
 
     check_split(dataset, split, data_dir=data_dir)  # before the model is loaded
@@ -350,7 +395,7 @@ def _load_classifier(model_path, run):
     import keras
 
     from bit_keras.classifier import BiTImageClassifier  # registers the BiT classes for load_model
-    from bit_keras.schedules import WarmupStepDecay  # noqa: F401  (registers the schedule)
+    from bit_keras.learning_rates import WarmupStepDecay  # noqa: F401  (registers the schedule)
 
     source = run.get("source")
     if isinstance(source, str) and os.path.isabs(source) and not os.path.exists(source) and not source.endswith(".keras"):

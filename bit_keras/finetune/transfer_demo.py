@@ -64,10 +64,10 @@ def run_transfer_demo(output="demo_output/transfer", *, upstream_steps=240, upst
     from bit_keras.data import from_arrays, few_shot
     from bit_keras.export import export_model, load_backbone
     from bit_keras.finetune.demo import _hub_difference
-    from bit_keras.finetune.wrapper import build_finetuner
+    from bit_keras.finetune.fine_tuner import build_finetuner
     from bit_keras.presets import resolve
     from bit_keras.train.loop import TrainConfig, train
-    from bit_keras.train.schedules import SCHEDULES
+    from bit_keras.train.upstream_schedules import UPSTREAM_SCHEDULES
 
     started = time.time()
     train_images, train_labels = _arrays("train")
@@ -82,7 +82,7 @@ def run_transfer_demo(output="demo_output/transfer", *, upstream_steps=240, upst
 
     # 1. Upstream: the paper's schedule shape (warm-up, /10 at 1/3, 2/3 and 8/9 of the run) in fewer updates.
     epochs = upstream_steps * upstream_batch / len(up_y)
-    schedule = SCHEDULES["bit-s"].replace(
+    schedule = UPSTREAM_SCHEDULES["bit-s"].replace(
         batch_size=upstream_batch, image_size=resolution, epochs=epochs, warmup_steps=max(1, upstream_steps // 10),
         decay_epochs=tuple(epochs * f for f in (30 / 90, 60 / 90, 80 / 90)), base_learning_rate=0.1)
     upstream_dir = os.path.join(output, "upstream")

@@ -53,7 +53,7 @@ class Race:
 def _threads(race: Race) -> int:
     if race.threads:
         return race.threads
-    from bit_keras.benchmark import usable_cores
+    from bit_keras.bench.machine import usable_cores
 
     return usable_cores()
 
@@ -101,7 +101,7 @@ def report(race: Race, times: dict) -> dict:
             "vs_pytorch_best": min(min(r) for r in times[PEER]) / min(min(r) for r in rounds),
             "step_seconds_by_round": [[round(t, 4) for t in r] for r in rounds],
         })
-    from bit_keras.benchmark import cpu_name
+    from bit_keras.bench.machine import cpu_name
     from bit_keras.precision import cpu_bfloat16
 
     return {"race": dataclasses.asdict(race), "machine": cpu_name(), "cpu_bfloat16": cpu_bfloat16(),
@@ -152,7 +152,7 @@ def _pytorch_step(race: Race, channels_last: bool):
     import numpy as np
     import torch
 
-    from bit_keras.benchmark import parse_variant
+    from bit_keras.bench.steps import parse_variant
     from bit_keras.peers.pytorch_bit import ResNetV2
 
     architecture = parse_variant(race.variant)
@@ -188,21 +188,21 @@ def _pytorch_step(race: Race, channels_last: bool):
 
 
 def _keras_step(race: Race, row: str):
-    from bit_keras import benchmark
+    from bit_keras.bench.steps import make_step
 
-    return benchmark.make_step(keras_config(race, row))
+    return make_step(keras_config(race, row))
 
 
 def keras_config(race: Race, row: str):
-    """The `benchmark.Config` a Keras row runs."""
-    from bit_keras import benchmark
+    """The `bench.steps.Config` a Keras row runs."""
+    from bit_keras.bench.steps import Config
 
     mode = "savedmodel" if row == "savedmodel-folded" else race.mode
     # keras-jax runs as JAX does by default (jit_compile "auto" is jit there): an un-jitted JAX
     # model runs op by op, which no JAX user does. keras-tensorflow-folded: `fold_standardization`.
-    return benchmark.Config(variant=race.variant, size=race.size, batch=race.batch, mode=mode,
-                            precision=race.precision, jit=row.endswith("-xla") or row == "keras-jax",
-                            fold=row.endswith("-folded"), num_classes=race.num_classes)
+    return Config(variant=race.variant, size=race.size, batch=race.batch, mode=mode,
+                  precision=race.precision, jit=row.endswith("-xla") or row == "keras-jax",
+                  fold=row.endswith("-folded"), num_classes=race.num_classes)
 
 
 def _child_main(spec: str) -> None:

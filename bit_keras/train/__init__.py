@@ -1,13 +1,13 @@
-"""Upstream pre-training: the BiT-S/M/L schedules, strategies, input pipeline and the loop.
+"""Upstream pre-training: the BiT-S/M/L schedules, input pipeline and the loop (strategies: `bit_keras.distribute`).
 
-`schedules` and `recipes` (the training-strategy options) are pure Python; the other
+`upstream_schedules` and `recipes` (the training-strategy options) are pure Python; the other
 modules import TensorFlow when used.
 """
 
 from bit_keras.train.recipes import RECIPES, TrainingOptions, resolve_recipe
-from bit_keras.train.schedules import SCHEDULES, RunPlan, UpstreamSchedule, resolve_schedule
+from bit_keras.train.upstream_schedules import UPSTREAM_SCHEDULES, RunPlan, UpstreamSchedule, resolve_schedule
 
-__all__ = ["SCHEDULES", "RunPlan", "UpstreamSchedule", "resolve_schedule", "RECIPES", "TrainingOptions",
+__all__ = ["UPSTREAM_SCHEDULES", "RunPlan", "UpstreamSchedule", "resolve_schedule", "RECIPES", "TrainingOptions",
            "resolve_recipe", "TrainConfig", "train"]
 
 

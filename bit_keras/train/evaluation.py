@@ -31,9 +31,9 @@ def default_split(dataset, train_split="train", *, data_dir=None):
     if dataset == "digits":
         names = ("train", "test")
     elif scheme == "tfds" and name:
-        from bit_keras.data.sources import _tfds_builder
+        from bit_keras.data.tfds import tfds_builder
 
-        builder = _tfds_builder(name, data_dir)
+        builder = tfds_builder(name, data_dir)
         names = tuple(builder.info.splits) if builder.is_prepared() else ()
     elif scheme == "folder" and name:
         names = tuple(d for d in candidates if os.path.isdir(os.path.join(os.path.expanduser(name), d)))
@@ -61,9 +61,9 @@ def planned_split(eval_split, dataset, train_split="train", *, data_dir=None):
     split = resolve_split(eval_split, dataset, train_split, data_dir=data_dir)
     scheme, _, name = str(dataset).partition(":")
     if split is None and str(eval_split).strip().lower() == "auto" and scheme == "tfds" and name:
-        from bit_keras.data.sources import _tfds_builder
+        from bit_keras.data.tfds import tfds_builder
 
-        if not _tfds_builder(name, data_dir).is_prepared():
+        if not tfds_builder(name, data_dir).is_prepared():
             return "auto", (f"{dataset} is not prepared, so its split names are not known yet: the run scores its "
                             "'validation' split, else its 'test' split; name one with --eval-split to be sure")
     return split, None
@@ -149,7 +149,7 @@ def score_split(model, source, *, crop, num_classes, batch_size, strategy=None) 
     """
     import types
 
-    from bit_keras.train.strategy import jax_devices_in_use
+    from bit_keras.distribute import jax_devices_in_use
 
     replicas = int(getattr(strategy, "num_replicas_in_sync", 1)) if strategy is not None else 1
     if jax_devices_in_use() > 1:

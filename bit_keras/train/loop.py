@@ -45,7 +45,7 @@ import time
 
 from bit_keras import files, plots, runs
 from bit_keras.train.recipes import TrainingOptions
-from bit_keras.train.schedules import UpstreamSchedule
+from bit_keras.train.upstream_schedules import UpstreamSchedule
 from bit_keras.errors import ConfigError
 
 FINAL_WEIGHTS = "bit_final.npz"
@@ -66,6 +66,7 @@ class TrainConfig:
     download: bool = True            # False: a tfds dataset must already be prepared
     strategy: str = "auto"
     tpu: str | None = None
+    cpu_devices: int | None = None   # split the CPU into N logical devices before making the strategy
     precision: str = "auto"          # auto: bfloat16 on TPU, float32 elsewhere
     jit_compile: bool = False
     seed: int = 0
@@ -108,10 +109,59 @@ class _StopFlag:
 
 def _lock_dir(config, *, strategy=None, **_):
     """What this process writes: the model dir, or (a non-chief multi-worker task) its scratch folder."""
-    from bit_keras.train.strategy import is_chief, worker_scratch
+    from bit_keras.distribute import is_chief, worker_scratch
 
     chief = is_chief(strategy) if strategy is not None else is_chief(name=config.strategy)
     return config.model_dir if chief else worker_scratch()
+
+
+@dataclasses.dataclass
+class _Session:
+    """What one call of `train` decided before building anything: strategy, data, plan and the run's record."""
+
+    config: TrainConfig
+    strategy: object
+    chief: bool
+    writes: str                      # model_dir on the chief, a scratch folder on other workers
+    batch: int
+    per_replica: int
+    dataset: object
+    info: object
+    eval_source: object              # (dataset, DatasetInfo) of the held-out split, or None
+    eval_split: str | None
+    eval_every: int
+    plan: object
+    stop_step: int
+    precision: str
+    record: dict                     # run.json's configuration
+
+    @property
+    def schedule(self):
+        return self.config.schedule
+
+    @property
+    def options(self):
+        return self.config.options
+
+    @property
+    def replicas(self) -> int:
+        return self.strategy.num_replicas_in_sync
+
+
+@dataclasses.dataclass
+class _State:
+    """The network, its optimizer and their checkpoints, restored where a run left off."""
+
+    model: object
+    optimizer: object
+    manager: object
+    latest: str | None               # the checkpoint restored, None for a fresh run
+    start_step: int
+
+    @property
+    def kernels(self) -> list:
+        """What the L2 weight decay covers: every convolution kernel and the head's (no norm, no bias)."""
+        return [v for v in self.model.trainable_variables if v.path.endswith("kernel")]
 
 
 @runs.holding_lock(_lock_dir)
@@ -119,49 +169,73 @@ def train(config: TrainConfig, *, strategy=None, source=None, eval_source=None, 
     """Runs (or resumes) one upstream pre-training run in `config.model_dir`.
 
     Args:
-        strategy: a ready `tf.distribute.Strategy`; by default one from config.strategy/tpu.
+        strategy: a ready `tf.distribute.Strategy`; by default one from config.strategy/tpu/cpu_devices.
         source: `(dataset, DatasetInfo)` of uint8 images and labels instead of
             `load_source(config.dataset)` (in-memory data for tests and notebooks).
         eval_source: `(dataset, DatasetInfo)` of the held-out split instead of loading
             `config.eval_split` (with `source=`, no split is loaded unless this is given).
         log: where the progress lines go.
     """
-    import keras
-    import tensorflow as tf
-
-    from bit_keras import checkpoint as release_checkpoint
-    from bit_keras.backbone import BiTBackbone
-    from bit_keras.classifier import BiTImageClassifier
-    from bit_keras.precision import PRECISION_POLICIES, bfloat16_warning, resolve_precision
-    from bit_keras.schedules import WarmupCosineDecay, WarmupStepDecay
-    from bit_keras.summaries import write_scalar
-    from bit_keras.train import evaluation
-    from bit_keras.train import input as upstream_input
-    from bit_keras.train.strategy import describe as describe_strategy
-    from bit_keras.train.strategy import is_chief, lost_worker_error, make_strategy, per_replica_batch, worker_scratch
+    from bit_keras.distribute import make_strategy
 
     _check_config(config)
-    given_source = source is not None
-    if not given_source:
+    if source is None:
         check_data(config, held_out=eval_source is None)  # before a cluster is waited for
-    strategy = strategy or make_strategy(config.strategy, config.tpu, log=log)
+    strategy = strategy or make_strategy(config.strategy, config.tpu, cpu_devices=config.cpu_devices, log=log)
+    session = _start_session(config, strategy, source, eval_source)
+    state = _build_state(session, log)
+    _log_header(session, state, log)
+    step, preempted, last_loss, history, evaluations = _run_updates(session, state, log)
+    final = _finish(session, state, step, preempted, log)
+    return TrainResult(step=step, total_steps=session.plan.total_steps, start_step=state.start_step,
+                       preempted=preempted, final_weights=final, last_loss=last_loss, history=history,
+                       model=state.model, evaluations=evaluations)
+
+
+def _start_session(config, strategy, source, eval_source) -> _Session:
+    """Loads the data and the held-out split, plans the schedule and checks a resumed run matches."""
+    from bit_keras.distribute import is_chief, per_replica_batch, worker_scratch
+    from bit_keras.precision import resolve_precision
+
     # TensorFlow's multi-worker rule: all workers save (saving may be collective), only the chief
     # into model_dir; the others into a scratch folder removed at the end. All restore the chief's.
     chief = is_chief(strategy)
     writes = config.model_dir if chief else worker_scratch()
     if not chief:
         files.remove(writes)
-    replicas = strategy.num_replicas_in_sync
-    schedule = config.schedule
-    batch = int(schedule.batch_size)
-    per_replica = per_replica_batch(batch, replicas)
-
+    batch = int(config.schedule.batch_size)
+    per_replica = per_replica_batch(batch, strategy.num_replicas_in_sync)
+    given_source = source is not None
     if source is None:
         from bit_keras.data import load_source
 
         source = load_source(config.dataset, config.split, data_dir=config.data_dir, download=config.download)
     dataset, info = source
-    options = config.options
+    eval_split, eval_source = _held_out(config, given_source, eval_source, info)
+    eval_every = int(config.eval_every or config.checkpoint_every)
+    plan = config.schedule.plan(info.train_size)
+    stop_step = plan.total_steps if config.max_steps is None else min(plan.total_steps, int(config.max_steps))
+    precision = resolve_precision(config.precision, strategy)
+    schedule = config.schedule
+    record = {"dataset": config.dataset, "split": config.split, "block_units": list(config.block_units),
+              "width": int(config.width), "num_classes": int(info.num_classes), "train_size": int(info.train_size),
+              "batch_size": batch, "image_size": int(schedule.image_size), "seed": int(config.seed),
+              "multi_label": bool(schedule.multi_label), "plan": plan.to_dict(), "precision": precision,
+              "training": config.options.to_dict(), "eval_split": eval_split,
+              "eval_every": eval_every if eval_split is not None else None}
+    # A restart must match all of it, or the restored data position and weights would mean something else.
+    runs.check_resume(config.model_dir, _as_recorded(runs.read_run(config.model_dir), record),
+                      restart="use a new --model-dir")
+    return _Session(config=config, strategy=strategy, chief=chief, writes=writes, batch=batch,
+                    per_replica=per_replica, dataset=dataset, info=info, eval_source=eval_source,
+                    eval_split=eval_split, eval_every=eval_every, plan=plan, stop_step=stop_step,
+                    precision=precision, record=record)
+
+
+def _held_out(config, given_source, eval_source, info):
+    """(name of the split scored, its (dataset, DatasetInfo)), each None when nothing is evaluated."""
+    from bit_keras.train import evaluation
+
     eval_split = None
     if str(config.eval_split).strip().lower() in evaluation.NONE or config.eval_split is None:
         eval_source = None          # --eval-split none
@@ -179,48 +253,58 @@ def train(config: TrainConfig, *, strategy=None, source=None, eval_source=None, 
     if eval_source is not None and eval_source[1].num_classes != info.num_classes:
         raise ConfigError(f"The evaluation split has {eval_source[1].num_classes} classes, training has "
                           f"{info.num_classes}; choose a split of the same dataset with --eval-split.")
-    eval_every = int(config.eval_every or config.checkpoint_every)
-    plan = schedule.plan(info.train_size)
-    stop_step = plan.total_steps if config.max_steps is None else min(plan.total_steps, int(config.max_steps))
-    precision = resolve_precision(config.precision, strategy)
-    run = {"dataset": config.dataset, "split": config.split, "block_units": list(config.block_units),
-           "width": int(config.width), "num_classes": int(info.num_classes), "train_size": int(info.train_size),
-           "batch_size": batch, "image_size": int(schedule.image_size), "seed": int(config.seed),
-           "multi_label": bool(schedule.multi_label), "plan": plan.to_dict(), "precision": precision,
-           "training": options.to_dict(), "eval_split": eval_split,
-           "eval_every": eval_every if eval_split is not None else None}
-    # A restart must match all of it, or the restored data position and weights would mean something else.
-    runs.check_resume(config.model_dir, _as_recorded(runs.read_run(config.model_dir), run),
-                      restart="use a new --model-dir")
+    return eval_split, eval_source
 
+
+def _build_state(session, log) -> _State:
+    """Builds the network and the optimizer in the strategy's scope and restores the newest checkpoint
+    (or, on a fresh run, loads `init_weights`); writes run.json only once all of that worked."""
+    import keras
+    import tensorflow as tf
+
+    from bit_keras import checkpoint as release_checkpoint
+    from bit_keras.backbone import BiTBackbone
+    from bit_keras.classifier import BiTImageClassifier
+    from bit_keras.learning_rates import WarmupCosineDecay, WarmupStepDecay
+    from bit_keras.precision import PRECISION_POLICIES
+
+    config, schedule, options = session.config, session.schedule, session.options
     # Same initial weights for every strategy. Keras' initializers draw from its own seed
     # generator; TensorFlow's global seed is cleared again because the input stream seeds
     # every op itself (and tf.data refuses tensor seeds while a global seed is set).
     keras.utils.set_random_seed(config.seed)
     tf.random.set_seed(None)
-    with strategy.scope():
-        policy = PRECISION_POLICIES[precision]
+    with session.strategy.scope():
+        policy = PRECISION_POLICIES[session.precision]
         model = BiTImageClassifier(BiTBackbone(config.block_units, config.width, dtype=policy,
                                                **_backbone_switches(options)),
-                                   info.num_classes, multi_label=schedule.multi_label, dtype=policy,
+                                   session.info.num_classes, multi_label=schedule.multi_label, dtype=policy,
                                    **({"dropout": options.dropout} if options.dropout else {}))
-        rates = (WarmupCosineDecay if schedule.lr_schedule == "cosine" else WarmupStepDecay).from_plan(plan)
+        rates = (WarmupCosineDecay if schedule.lr_schedule == "cosine" else WarmupStepDecay).from_plan(session.plan)
         optimizer = keras.optimizers.SGD(learning_rate=rates, momentum=schedule.momentum,
                                          **({"use_ema": True, "ema_momentum": options.ema} if options.ema else {}))
         optimizer.build(model.trainable_variables)
         state = tf.train.Checkpoint(model=model, optimizer=optimizer)
         # Before the manager reads the checkpoint index: the chief may take unreadable ones out of it.
-        latest = _restore_newest(state, files.join(config.model_dir, "checkpoints"), log, move_damaged=chief)
-        manager = tf.train.CheckpointManager(state, files.join(writes, "checkpoints"),
+        latest = _restore_newest(state, files.join(config.model_dir, "checkpoints"), log, move_damaged=session.chief)
+        manager = tf.train.CheckpointManager(state, files.join(session.writes, "checkpoints"),
                                              max_to_keep=config.keep_checkpoints, checkpoint_name="ckpt")
         if latest is None and config.init_weights:
             release_checkpoint.load_weights(model, config.init_weights)
-    runs.write_run(writes, run)  # only now: a network or weights that fail to build leave no record
-    start_step = int(optimizer.iterations.numpy())
-    kernels = [v for v in model.trainable_variables if v.path.endswith("kernel")]
+    runs.write_run(session.writes, session.record)  # only now: a network or weights that fail to build leave no record
+    return _State(model=model, optimizer=optimizer, manager=manager, latest=latest,
+                  start_step=int(optimizer.iterations.numpy()))
 
-    log(f"strategy {describe_strategy(strategy)}, {replicas} replica(s): global batch {batch} = {per_replica} "
-        f"per replica; precision {precision}; jit_compile {'on' if config.jit_compile else 'off'}")
+
+def _log_header(session, state, log) -> None:
+    """The run's header: hardware, data, schedule, strategies, evaluation, warnings, where it resumes."""
+    from bit_keras.distribute import describe as describe_strategy
+    from bit_keras.precision import bfloat16_warning
+
+    config, schedule, plan, info = session.config, session.schedule, session.plan, session.info
+    log(f"strategy {describe_strategy(session.strategy)}, {session.replicas} replica(s): global batch "
+        f"{session.batch} = {session.per_replica} per replica; precision {session.precision}; jit_compile "
+        f"{'on' if config.jit_compile else 'off'}")
     log(f"data {info.name}: {info.train_size} images, {info.num_classes} classes, crops of {schedule.image_size}px; "
         f"{'sigmoid' if schedule.multi_label else 'softmax'} cross-entropy")
     decays = ("cosine decay to 0" if schedule.lr_schedule == "cosine"
@@ -228,53 +312,32 @@ def train(config: TrainConfig, *, strategy=None, source=None, eval_source=None, 
     log(f"schedule {schedule.name}: {schedule.epochs:g} epochs = {plan.total_steps} updates "
         f"({plan.steps_per_epoch:.2f} per epoch), warm-up {plan.warmup_steps}, {decays}; peak lr "
         f"{plan.learning_rate_peak:g}, momentum {schedule.momentum}, L2 weight decay {schedule.weight_decay:g} on "
-        f"{len(kernels)} kernels")
-    log(f"training strategies: {options.describe()}")
-    if eval_source is not None:
-        log(f"evaluation on {eval_split} ({eval_source[1].train_size} examples at {schedule.image_size}px) every "
-            f"{eval_every} updates and at the end; "
+        f"{len(state.kernels)} kernels")
+    log(f"training strategies: {session.options.describe()}")
+    if session.eval_source is not None:
+        log(f"evaluation on {session.eval_split} ({session.eval_source[1].train_size} examples at "
+            f"{schedule.image_size}px) every {session.eval_every} updates and at the end; "
             + ("precision@1" if schedule.multi_label else "top-1 and top-5")
-            + (" of the EMA weights" if options.ema else ""))
+            + (" of the EMA weights" if session.options.ema else ""))
     else:
         log("evaluation: none (no held-out split; --eval-split names one)")
-    for warning in run_warnings(plan, options) + [w for w in [bfloat16_warning(precision, strategy)] if w]:
+    warnings = run_warnings(plan, session.options) + [w for w in [bfloat16_warning(session.precision,
+                                                                                   session.strategy)] if w]
+    for warning in warnings:
         log(f"warning: {warning}")
-    if start_step:
-        log(f"resuming from {os.path.basename(latest)} at step {start_step} "
-            f"(epoch {plan.epoch_of(start_step):.2f}, lr {plan.learning_rate(start_step):.6g})")
+    if state.start_step:
+        log(f"resuming from {os.path.basename(state.latest)} at step {state.start_step} "
+            f"(epoch {plan.epoch_of(state.start_step):.2f}, lr {plan.learning_rate(state.start_step):.6g})")
 
-    def make_dataset(input_context):
-        pipeline_batch = input_context.get_per_replica_batch_size(batch)
-        return upstream_input.upstream_dataset(
-            dataset, num_classes=info.num_classes, train_size=info.train_size, image_size=schedule.image_size,
-            batch_size=pipeline_batch, seed=config.seed, start_example=start_step * batch, flip=config.flip,
-            shuffle_buffer=config.shuffle_buffer, crop_area=(config.crop_area_min, 1.0),
-            input_context=input_context, augment=options.randaugment)
 
-    evaluations = []
-    if eval_source is not None:
-        def make_eval_dataset(input_context):
-            return upstream_input.eval_dataset(
-                eval_source[0], num_classes=info.num_classes, image_size=schedule.image_size,
-                batch_size=input_context.get_per_replica_batch_size(batch), num_examples=eval_source[1].train_size,
-                input_context=input_context)
+def _train_steps(session, state):
+    """`train_steps(iterator, steps)`: `steps` updates in one host call, returning the summed loss and hits."""
+    import keras
+    import tensorflow as tf
 
-        evaluator = evaluation.make_evaluator(model, strategy, make_eval_dataset, num_classes=info.num_classes,
-                                              multi_label=schedule.multi_label)
-        eval_writer = tf.summary.create_file_writer(files.join(writes, "eval"))
-
-        def run_evaluation(at_step):
-            with evaluation.average_weights(model, optimizer) as averaged:
-                result = evaluator()
-            result = {"step": at_step, "split": eval_split, **result, "weights": "ema" if averaged else "raw"}
-            log(f"eval step {at_step} {eval_split}: {evaluation.describe(result, schedule.multi_label)}"
-                + (" with the EMA weights" if averaged else ""))
-            with eval_writer.as_default():
-                for name in evaluation.metric_names(schedule.multi_label):
-                    write_scalar(name, result[name], at_step)
-            eval_writer.flush()
-            runs.write_summary(writes, eval=result)
-            evaluations.append(result)
+    schedule, info, options = session.schedule, session.info, session.options
+    model, optimizer, kernels = state.model, state.optimizer, state.kernels
+    strategy, batch, replicas = session.strategy, session.batch, session.replicas
 
     def compute_gradients(images, targets):
         with tf.GradientTape() as tape:
@@ -292,7 +355,7 @@ def train(config: TrainConfig, *, strategy=None, source=None, eval_source=None, 
         hits = tf.gather(targets, tf.argmax(logits, axis=-1), batch_dims=1) > 0
         return gradients, loss, tf.reduce_sum(tf.cast(hits, tf.float32))
 
-    if config.jit_compile:
+    if session.config.jit_compile:
         compute_gradients = tf.function(compute_gradients, jit_compile=True)
 
     def replica_step(images, targets):
@@ -309,13 +372,86 @@ def train(config: TrainConfig, *, strategy=None, source=None, eval_source=None, 
             hit_sum += strategy.reduce(tf.distribute.ReduceOp.SUM, hits, axis=None)
         return loss_sum, hit_sum
 
-    history, step, preempted, last_loss = [], start_step, False, None
+    return train_steps
+
+
+def _training_input(session, state):
+    """The distributed training stream, starting at the restored update's first example."""
+    from bit_keras.train import input as upstream_input
+
+    config, schedule, info, batch = session.config, session.schedule, session.info, session.batch
+
+    def make_dataset(input_context):
+        return upstream_input.upstream_dataset(
+            session.dataset, num_classes=info.num_classes, train_size=info.train_size,
+            image_size=schedule.image_size, batch_size=input_context.get_per_replica_batch_size(batch),
+            seed=config.seed, start_example=state.start_step * batch, flip=config.flip,
+            shuffle_buffer=config.shuffle_buffer, crop_area=(config.crop_area_min, 1.0),
+            input_context=input_context, augment=session.options.randaugment)
+
+    return iter(session.strategy.distribute_datasets_from_function(make_dataset))
+
+
+def _evaluator(session, state, evaluations, log):
+    """`run_evaluation(step)`: scores the held-out split, logs and records it; None without one."""
+    if session.eval_source is None:
+        return None
+    import tensorflow as tf
+
+    from bit_keras.summaries import write_scalar
+    from bit_keras.train import evaluation
+    from bit_keras.train import input as upstream_input
+
+    schedule, info, eval_dataset, eval_info = session.schedule, session.info, *session.eval_source
+
+    def make_eval_dataset(input_context):
+        return upstream_input.eval_dataset(
+            eval_dataset, num_classes=info.num_classes, image_size=schedule.image_size,
+            batch_size=input_context.get_per_replica_batch_size(session.batch), num_examples=eval_info.train_size,
+            input_context=input_context)
+
+    evaluator = evaluation.make_evaluator(state.model, session.strategy, make_eval_dataset,
+                                          num_classes=info.num_classes, multi_label=schedule.multi_label)
+    eval_writer = tf.summary.create_file_writer(files.join(session.writes, "eval"))
+
+    def run_evaluation(at_step):
+        with evaluation.average_weights(state.model, state.optimizer) as averaged:
+            result = evaluator()
+        result = {"step": at_step, "split": session.eval_split, **result, "weights": "ema" if averaged else "raw"}
+        log(f"eval step {at_step} {session.eval_split}: {evaluation.describe(result, schedule.multi_label)}"
+            + (" with the EMA weights" if averaged else ""))
+        with eval_writer.as_default():
+            for name in evaluation.metric_names(schedule.multi_label):
+                write_scalar(name, result[name], at_step)
+        eval_writer.flush()
+        runs.write_summary(session.writes, eval=result)
+        evaluations.append(result)
+
+    return run_evaluation
+
+
+def _run_updates(session, state, log):
+    """The loop: host calls of up to `steps_per_loop` updates, logging, evaluating and checkpointing at
+    their boundaries, until the plan (or max_steps) ends or SIGTERM asks to stop.
+
+    Returns (step reached, preempted, last logged loss, history rows, evaluations of this session)."""
+    import tensorflow as tf
+
+    from bit_keras.distribute import lost_worker_error
+    from bit_keras.summaries import write_scalar
+
+    config, plan, batch, manager = session.config, session.plan, session.batch, state.manager
+    stop_step, eval_every = session.stop_step, session.eval_every
+    train_steps = _train_steps(session, state)
+    evaluations = []
+    run_evaluation = _evaluator(session, state, evaluations, log)
+    history, step, preempted, last_loss = [], state.start_step, False, None
     stop = _StopFlag()
     previous_handler = _install(signal.SIGTERM, stop)
     try:
         if step < stop_step:
-            iterator = iter(strategy.distribute_datasets_from_function(make_dataset))
-        writer = tf.summary.create_file_writer(files.join(writes, "train"))
+            iterator = _training_input(session, state)
+        writer = tf.summary.create_file_writer(files.join(session.writes, "train"))
         window = {"steps": 0, "loss": 0.0, "hits": 0.0, "start": time.perf_counter()}
         while step < stop_step:
             if stop.signal is not None:
@@ -346,42 +482,49 @@ def train(config: TrainConfig, *, strategy=None, source=None, eval_source=None, 
                         write_scalar(name, value, step)
                 writer.flush()
                 window = {"steps": 0, "loss": 0.0, "hits": 0.0, "start": time.perf_counter()}
-            if eval_source is not None and (step % eval_every == 0 or step == stop_step):
+            if run_evaluation is not None and (step % eval_every == 0 or step == stop_step):
                 run_evaluation(step)
             if step % config.checkpoint_every == 0 and step < stop_step:
                 _save(manager, step)
                 log(f"checkpoint {manager.latest_checkpoint} at step {step}")
-        if step > start_step or stop.signal is not None:
+        if step > state.start_step or stop.signal is not None:
             if _latest_step(manager) != step:
                 _save(manager, step)
             log(f"checkpoint {manager.latest_checkpoint} at step {step}"
                 + (" (SIGTERM: stopping; rerun the same command to resume)" if preempted else ""))
     except Exception as error:   # a multi-worker peer that stopped answering: one line, not pages of TF
-        lost = lost_worker_error(error, strategy, checkpoint=getattr(manager, "directory", None))
+        lost = lost_worker_error(error, session.strategy, checkpoint=getattr(manager, "directory", None))
         if lost is None:
             raise
         raise lost from None
     finally:
         _install(signal.SIGTERM, previous_handler)
+    return step, preempted, last_loss, history, evaluations
 
-    final = None
-    if not chief:
-        files.remove(writes)
-    elif not preempted:
-        final = files.join(config.model_dir, FINAL_WEIGHTS)
-        averaged = evaluation.has_average(optimizer)
-        if averaged:   # after the last checkpoint, which keeps the raw weights to resume from
-            optimizer.finalize_variable_values(model.trainable_variables)
-        release_checkpoint.save_weights(model, final)  # atomic, also on gs://
-        log(f"wrote {final} (release .npz layout{', EMA weights' if averaged else ''}) at step {step}")
-        curves = plots.train_curves(files.join(config.model_dir, "train"),
-                                    files.join(config.model_dir, plots.CURVES_FILE),
-                                    title=f"bit_keras train on {info.name}, {schedule.name} schedule, batch {batch}")
-        if curves:
-            log(f"wrote {curves} (loss, top-1 and learning rate against step, all sessions)")
-    return TrainResult(step=step, total_steps=plan.total_steps, start_step=start_step, preempted=preempted,
-                       final_weights=final, last_loss=last_loss, history=history, model=model,
-                       evaluations=evaluations)
+
+def _finish(session, state, step, preempted, log) -> str | None:
+    """The chief writes bit_final.npz (the EMA weights with EMA on) and curves.png; others remove their scratch."""
+    from bit_keras import checkpoint as release_checkpoint
+    from bit_keras.train import evaluation
+
+    config = session.config
+    if not session.chief:
+        files.remove(session.writes)
+        return None
+    if preempted:
+        return None
+    final = files.join(config.model_dir, FINAL_WEIGHTS)
+    averaged = evaluation.has_average(state.optimizer)
+    if averaged:   # after the last checkpoint, which keeps the raw weights to resume from
+        state.optimizer.finalize_variable_values(state.model.trainable_variables)
+    release_checkpoint.save_weights(state.model, final)  # atomic, also on gs://
+    log(f"wrote {final} (release .npz layout{', EMA weights' if averaged else ''}) at step {step}")
+    curves = plots.train_curves(files.join(config.model_dir, "train"), files.join(config.model_dir, plots.CURVES_FILE),
+                                title=f"bit_keras train on {session.info.name}, {session.schedule.name} schedule, "
+                                      f"batch {session.batch}")
+    if curves:
+        log(f"wrote {curves} (loss, top-1 and learning rate against step, all sessions)")
+    return final
 
 
 def _check_config(config):

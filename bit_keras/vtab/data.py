@@ -12,7 +12,8 @@ import os
 
 import tensorflow as tf
 
-from bit_keras.data.sources import DatasetInfo, _bad_split, _count, _not_prepared, _to_rgb, prepared_builder
+from bit_keras.data.info import DatasetInfo
+from bit_keras.data.tfds import bad_split, count_examples, not_prepared, prepared_builder, tfds_builder, to_rgb
 from bit_keras.errors import ConfigError, MissingFileError
 from bit_keras.vtab.tasks import BY_NAME, PROTOCOLS, Task, fixed_size
 
@@ -39,16 +40,16 @@ def load_split(task, split, *, data_dir=None, download=True):
         try:
             ds = builder.as_dataset(split=part, shuffle_files=False)
         except AssertionError:  # tfds signals "not prepared" with an assertion
-            raise _not_prepared(name, builder, "downloads are off: download=False, --no-download") from None
+            raise not_prepared(name, builder, "downloads are off: download=False, --no-download") from None
         except ValueError as error:
-            raise _bad_split(name, part, error) from None
+            raise bad_split(name, part, error) from None
         count = fixed_size(part)
         if count is not None:
             ds = ds.take(count)
         else:
             count = _known_size(builder, part)
         parts.append(ds)
-        size += count if count is not None else _count(ds)
+        size += count if count is not None else count_examples(ds)
     ds = parts[0]
     for more in parts[1:]:
         ds = ds.concatenate(more)
@@ -70,7 +71,7 @@ def _example(task, example):
     if task.image_scale != 1:  # dSprites' 0/1 pixels (min: stays a picture under mock data too)
         image = tf.minimum(image, 1) * task.image_scale
     label = task.label(example) if task.label else example["label"]
-    return _to_rgb(image), tf.cast(label, tf.int64)
+    return to_rgb(image), tf.cast(label, tf.int64)
 
 
 def _known_size(builder, part):
@@ -83,9 +84,7 @@ def _known_size(builder, part):
 
 def _check_manual_download(name, data_dir, download):
     """One line naming the folder for a dataset tfds cannot download (Diabetic Retinopathy)."""
-    from bit_keras.data.sources import _tfds_builder
-
-    builder = _tfds_builder(name, data_dir)
+    builder = tfds_builder(name, data_dir)
     if not download or not builder.MANUAL_DOWNLOAD_INSTRUCTIONS or builder.is_prepared():
         return
     import tensorflow_datasets as tfds

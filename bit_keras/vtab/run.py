@@ -20,7 +20,7 @@ import io
 import math
 import os
 
-from bit_keras import files, hyperrule, plots, presets, runs
+from bit_keras import files, hyperrule, plots, presets, runs, weights
 from bit_keras.errors import ConfigError, DiskFullError, StoppedError
 from bit_keras.vtab.tasks import GROUPS, PROTOCOLS, PUBLISHED_GROUP_MEANS, PUBLISHED_MEAN, TASKS, select
 
@@ -53,7 +53,7 @@ def plan(tasks, protocol="1k", *, variant=None, batch_size=512, steps=None, reso
         raise ConfigError(f"Unknown VTAB protocol {protocol!r}: use one of {', '.join(PROTOCOLS)}.")
     check_numbers(batch_size=batch_size, steps=steps, resolution=resolution)
     large = None
-    if variant is not None and not _is_export(variant):
+    if variant is not None and not weights.is_export(variant):
         large = presets.hyperrule_resolution(presets.resolve(variant)[0])
     rows = []
     for task in tasks:
@@ -79,7 +79,7 @@ def run_vtab(source, *, output, tasks, protocol="1k", data_dir=None, download=Tr
     multi-worker job only the chief writes the results tables and the task records.
     """
     from bit_keras.finetune.runner import METRICS_FILE, RUN_MARKERS, finetune
-    from bit_keras.train.strategy import is_chief
+    from bit_keras.distribute import is_chief
 
     if protocol not in PROTOCOLS:
         raise ConfigError(f"Unknown VTAB protocol {protocol!r}: use one of {', '.join(PROTOCOLS)}.")
@@ -87,13 +87,11 @@ def run_vtab(source, *, output, tasks, protocol="1k", data_dir=None, download=Tr
     check_numbers(batch_size=batch_size, micro_batch_size=micro_batch_size, steps=steps, resolution=resolution,
                   seed=seed)
     if not isinstance(strategy, (str, type(None))) and micro_batch_size is not None:
-        from bit_keras.finetune.wrapper import per_replica_micro_batch, replicas_of
+        from bit_keras.distribute import per_replica_micro_batch, replicas_of
 
         per_replica_micro_batch(batch_size, micro_batch_size, replicas_of(strategy))  # not once per task
     chief = is_chief(name=strategy) if strategy is None or isinstance(strategy, str) else is_chief(strategy)
-    if isinstance(source, str) and not _is_export(source):
-        from bit_keras import weights
-
+    if isinstance(source, str) and not weights.is_export(source):
         source = weights.resolve(source)  # a release is fetched once, here, and digested below
     record = task_record(source, protocol=protocol, batch_size=batch_size, steps=steps, resolution=resolution,
                          seed=seed)
@@ -231,10 +229,6 @@ def _tree_digest(path):
             file = os.path.join(root, name)
             digest.update(f"{os.path.relpath(file, path)}\0{download.sha256_of(file)}\n".encode())
     return digest.hexdigest()
-
-
-def _is_export(source) -> bool:
-    return isinstance(source, (str, os.PathLike)) and (os.path.isdir(source) or os.fspath(source).endswith(".keras"))
 
 
 def _is_int(value) -> bool:

@@ -1,8 +1,9 @@
 """Picking the tf.distribute strategy (TPU, mirrored GPUs/CPUs, default) and splitting the batch.
 
-One training loop serves every strategy; only this module knows them apart. Tests split
-the CPU into logical devices (`split_cpu`, before TensorFlow initialises) so that
-MirroredStrategy runs with more than one replica on a machine without accelerators.
+Every command and API gets its strategy here (`resolve_strategy`, `make_strategy`) and asks
+what kind it is here (`is_tpu`, `is_multi_worker`, `is_default`); only this module knows them
+apart. Tests split the CPU into logical devices (`split_cpu`, before TensorFlow initialises)
+so that MirroredStrategy runs with more than one replica on a machine without accelerators.
 
 Multi-worker runs follow TensorFlow's multi-worker guide: every worker runs the same
 command, only the chief writes into the run directory, and the others write into a
@@ -33,6 +34,83 @@ SLURM_VARIABLES = ("SLURM_PROCID", "SLURM_STEP_NUM_TASKS", "SLURM_STEP_NODELIST"
 CLUSTER_TIMEOUT_VARIABLE = "BIT_KERAS_CLUSTER_TIMEOUT"
 DEFAULT_CLUSTER_TIMEOUT = 600.0   # seconds: time to start the same command on every machine
 COLLECTIVE_JOBS = ("chief", "worker")  # the tasks that take part in every step (not "evaluator", "ps")
+# What tf.distribute.MultiWorkerMirroredStrategy() returns, under either class name.
+MULTI_WORKER_CLASSES = ("MultiWorkerMirroredStrategy", "CollectiveAllReduceStrategy")
+
+
+def is_tpu(strategy) -> bool:
+    return type(strategy).__name__.startswith("TPUStrategy")
+
+
+def is_multi_worker(strategy) -> bool:
+    return type(strategy).__name__ in MULTI_WORKER_CLASSES
+
+
+def is_default(strategy) -> bool:
+    """The default strategy (one device), or the stand-in for it where tf.distribute does not apply."""
+    return isinstance(strategy, _NoStrategy) or type(strategy).__name__.startswith("_Default")
+
+
+class _NoStrategy:
+    """The default strategy's surface where tf.distribute does not apply (JAX backend)."""
+
+    num_replicas_in_sync = 1
+
+    def scope(self):
+        return contextlib.nullcontext()
+
+
+def resolve_strategy(strategy=None, *, tpu=None, cpu_devices=None, log=None):
+    """A `tf.distribute.Strategy` from a strategy, a name ("auto", "mirrored", ...) or None (the one in force).
+
+    A name is made by `make_strategy` (which splits the CPU into `cpu_devices` first). On the
+    JAX backend there is no tf.distribute: None, "auto" and "default" give a stand-in whose
+    scope does nothing; Keras' JAX distribution (`jax_data_parallel`) splits batches.
+    """
+    if strategy is not None and not isinstance(strategy, str):
+        return strategy
+    import keras
+
+    if keras.backend.backend() != "tensorflow":
+        if strategy not in (None, "auto", "default") or tpu:
+            asked = f"tpu={tpu!r}" if tpu else f"strategy={strategy!r}"
+            raise ConfigError(f"{asked} needs the TensorFlow backend (KERAS_BACKEND=tensorflow); on JAX, "
+                              "fine-tuning uses every local device through keras.distribution.")
+        return _NoStrategy()
+    if strategy is None and not tpu:
+        if cpu_devices is not None:
+            split_cpu(cpu_devices)
+        import tensorflow as tf
+
+        return tf.distribute.get_strategy()
+    return make_strategy(strategy or "auto", tpu, cpu_devices=cpu_devices, log=log)
+
+
+def check_flags(*, strategy=None, cpu_devices=None, cluster_timeout=None) -> None:
+    """Refuses impossible hardware settings and a TF_CONFIG outside its cluster before any work.
+
+    A `cluster_timeout` becomes $BIT_KERAS_CLUSTER_TIMEOUT, so every strategy built in this
+    process (finetune, train, vtab's runs) waits that long for the cluster.
+    """
+    if cpu_devices is not None:
+        check_cpu_devices(cpu_devices)
+    if cluster_timeout is not None:
+        seconds = check_cluster_timeout(cluster_timeout, name="--cluster-timeout")
+        os.environ[CLUSTER_TIMEOUT_VARIABLE] = repr(seconds)
+    if strategy == "multi_worker" and os.environ.get("TF_CONFIG"):
+        task_of()   # parses and checks TF_CONFIG (ConfigError)
+
+
+def replicas_of(strategy) -> int:
+    return int(getattr(strategy, "num_replicas_in_sync", 1))
+
+
+def built_in(strategy, layer) -> bool:
+    """Whether `layer`'s variables belong to `strategy` (a ready backbone cannot move into a scope)."""
+    if is_default(strategy) or not layer.weights:
+        return True
+    variable = layer.weights[0]
+    return strategy.extended.variable_created_in_scope(getattr(variable, "value", variable))
 
 
 def split_cpu(count: int) -> None:
@@ -72,8 +150,8 @@ def choose_strategy_name(strategy: str = "auto", tpu: str | None = None, *, num_
     return "mirrored" if num_gpus > 0 else "default"
 
 
-def make_strategy(strategy: str = "auto", tpu: str | None = None, *, resolver_factory=None, cluster_timeout=None,
-                  log=None):
+def make_strategy(strategy: str = "auto", tpu: str | None = None, *, cpu_devices=None, resolver_factory=None,
+                  cluster_timeout=None, log=None):
     """A `tf.distribute.Strategy`.
 
     Args:
@@ -81,9 +159,12 @@ def make_strategy(strategy: str = "auto", tpu: str | None = None, *, resolver_fa
             "multi_worker" (MultiWorkerMirroredStrategy from TF_CONFIG or SLURM) or "tpu".
         tpu: the TPU's name or address for `TPUClusterResolver` ("local" on a TPU VM,
             a TPU node name, or grpc://host:8470). Implies strategy "tpu".
+        cpu_devices: split the CPU into this many logical devices first (`split_cpu`).
         resolver_factory: builds the resolver from `tpu=`; tests pass a fake one.
         cluster_timeout, log: `multi_worker_strategy`'s.
     """
+    if cpu_devices is not None:
+        split_cpu(cpu_devices)
     import tensorflow as tf
 
     name = choose_strategy_name(strategy, tpu)
@@ -252,7 +333,7 @@ def lost_worker_error(error, strategy, *, checkpoint=None):
     """
     import re
 
-    if type(strategy).__name__ not in ("MultiWorkerMirroredStrategy", "CollectiveAllReduceStrategy"):
+    if not is_multi_worker(strategy):
         return None
     if type(error).__name__ not in LOST_PEER_ERRORS or not type(error).__module__.startswith("tensorflow"):
         return None
@@ -282,8 +363,7 @@ def task_of(strategy=None):
     if resolver is not None and getattr(resolver, "task_type", None) is not None:
         cluster = resolver.cluster_spec().as_dict()
         return resolver.task_type, int(resolver.task_id or 0), cluster
-    if strategy is not None and type(strategy).__name__ not in ("MultiWorkerMirroredStrategy",
-                                                                "CollectiveAllReduceStrategy"):
+    if strategy is not None and not is_multi_worker(strategy):
         return None, None, {}
     if os.environ.get("TF_CONFIG"):
         cluster, task_type, task_index = _tf_config()
@@ -368,10 +448,9 @@ def _alive(pid) -> bool:
 
 def describe(strategy) -> str:
     """The strategy's name for run headers, e.g. "MirroredStrategy" or "default (one device)"."""
-    name = type(strategy).__name__
-    if name == "CollectiveAllReduceStrategy":  # what MultiWorkerMirroredStrategy() returns
+    if is_multi_worker(strategy):  # MultiWorkerMirroredStrategy() is a CollectiveAllReduceStrategy
         return "MultiWorkerMirroredStrategy"
-    return "default (one device)" if name.startswith("_Default") else name
+    return "default (one device)" if is_default(strategy) else type(strategy).__name__
 
 
 def tpu_strategy(address: str, *, resolver_factory=None):
@@ -400,3 +479,16 @@ def per_replica_batch(global_batch: int, replicas: int) -> int:
         raise ConfigError(f"Global batch {global_batch} does not divide over {replicas} replicas; "
                          f"use a multiple of {replicas}, e.g. {lower} or {lower + replicas}.")
     return global_batch // replicas
+
+
+def per_replica_micro_batch(global_batch, micro_batch_size, replicas) -> int:
+    """Each replica's micro-batch: global batch = replicas x micro-batch x accumulation steps, checked."""
+    per_replica = per_replica_batch(int(global_batch), replicas)  # ConfigError when it does not divide
+    if micro_batch_size is None:
+        return per_replica
+    if isinstance(micro_batch_size, bool) or int(micro_batch_size) != micro_batch_size or micro_batch_size < 1 \
+            or per_replica % micro_batch_size:
+        where = f" per replica ({global_batch} over {replicas} replicas)" if replicas > 1 else ""
+        raise ConfigError(f"micro-batch {micro_batch_size} must divide the batch of {per_replica}{where}; "
+                          f"global batch = replicas x micro-batch x accumulation steps.")
+    return int(micro_batch_size)

@@ -21,7 +21,9 @@ import numpy as np
 from bit_keras import runs
 from bit_keras.hyperrule import HyperRule
 from bit_keras.errors import ConfigError, MissingFileError, StoppedError
-from bit_keras.precision import EmulatedBFloat16Warning, bfloat16_warning, is_tpu, precision_of_policy
+from bit_keras.precision import EmulatedBFloat16Warning, bfloat16_warning, precision_of_policy
+from bit_keras.distribute import (built_in, is_default, is_multi_worker, is_tpu, per_replica_micro_batch,
+                                  replicas_of, resolve_strategy)
 
 
 @dataclasses.dataclass
@@ -105,7 +107,7 @@ class FineTuner:
 
     def splits_batches(self) -> bool:
         """Whether each batch is split over several replicas (tf.distribute) or devices (Keras' JAX distribution)."""
-        from bit_keras.train.strategy import jax_devices_in_use
+        from bit_keras.distribute import jax_devices_in_use
 
         return self.replicas > 1 or jax_devices_in_use() > 1
 
@@ -127,7 +129,7 @@ class FineTuner:
     @contextlib.contextmanager
     def _lost_workers(self, checkpoint=None):
         """A multi-worker step that fails because a task stopped answering becomes one line (ClusterError)."""
-        from bit_keras.train.strategy import lost_worker_error
+        from bit_keras.distribute import lost_worker_error
 
         try:
             yield
@@ -290,7 +292,7 @@ class LearningRateLogger(keras.callbacks.Callback):
 
 
 def build_finetuner(source, *, num_classes, train_size=None, image_size=None, batch_size=512,
-                    micro_batch_size=None, weights=None, random_weights=False, rule=None, steps=None,
+                    micro_batch_size=None, weights=None, load_weights=True, rule=None, steps=None,
                     resolution=None, base_learning_rate=None, flip=True, crop=True, multi_label=False,
                     trainable=True, cache_dir=None, dtype=None, jit_compile="auto", strategy=None) -> FineTuner:
     """A `BiTImageClassifier` compiled with the BiT-HyperRule, with the matching input pipelines.
@@ -300,10 +302,10 @@ def build_finetuner(source, *, num_classes, train_size=None, image_size=None, ba
             architecture such as "r50x1" random ones; see `bit_keras.weights`), an exported
             SavedModel directory or `.keras` file (`bit_keras export`), or a Keras backbone.
         num_classes: classes of the new, zero-initialised head.
-        weights, random_weights: override the weights a name means (file, URL or release name).
+        weights, load_weights: override the weights a name means (a file, URL or release name; False: random).
         multi_label: sigmoid cross-entropy (BiT-M style) instead of softmax cross-entropy.
         trainable: False freezes the backbone (linear probe).
-        strategy: a `tf.distribute.Strategy` (or a name for `bit_keras.train.strategy.make_strategy`:
+        strategy: a `tf.distribute.Strategy` (or a name for `bit_keras.distribute.make_strategy`:
             "mirrored", "multi_worker", "tpu", ...). The model, optimizer and metrics are built in
             its scope; `batch_size` stays the global batch and `micro_batch_size` is per replica.
             None: the strategy in force (the default one outside any `strategy.scope()`).
@@ -326,11 +328,11 @@ def build_finetuner(source, *, num_classes, train_size=None, image_size=None, ba
     requested_dtype = dtype
     if dtype is None and is_tpu(strategy):
         dtype = "mixed_bfloat16"  # as `bit_keras train` on TPU: the MXU computes in bfloat16
-    if isinstance(source, (keras.layers.Layer, keras.Model)) and not _built_in(strategy, source):
+    if isinstance(source, (keras.layers.Layer, keras.Model)) and not built_in(strategy, source):
         raise ConfigError(f"The backbone {source.name} was built outside this strategy's scope; build it inside "
                           "`with strategy.scope():`, or pass a model name or an exported path instead.")
     with strategy.scope():
-        backbone, variant = _load_backbone(source, weights=weights, random_weights=random_weights,
+        backbone, variant = _load_backbone(source, weights=weights, load_weights=load_weights,
                                            trainable=trainable, cache_dir=cache_dir, dtype=dtype)
         if requested_dtype is not None:
             _check_backbone_policy(backbone, requested_dtype)
@@ -341,7 +343,7 @@ def build_finetuner(source, *, num_classes, train_size=None, image_size=None, ba
                                        rule=rule, micro_batch_size=micro_batch_size * replicas, steps=steps,
                                        resolution=resolution, base_learning_rate=base_learning_rate,
                                        jit_compile=jit_compile)
-    if type(strategy).__name__ in MULTI_WORKER_CLASSES:
+    if is_multi_worker(strategy):
         # Keras peeks at the first batch with strategy.reduce, which MultiWorkerMirroredStrategy
         # cannot do on a batch; without a recorded strategy Keras takes the one in scope
         # (`FineTuner.scope()`) and builds when it traces the step instead.
@@ -356,7 +358,7 @@ def build_finetuner(source, *, num_classes, train_size=None, image_size=None, ba
         warnings.warn(precision_warning, EmulatedBFloat16Warning, stacklevel=2)
     return FineTuner(model=model, backbone=backbone, rule=rule, num_classes=num_classes, batch_size=rule.batch_size,
                      micro_batch_size=micro_batch_size, flip=flip, crop=crop, multi_label=multi_label,
-                     variant=variant, strategy=None if _is_default(strategy) else strategy, replicas=replicas,
+                     variant=variant, strategy=None if is_default(strategy) else strategy, replicas=replicas,
                      precision_warning=precision_warning)
 
 
@@ -365,73 +367,6 @@ def _logs_as_vectors(step):
         return keras.tree.map_structure(lambda value: keras.ops.reshape(value, (1,)), step(data))
 
     return vector_step
-
-
-MULTI_WORKER_CLASSES = ("MultiWorkerMirroredStrategy", "CollectiveAllReduceStrategy")
-
-
-def resolve_strategy(strategy):
-    """A `tf.distribute.Strategy` from a strategy, a name ("auto", "mirrored", ...) or None (the one in force).
-
-    On the JAX backend there is no tf.distribute: None, "auto" and "default" give a stand-in
-    whose scope does nothing; Keras' JAX distribution (`jax_data_parallel`) splits batches.
-    """
-    if strategy is not None and not isinstance(strategy, str):
-        return strategy
-    if keras.backend.backend() != "tensorflow":
-        if strategy not in (None, "auto", "default"):
-            raise ConfigError(f"strategy={strategy!r} needs the TensorFlow backend (KERAS_BACKEND=tensorflow); "
-                              "on JAX, fine-tuning uses every local device through keras.distribution.")
-        return _NoStrategy()
-    import tensorflow as tf
-
-    if strategy is None:
-        return tf.distribute.get_strategy()
-    from bit_keras.train.strategy import make_strategy
-
-    return make_strategy(strategy)
-
-
-def replicas_of(strategy) -> int:
-    return int(getattr(strategy, "num_replicas_in_sync", 1))
-
-
-def per_replica_micro_batch(global_batch, micro_batch_size, replicas) -> int:
-    """Each replica's micro-batch: global batch = replicas x micro-batch x accumulation steps, checked."""
-    from bit_keras.train.strategy import per_replica_batch
-
-    per_replica = per_replica_batch(int(global_batch), replicas)  # ConfigError when it does not divide
-    if micro_batch_size is None:
-        return per_replica
-    if isinstance(micro_batch_size, bool) or int(micro_batch_size) != micro_batch_size or micro_batch_size < 1 \
-            or per_replica % micro_batch_size:
-        where = f" per replica ({global_batch} over {replicas} replicas)" if replicas > 1 else ""
-        raise ConfigError(f"micro-batch {micro_batch_size} must divide the batch of {per_replica}{where}; "
-                          f"global batch = replicas x micro-batch x accumulation steps.")
-    return int(micro_batch_size)
-
-
-class _NoStrategy:
-    """The default strategy's surface where tf.distribute does not apply (JAX backend)."""
-
-    num_replicas_in_sync = 1
-
-    def scope(self):
-        import contextlib
-
-        return contextlib.nullcontext()
-
-
-def _is_default(strategy) -> bool:
-    return isinstance(strategy, _NoStrategy) or type(strategy).__name__.startswith("_Default")
-
-
-def _built_in(strategy, layer) -> bool:
-    """Whether `layer`'s variables belong to `strategy` (a ready backbone cannot move into a scope)."""
-    if _is_default(strategy) or not layer.weights:
-        return True
-    variable = layer.weights[0]
-    return strategy.extended.variable_created_in_scope(getattr(variable, "value", variable))
 
 
 def backbone_policy(backbone) -> str:
@@ -449,7 +384,7 @@ def _check_backbone_policy(backbone, dtype):
                           f"export it with dtype={wanted!r}, or leave the precision at its default.")
 
 
-def _load_backbone(source, *, weights, random_weights, trainable, cache_dir, dtype):
+def _load_backbone(source, *, weights, load_weights, trainable, cache_dir, dtype):
     """(backbone, model name or None) from a model name, a `WeightsChoice`, an export or a Keras object."""
     from bit_keras import weights as weights_rule
 
@@ -461,17 +396,19 @@ def _load_backbone(source, *, weights, random_weights, trainable, cache_dir, dty
                          f"Received: {type(source).__name__}")
     if isinstance(source, weights_rule.WeightsChoice):
         choice = source
-    elif os.path.isdir(source) or os.fspath(source).endswith(".keras"):
+    elif weights_rule.is_export(source):
         from bit_keras.export import load_backbone
 
-        if weights is not None or random_weights:
-            raise ConfigError(f"{source} is an exported model with its own weights; drop weights= / random_weights=.")
+        if weights is not None or not load_weights:
+            raise ConfigError(f"{source} is an exported model with its own weights; drop weights= and load_weights=False.")
         if not os.path.exists(source):
             raise MissingFileError(f"No exported model at {source}.")
         backbone = load_backbone(source, trainable=trainable)
         return backbone, getattr(backbone, "variant", None)
     else:
-        choice = weights_rule.resolve(source, weights, random_weights=random_weights, cache_dir=cache_dir)
-    backbone = choice.build_backbone(dtype=dtype)
+        choice = weights_rule.resolve(source, weights, load_weights=load_weights, cache_dir=cache_dir)
+    from bit_keras.backbone import BiTBackbone
+
+    backbone = BiTBackbone.from_weights(choice, dtype=dtype)
     backbone.trainable = trainable
     return backbone, choice.name

@@ -1,7 +1,7 @@
 """The BiT upstream schedules (the paper) as data, resolved into update counts.
 
 Pure Python, no TensorFlow: `bit_keras train --dry-run` and the tests read it. The
-learning rate itself is `bit_keras.schedules` (`WarmupStepDecay.from_plan`, or
+learning rate itself is `bit_keras.learning_rates` (`WarmupStepDecay.from_plan`, or
 `WarmupCosineDecay.from_plan` with `lr_schedule="cosine"`, for Keras).
 
 Conventions:
@@ -15,7 +15,7 @@ Conventions:
   is divided by 10 once more. Warm-up and decays multiply, so a (test-sized) run whose
   warm-up outlasts a boundary still gets both.
 - `lr_schedule="cosine"` keeps the warm-up and replaces the decays by half a cosine down to
-  0 at the end of the run (`bit_keras.schedules.cosine_learning_rate`); `decay_epochs` are
+  0 at the end of the run (`bit_keras.learning_rates.cosine_learning_rate`); `decay_epochs` are
   then unused and the plan lists no decay steps.
 """
 
@@ -24,7 +24,7 @@ from __future__ import annotations
 import dataclasses
 import math
 
-from bit_keras.schedules import cosine_learning_rate, learning_rate, plan_warnings
+from bit_keras.learning_rates import cosine_learning_rate, learning_rate, plan_warnings
 from bit_keras.errors import ConfigError
 
 REFERENCE_BATCH = 256
@@ -139,7 +139,7 @@ class RunPlan:
         return [(s, self.learning_rate(s)) for s in sorted(set(points)) if s < self.total_steps]
 
 
-SCHEDULES = {
+UPSTREAM_SCHEDULES = {
     "bit-s": UpstreamSchedule(
         "bit-s", epochs=90, decay_epochs=(30, 60, 80),
         description="BiT-S: ILSVRC-2012 (1.28M images, 1000 classes), 90 epochs, softmax cross-entropy"),
@@ -156,6 +156,6 @@ def resolve_schedule(name: str) -> UpstreamSchedule:
     key = str(name).strip().lower().replace("_", "-")
     if key in ("s", "m", "l"):
         key = f"bit-{key}"
-    if key not in SCHEDULES:
-        raise ConfigError(f"Unknown schedule {name!r}; choose one of {', '.join(SCHEDULES)}.")
-    return SCHEDULES[key]
+    if key not in UPSTREAM_SCHEDULES:
+        raise ConfigError(f"Unknown schedule {name!r}; choose one of {', '.join(UPSTREAM_SCHEDULES)}.")
+    return UPSTREAM_SCHEDULES[key]

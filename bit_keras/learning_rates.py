@@ -103,7 +103,7 @@ def _define_keras_schedule():
 
         @classmethod
         def from_plan(cls, plan):
-            """The schedule of an upstream `bit_keras.train.schedules.RunPlan`."""
+            """The schedule of an upstream `bit_keras.train.upstream_schedules.RunPlan`."""
             return cls(plan.learning_rate_peak, plan.warmup_steps, plan.decay_steps)
 
         def __call__(self, step):
@@ -141,7 +141,7 @@ def _define_keras_cosine():
 
         @classmethod
         def from_plan(cls, plan):
-            """The schedule of an upstream `bit_keras.train.schedules.RunPlan`."""
+            """The schedule of an upstream `bit_keras.train.upstream_schedules.RunPlan`."""
             return cls(plan.learning_rate_peak, plan.warmup_steps, plan.total_steps)
 
         def __call__(self, step):
