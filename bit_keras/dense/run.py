@@ -62,6 +62,10 @@ def build_task(choice, task, num_classes, *, resolution, norm="group", freeze_bn
     if output_stride not in (None, 32):
         kwargs["output_stride"] = int(output_stride)
     backbone = choice.build_backbone(dtype=dtype, **kwargs)
+    from bit_keras.layout import norm_layer
+
+    # The classifier's pre-head norm is off the task's path: no gradients (and no Keras warning about them).
+    backbone.get_layer(norm_layer(normalization=backbone.normalization)).trainable = False
     if resolution % 32:
         raise ConfigError(f"resolution must be a multiple of 32 (the network's stride). Received: "
                           f"resolution={resolution}")
@@ -137,6 +141,9 @@ def finetune(choice, *, task, dataset, output, batch_size=16, micro_batch_size=N
         run["dropped_annotations"] = train.dropped
     if overwrite and chief:
         files.check_target(output, overwrite=True, markers=RUN_MARKERS, kind="a bit_keras finetune run")
+    resuming = not overwrite and resume.list_checkpoints(os.path.join(output, CHECKPOINT_DIR))
+    if resuming:  # before anything is built: another run's checkpoint is refused at once
+        runs.check_resume(output, run, restart="pass --overwrite to start again, or use another --output")
     keras.utils.set_random_seed(int(seed))
     with strategy.scope():
         model = build_task(choice, task, train.num_classes, resolution=resolution, norm=norm, freeze_bn=freeze_bn,
@@ -159,8 +166,7 @@ def finetune(choice, *, task, dataset, output, batch_size=16, micro_batch_size=N
     os.makedirs(writes, exist_ok=True)
     checkpoints = os.path.join(writes, CHECKPOINT_DIR)
     start = None
-    if resume.list_checkpoints(os.path.join(output, CHECKPOINT_DIR)):
-        runs.check_resume(output, run, restart="pass --overwrite to start again, or use another --output")
+    if resuming:
         start = resume.newest_complete(os.path.join(output, CHECKPOINT_DIR), log=say, move_damaged=chief)
     if chief:
         runs.write_run(output, run)
@@ -177,7 +183,8 @@ def finetune(choice, *, task, dataset, output, batch_size=16, micro_batch_size=N
                  StopAfterUpdates(steps), StopOnSigterm()]
     with runs.sigterm_deferred():
         history = model.fit(batches, epochs=math.ceil(steps / eval_every), initial_epoch=done // eval_every,
-                            steps_per_epoch=eval_every * accumulation, callbacks=callbacks, verbose=verbose)
+                            steps_per_epoch=eval_every * accumulation, callbacks=callbacks, verbose=verbose,
+                            shuffle=False)  # the pipeline shuffles
     if runs.SIGTERM.received:
         from bit_keras.errors import StoppedError
 
