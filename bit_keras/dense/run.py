@@ -37,6 +37,12 @@ def default_resolution(dataset: str) -> int:
     return DEFAULT_RESOLUTION.get(dataset, 512)
 
 
+def anchor_size(dataset: str) -> float:
+    """keras-hub's RetinaNet anchors (4: 32 px at P3), except for the synthetic shapes (6-32 px objects in
+    64 px images), which get 1 (8 px at P3): an object no anchor overlaps by IoU 0.5 is never a target."""
+    return 1 if dataset == "shapes" else 4
+
+
 def learning_rate_schedule(total_steps, *, batch_size, peak=None, accumulation_steps=1):
     from bit_keras.schedules import WarmupStepDecay
 
@@ -47,7 +53,7 @@ def learning_rate_schedule(total_steps, *, batch_size, peak=None, accumulation_s
 
 
 def build_task(choice, task, num_classes, *, resolution, norm="group", freeze_bn=False, output_stride=None,
-               dtype=None):
+               dtype=None, anchor_size=4):
     """The keras-hub task on a BiT backbone from a `weights.WeightsChoice`."""
     from bit_keras.dense.tasks import build_detector, build_segmenter, freeze_batch_norm
 
@@ -70,7 +76,7 @@ def build_task(choice, task, num_classes, *, resolution, norm="group", freeze_bn
         raise ConfigError(f"resolution must be a multiple of 32 (the network's stride). Received: "
                           f"resolution={resolution}")
     if task == "detection":
-        model = build_detector(backbone, num_classes, use_prediction_head_norm=True)
+        model = build_detector(backbone, num_classes, use_prediction_head_norm=True, anchor_size=anchor_size)
     else:
         model = build_segmenter(backbone, num_classes)
     if freeze_bn:
@@ -147,7 +153,7 @@ def finetune(choice, *, task, dataset, output, batch_size=16, micro_batch_size=N
     keras.utils.set_random_seed(int(seed))
     with strategy.scope():
         model = build_task(choice, task, train.num_classes, resolution=resolution, norm=norm, freeze_bn=freeze_bn,
-                           output_stride=output_stride, dtype=policy)
+                           output_stride=output_stride, dtype=policy, anchor_size=anchor_size(dataset))
         schedule = learning_rate_schedule(steps, batch_size=batch_size, peak=learning_rate,
                                           accumulation_steps=accumulation)
         _compile(model, task, AccumulatingSGD(schedule, momentum=0.9, accumulation_steps=accumulation))

@@ -51,12 +51,14 @@ def _dtype(image_encoder, kwargs):
 
 def build_detector(image_encoder, num_classes: int, *, min_level: int = 3, max_level: int = 7,
                    use_p5: bool = False, head_conv_layers: int = 4, use_prediction_head_norm: bool = False,
-                   bounding_box_format: str = "yxyx", **kwargs):
+                   bounding_box_format: str = "yxyx", anchor_size: float = 4, **kwargs):
     """A RetinaNetObjectDetector: FPN P`min_level`..P`max_level` over the encoder's P3..P5.
 
     Levels above P5 come from P5 (`use_p5`) or the FPN's P5 as in the RetinaNet paper.
     `use_prediction_head_norm` puts GroupNorm in the heads (what small batches want).
-    The heads get the encoder's dtype policy unless `dtype=` says otherwise.
+    The heads get the encoder's dtype policy unless `dtype=` says otherwise. `anchor_size`:
+    anchors of level n are anchor_size * 2**n px (x 2**(0, 1/3, 2/3), 3 aspect ratios):
+    keras-hub's 4 gives 32 px at P3; small objects in small images want less.
     """
     keras_hub = _keras_hub()
     if num_classes < 1:
@@ -69,6 +71,10 @@ def build_detector(image_encoder, num_classes: int, *, min_level: int = 3, max_l
     backbone = keras_hub.models.RetinaNetBackbone(
         image_encoder=image_encoder, min_level=min_level, max_level=max_level, use_p5=use_p5,
         image_shape=tuple(image_encoder.input.shape[1:]), dtype=dtype)
+    if anchor_size != 4 and "anchor_generator" not in kwargs:
+        kwargs["anchor_generator"] = keras_hub.layers.AnchorGenerator(
+            bounding_box_format, min_level=min_level, max_level=max_level, num_scales=3,
+            aspect_ratios=[0.5, 1.0, 2.0], anchor_size=anchor_size)
     return keras_hub.models.RetinaNetObjectDetector(
         backbone=backbone, num_classes=num_classes, bounding_box_format=bounding_box_format,
         pre_logits_num_conv_layers=head_conv_layers, use_prediction_head_norm=use_prediction_head_norm,
