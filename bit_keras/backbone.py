@@ -52,6 +52,28 @@ from bit_keras.precision import PRECISION_POLICIES  # noqa: E402,F401
 
 # keras-hub's pyramid level of each block: level n has stride 2**n (block1 is at stride 4).
 PYRAMID_LEVELS = {1: "P2", 2: "P3", 3: "P4", 4: "P5"}
+OUTPUT_STRIDES = (32, 16, 8)  # 32: BiT's network; 16 and 8: atrous last blocks (DeepLab)
+
+
+def atrous_plan(units, output_stride: int = 32) -> list:
+    """(stride, dilation) of each unit so that no map is smaller than 1/`output_stride` of the image.
+
+    A unit that would take the stride past `output_stride` keeps stride 1 and its block's
+    dilation so far; the units after it dilate by the stride it dropped (torchvision's and
+    DeepLab's `replace_stride_with_dilation`). Same kernels, so the same weights load.
+    """
+    if isinstance(output_stride, bool) or output_stride not in OUTPUT_STRIDES:
+        raise ConfigError(f"output_stride must be one of {OUTPUT_STRIDES} (32 is BiT's network; 16 and 8 dilate "
+                          f"the last blocks). Received: output_stride={output_stride!r}")
+    plan, current, dilation = [], 4, 1  # the root block leaves stride 4
+    for unit in units:
+        if unit.stride > 1 and current * unit.stride > output_stride:
+            plan.append((1, dilation))
+            dilation *= unit.stride
+        else:
+            plan.append((unit.stride, dilation))
+            current *= unit.stride
+    return plan
 
 
 def policy_name(dtype) -> str:
@@ -76,10 +98,10 @@ class _Layers:
         self.groups, self.sync_batch_norm = groups, sync_batch_norm
         self.drop_path = drop_path or {}
 
-    def conv(self, filters, kernel_size, name, stride=1):
+    def conv(self, filters, kernel_size, name, stride=1, dilation=1):
         # Without weight standardization: a plain Conv2D under the same name (and checkpoint key).
         conv = StandardizedConv2D if self.weight_standardization else keras.layers.Conv2D
-        return conv(filters, kernel_size, strides=stride, padding="valid", use_bias=False,
+        return conv(filters, kernel_size, strides=stride, dilation_rate=dilation, padding="valid", use_bias=False,
                     kernel_initializer=self.initializer, dtype=self.dtype, name=name)
 
     def norm(self, x, *name):
@@ -108,17 +130,22 @@ class _Layers:
         return keras.layers.MaxPooling2D(3, strides=2, padding="valid", dtype=self.dtype,
                                          name=layer_name("root_block", "pool"))(x)
 
-    def unit(self, x, unit):
-        """One pre-activation bottleneck; the projection takes the pre-activated input."""
+    def unit(self, x, unit, stride=None, dilation=1):
+        """One pre-activation bottleneck; the projection takes the pre-activated input.
+
+        `stride` (default: the unit's) and `dilation` of the 3x3 convolution (its zero padding
+        grows with it, so the map keeps its size): the atrous blocks of `output_stride`.
+        """
+        stride = unit.stride if stride is None else stride
         h = self.norm_relu(x, unit_layer(unit, "a"))
         shortcut = x
         if unit.projection:
             shortcut = self.conv(unit.out_channels, 1, unit_layer(unit, "a", "proj", "standardized_conv2d"),
-                                 unit.stride)(h)
+                                 stride)(h)
         h = self.conv(unit.mid_channels, 1, unit_layer(unit, "a", "standardized_conv2d"))(h)
         h = self.norm_relu(h, unit_layer(unit, "b"))
-        h = self.pad(h, 1, unit_layer(unit, "b", "pad"))
-        h = self.conv(unit.mid_channels, 3, unit_layer(unit, "b", "standardized_conv2d"), unit.stride)(h)
+        h = self.pad(h, dilation, unit_layer(unit, "b", "pad"))
+        h = self.conv(unit.mid_channels, 3, unit_layer(unit, "b", "standardized_conv2d"), stride, dilation)(h)
         h = self.norm_relu(h, unit_layer(unit, "c"))
         h = self.conv(unit.out_channels, 1, unit_layer(unit, "c", "standardized_conv2d"))(h)
         rate = self.drop_path.get(unit.name, 0.0)
@@ -144,6 +171,10 @@ class BiTBackbone(StandardizesOncePerPredict, keras_hub.models.FeaturePyramidBac
             the last unit gets r (Huang et al.'s linear rule). Identity at inference.
         sync_batch_norm: with normalization="batch", statistics over the global batch under
             tf.distribute (`synchronized=True`); by default each replica uses its own batch.
+        output_stride: 32 (BiT), or 16 / 8 for dense prediction (DeepLab): the last block (16) or
+            the last two (8) keep the resolution and use dilated (atrous) 3x3 convolutions
+            instead, so block4 has stride 16 (8). Same layers and kernel shapes:
+            released weights load unchanged.
         initializer: kernel initializer; "zeros" is much faster when weights are loaded next.
         dtype: a dtype policy for every layer, e.g. "mixed_bfloat16" (bfloat16 compute,
             float32 variables and GroupNorm statistics). None: Keras' global policy.
@@ -155,7 +186,9 @@ class BiTBackbone(StandardizesOncePerPredict, keras_hub.models.FeaturePyramidBac
         pyramid_outputs: {"P2": block1, "P3": block2, "P4": block3, "P5": block4} (keras-hub's
             keys; strides 4, 8, 16, 32): each block's last `Add`, the pre-activation residual
             sum (not normalized: ResNet-v2 normalizes at the start of the next unit, and only
-            the final map gets the "pre_head" GroupNorm + ReLU). For
+            the final map gets the "pre_head" GroupNorm + ReLU). Level n is always at stride 2**n:
+            with `output_stride=16` block4 is "P4" (block3, at the same stride, is left out) and
+            there is no "P5"; with 8, block4 is "P3". `block_outputs` keys every block by number. For
             `keras.Model(backbone.input, backbone.pyramid_outputs)` and keras-hub's
             RetinaNet/DeepLabV3 `image_encoder`.
 
@@ -167,8 +200,8 @@ class BiTBackbone(StandardizesOncePerPredict, keras_hub.models.FeaturePyramidBac
     """
 
     def __init__(self, block_units=(3, 4, 6, 3), width=1, *, normalization="group", weight_standardization=True,
-                 groups=layout.BIT_GROUPS, stochastic_depth=0.0, sync_batch_norm=False, initializer="he_normal",
-                 dtype=None, name=None, **kwargs):
+                 groups=layout.BIT_GROUPS, stochastic_depth=0.0, sync_batch_norm=False, output_stride=32,
+                 initializer="he_normal", dtype=None, name=None, **kwargs):
         architecture = Architecture(tuple(block_units), width)
         network = layout.network_config(normalization, weight_standardization, groups)
         stochastic_depth = check_rate(stochastic_depth, "stochastic_depth")
@@ -176,14 +209,19 @@ class BiTBackbone(StandardizesOncePerPredict, keras_hub.models.FeaturePyramidBac
             raise ConfigError(f"sync_batch_norm=True applies only to normalization='batch'. "
                               f"Received: sync_batch_norm={sync_batch_norm!r}, normalization={normalization!r}")
         units = architecture.units()
+        plan = atrous_plan(units, output_stride)
         rates = dict(zip((unit.name for unit in units), drop_path_rates(stochastic_depth, len(units))))
         layers = _Layers(dtype, initializer, normalization, weight_standardization, groups, sync_batch_norm, rates)
         images = keras.Input(shape=(None, None, 3), name="images")
         x = ImageRescaling(dtype=dtype, name="rescale")(images)
         x = layers.root(x, architecture.root_channels)
-        pyramid = {}
-        for unit in units:
-            x = pyramid[PYRAMID_LEVELS[unit.block]] = layers.unit(x, unit)
+        blocks, strides, stride = {}, {}, 4
+        for unit, (unit_stride, dilation) in zip(units, plan):
+            x = blocks[unit.block] = layers.unit(x, unit, unit_stride, dilation)
+            stride *= unit_stride
+            strides[unit.block] = stride
+        # Level n holds the deepest block at stride 2**n (with atrous blocks, several share one).
+        pyramid = {f"P{strides[block].bit_length() - 1}": blocks[block] for block in sorted(blocks)}
         x = layers.norm(x)
         x = keras.layers.ReLU(dtype=dtype, name=layer_name("pre_head", "relu"))(x)
         features = keras.layers.GlobalAveragePooling2D(dtype=dtype, name="pre_logits")(x)
@@ -199,6 +237,8 @@ class BiTBackbone(StandardizesOncePerPredict, keras_hub.models.FeaturePyramidBac
         self.network = network
         self.drop_path_rates = rates
         self.pyramid_outputs = pyramid
+        self.block_outputs = blocks
+        self.output_stride = output_stride
 
     @property
     def block_units(self) -> tuple:
@@ -223,7 +263,8 @@ class BiTBackbone(StandardizesOncePerPredict, keras_hub.models.FeaturePyramidBac
         return {**super().get_config(), "block_units": list(self.block_units), "width": self.width,
                 "normalization": self.normalization, "weight_standardization": self.weight_standardization,
                 "groups": self.groups, "stochastic_depth": self.stochastic_depth,
-                "sync_batch_norm": self.sync_batch_norm, "initializer": self.initializer}
+                "sync_batch_norm": self.sync_batch_norm, "initializer": self.initializer,
+                **({"output_stride": self.output_stride} if self.output_stride != 32 else {})}
 
     @classmethod
     def from_preset(cls, preset, *, load_weights: bool = True, weights=None, dtype=None, cache_dir=None,
@@ -281,11 +322,13 @@ def feature_maps(model: keras.Model, blocks=(1, 2, 3, 4)) -> keras.Model:
     pyramid = getattr(backbone, "pyramid_outputs", None)
     if not pyramid:
         raise ConfigError(f"{model.name!r} is not a BiT backbone or classifier; feature maps need one.")
-    have = sorted(b for b, level in PYRAMID_LEVELS.items() if level in pyramid)
+    outputs = getattr(backbone, "block_outputs", None) or {
+        b: pyramid[level] for b, level in PYRAMID_LEVELS.items() if level in pyramid}
+    have = sorted(outputs)
     missing = [b for b in blocks if not isinstance(b, int) or isinstance(b, bool) or b not in have]
     if missing:
         raise ConfigError(f"Model {model.name!r} has no block {missing[0]!r}; it has blocks {have}.")
-    return keras.Model(backbone.input, {f"block{b}": pyramid[PYRAMID_LEVELS[b]] for b in blocks},
+    return keras.Model(backbone.input, {f"block{b}": outputs[b] for b in blocks},
                        name=f"{backbone.name}_feature_maps")
 
 

@@ -1,7 +1,7 @@
-"""keras-hub RetinaNet and DeepLabV3 on a feature-pyramid encoder, trained a few steps on synthetic shapes.
+"""keras-hub RetinaNet and DeepLabV3 on a tiny BiTBackbone, trained a few steps on synthetic shapes.
 
-The encoder is keras-hub's own ResNetBackbone, tiny; BiTBackbone plugs in once it is a
-FeaturePyramidBackbone (issue 21).
+The encoder is BiT's own network (GroupNorm + WS) with one unit per block (r14x1); images
+reach it as float [0, 1] and it rescales them itself, once (checked against NumPy).
 """
 
 import numpy as np
@@ -9,7 +9,7 @@ import pytest
 
 from bit_keras.errors import ConfigError
 
-pytest.importorskip("keras_hub", reason="keras-hub is pinned with issue 21 (BiT as a keras-hub encoder)")
+pytest.importorskip("keras_hub", reason="keras-hub provides the RetinaNet and DeepLabV3 task models")
 
 SIZE = 64
 STEPS = 8
@@ -18,13 +18,11 @@ STEPS = 8
 @pytest.fixture(scope="module")
 def encoder():
     import keras
-    import keras_hub
+
+    from bit_keras.backbone import BiTBackbone
 
     keras.utils.set_random_seed(0)
-    return keras_hub.models.ResNetBackbone(  # keras-hub requires 64 filters in the stem and first stack
-        input_conv_filters=[64], input_conv_kernel_sizes=[3], stackwise_num_filters=[64, 8, 16, 16],
-        stackwise_num_blocks=[1, 1, 1, 1], stackwise_num_strides=[1, 2, 2, 2], block_type="basic_block",
-        use_pre_activation=True, image_shape=(SIZE, SIZE, 3))
+    return BiTBackbone((1, 1, 1, 1), 1)
 
 
 @pytest.fixture(scope="module")
@@ -58,8 +56,7 @@ def test_encoder_without_pyramid_is_refused():
 
 
 def _loss_goes_down(model, x, y):
-    """Training loss on one fixed batch, first step vs last (training mode throughout: the
-    tiny encoder's BatchNorm moving statistics lag behind in a few steps)."""
+    """Training loss on one fixed batch, first step vs last."""
     losses = model.fit(x, y, epochs=STEPS, batch_size=len(x), verbose=0).history["loss"]
     assert np.all(np.isfinite(losses)) and losses[-1] < 0.7 * losses[0], losses
 
@@ -105,3 +102,107 @@ def test_deeplab_trains_on_shapes_and_ignores_void_pixels(encoder, shapes):
     scores = SegmentationScores(4)
     scores.update(masks.numpy(), np.argmax(segmenter.predict(x, verbose=0), -1))
     assert 0.0 <= scores.result()["mean_iou"] <= 1.0
+
+
+def test_images_reach_bit_once_rescaled(encoder, shapes, monkeypatch):
+    """keras-hub's tasks add no preprocessing: BiT's own rescaling layer sees the pipeline's
+    [0, 1] images (uint8 / 255) and hands on 2x - 1 (NumPy), inside both tasks."""
+    from bit_keras.backbone import ImageRescaling
+    from bit_keras.dense.shapes import as_dataset
+    from bit_keras.dense.tasks import build_detector, build_segmenter, detection_inputs
+
+    seen = []
+    original = ImageRescaling.call
+
+    def spy(self, images):
+        result = original(self, images)
+        seen.append((np.asarray(images), np.asarray(result)))
+        return result
+
+    monkeypatch.setattr(ImageRescaling, "call", spy)
+    x, _ = next(iter(as_dataset(shapes).map(lambda e: detection_inputs(e, max_boxes=4)).batch(len(shapes))))
+    expected = np.stack([e["image"] for e in shapes]).astype(np.float64) / 255.0
+    for model in (build_detector(encoder, 3, max_level=5, head_conv_layers=1),
+                  build_segmenter(encoder, 4, dilation_rates=(2, 4))):
+        assert model.preprocessor is None
+        seen.clear()
+        model(x, training=False)
+        assert len(seen) == 1
+        images, rescaled = seen[0]
+        np.testing.assert_allclose(images, expected, rtol=0, atol=1e-6)
+        np.testing.assert_allclose(rescaled, 2.0 * expected - 1.0, rtol=0, atol=1e-6)
+
+
+def _tiny(output_stride, normalization="group", block_units=(1, 1, 1, 1)):
+    from bit_keras.backbone import BiTBackbone
+
+    return BiTBackbone(block_units, 1, output_stride=output_stride, normalization=normalization)
+
+
+def test_output_stride_loads_the_same_checkpoint_and_keeps_resolution(tmp_path):
+    import keras
+
+    from bit_keras import checkpoint
+
+    keras.utils.set_random_seed(1)
+    plain = _tiny(32)
+    path = str(tmp_path / "bit.npz")
+    checkpoint.save_weights(plain, path)
+    x = np.random.default_rng(0).random((1, SIZE, SIZE, 3)).astype("float32")
+    for stride, level in ((16, "P4"), (8, "P3")):
+        atrous = _tiny(stride)
+        checkpoint.load_weights(atrous, path)  # same names and kernel shapes: loads unchanged
+        for a, b in zip(plain.weights, atrous.weights):
+            assert a.path == b.path
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+        assert max(atrous.pyramid_outputs) == level and atrous.output_stride == stride
+        features = keras.Model(atrous.input, atrous.block_outputs[4])(x)
+        assert tuple(features.shape) == (1, SIZE // stride, SIZE // stride, 2048)
+        assert tuple(atrous(x).shape) == (1, 2048)
+        clone = atrous.__class__.from_config(atrous.get_config())
+        assert clone.output_stride == stride
+    with pytest.raises(ConfigError, match="output_stride must be one of"):
+        _tiny(4)
+
+
+@pytest.mark.parametrize("stride", [16, 8])
+def test_atrous_blocks_sampled_at_stride_32_equal_the_plain_network(stride):
+    """The a trous identity: without normalization (whose statistics span all positions), the
+    dilated network's last map, taken every 32/stride pixels, is the plain network's map."""
+    import keras
+
+    units = (1, 1, 2, 2)  # second units in blocks 3 and 4: dilated convolutions, not only dropped strides
+    keras.utils.set_random_seed(2)
+    plain = _tiny(32, "none", units)
+    atrous = _tiny(stride, "none", units)
+    atrous.set_weights(plain.get_weights())
+    x = np.random.default_rng(1).random((2, SIZE, SIZE, 3)).astype("float32")
+    expected = np.asarray(keras.Model(plain.input, plain.block_outputs[4])(x), np.float64)
+    dense = np.asarray(keras.Model(atrous.input, atrous.block_outputs[4])(x), np.float64)
+    step = 32 // stride
+    assert dense.shape[1] == expected.shape[1] * step
+    np.testing.assert_allclose(dense[:, ::step, ::step], expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())
+
+
+def test_deeplab_at_output_stride_16_predicts_full_size_masks(shapes):
+    from bit_keras.dense.shapes import as_dataset
+    from bit_keras.dense.tasks import build_detector, build_segmenter, segmentation_inputs
+
+    encoder = _tiny(16)
+    segmenter = build_segmenter(encoder, num_classes=4)
+    assert segmenter.backbone.spatial_pyramid_pooling_key == "P4"
+    assert list(segmenter.backbone.dilation_rates) == [6, 12, 18]
+    x, _ = next(iter(as_dataset(shapes, ("image", "mask")).map(segmentation_inputs).batch(2)))
+    assert tuple(segmenter(x).shape) == (2, SIZE, SIZE, 4)
+    with pytest.raises(ConfigError, match="output_stride=32"):
+        build_detector(encoder, 3)
+
+
+def test_frozen_batch_norm_bit_has_no_trainable_norm_weights():
+    from bit_keras.dense.tasks import build_segmenter, freeze_batch_norm
+
+    segmenter = build_segmenter(_tiny(32, "batch"), num_classes=4, dilation_rates=(2, 4))
+    before = len(segmenter.trainable_weights)
+    frozen = freeze_batch_norm(segmenter.backbone.image_encoder)
+    assert frozen == 1 + 3 * 4  # pre-head + three per unit
+    assert len(segmenter.trainable_weights) == before - 2 * frozen

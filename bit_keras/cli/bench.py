@@ -83,6 +83,10 @@ def register(subparsers):
                         help="--mode memory: how the accumulated row accumulates, comma-separated: momentum (in the "
                              "SGD momentum buffer, as bit_keras finetune does; default), keras (Keras' "
                              "gradient_accumulation_steps, a weight-sized accumulator).")
+    parser.add_argument("--task", choices=("classification", "detection", "segmentation"), default="classification",
+                        help="detection/segmentation: --mode train or memory time keras-hub's RetinaNet/DeepLabV3 "
+                             "training on BiT (random weights) at each --micro-batch, one subprocess per row "
+                             "(images/s and peak memory; default 512 px).")
     parser.add_argument("--json", action="store_true", help="Print the report as JSON.")
     parser.add_argument("--plot", metavar="FILE", default=None,
                         help="Also draw images/s per configuration as a bar chart (.png, .svg or .pdf).")
@@ -93,6 +97,8 @@ def bench(args) -> int:
     from bit_keras.bench import steps, throughput
 
     architecture = steps.parse_variant(args.variant)  # a bad name fails before TensorFlow loads
+    if args.task != "classification":
+        return _dense(args)
     if args.resolution is None:
         if args.mode == "memory":
             from bit_keras import presets
@@ -140,6 +146,30 @@ def bench(args) -> int:
     print(f"peak memory (RSS high-water mark of the process): {report['peak_rss_bytes'] / 2**20:.0f} MiB")
     if args.plot:
         print(f"picture: {args.plot}")
+    return 0
+
+
+def _dense(args) -> int:
+    from bit_keras.dense import bench as dense_bench
+
+    if args.mode not in ("train", "memory") or args.baseline or args.fold or args.jit or args.plot:
+        raise ConfigError(f"--task {args.task} measures --mode train or memory only, without --baseline, --fold, "
+                          "--jit or --plot.")
+    try:
+        micro_batches = tuple(int(part) for part in args.micro_batch.split(","))
+    except ValueError:
+        micro_batches = ()
+    resolution = args.resolution or 512
+    if not micro_batches or min(micro_batches) < 1 or resolution % 32:
+        raise ConfigError(f"Need --micro-batch as positive integers separated by commas and --resolution a multiple "
+                          f"of 32; received --micro-batch {args.micro_batch!r} --resolution {resolution}.")
+    log = None if args.json else (lambda line: print(line, flush=True))
+    report = dense_bench.report(args.task, args.variant, resolution, micro_batches, (args.precision,),
+                                steps=args.steps or 3, log=log)
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print(f"machine: {report['machine']}, load average {', '.join(f'{x:.1f}' for x in report['load_average'])}")
     return 0
 
 

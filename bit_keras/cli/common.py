@@ -12,10 +12,10 @@ DATASET_HELP = ("tfds:NAME[/CONFIG] (tensorflow-datasets), folder:PATH (PATH/<cl
 GLOBAL_BATCH_HELP = "Global batch of one update over all replicas"
 
 
-def add_data_flags(parser, *, dataset: bool = True) -> None:
+def add_data_flags(parser, *, dataset: bool = True, required: bool = True, dataset_help: str = DATASET_HELP) -> None:
     """--dataset, --data-dir and --no-download, as finetune, evaluate, train and vtab spell them."""
     if dataset:
-        parser.add_argument("--dataset", required=True, help=DATASET_HELP)
+        parser.add_argument("--dataset", required=required, help=dataset_help)
     parser.add_argument("--data-dir", default=None, help="tensorflow-datasets data directory (default: tfds's own, "
                         "~/tensorflow_datasets; a gs:// path on Cloud TPU).")
     parser.add_argument("--no-download", dest="download", action="store_false",
@@ -27,9 +27,10 @@ def add_batch_flag(parser, *, default=512, dest="batch", default_text="HyperRule
     parser.add_argument("--batch", dest=dest, type=int, default=default, help=f"{GLOBAL_BATCH_HELP} ({default_text}).")
 
 
-def add_fine_tuning_flags(parser, *, batch_dest="batch", micro_batch_dest="micro_batch") -> None:
+def add_fine_tuning_flags(parser, *, batch_dest="batch", micro_batch_dest="micro_batch", batch_default=512,
+                          batch_default_text="HyperRule: 512") -> None:
     """--batch, --micro-batch, --steps, --resolution and --seed of a HyperRule fine-tune (finetune and vtab)."""
-    add_batch_flag(parser, dest=batch_dest)
+    add_batch_flag(parser, dest=batch_dest, default=batch_default, default_text=batch_default_text)
     parser.add_argument("--micro-batch", dest=micro_batch_dest, type=int, default=None,
                         help="Examples per forward/backward pass on each replica; micro-batches are accumulated "
                              "into one update (same result, less memory): --batch = replicas x micro-batch x "

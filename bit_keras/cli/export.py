@@ -52,6 +52,13 @@ def export(args):
     import json
     import os
 
+    if args.run is not None:
+        from bit_keras.dense import is_dense_run
+
+        if is_dense_run(args.run):  # a detection or segmentation run: its own SavedModel
+            from bit_keras.cli.dense import run_export
+
+            return run_export(args)
     if args.format is None:
         args.format = "keras" if args.output.endswith(".keras") else "savedmodel"
     elif args.format == "savedmodel" and args.output.endswith(".keras"):

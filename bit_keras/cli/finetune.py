@@ -9,8 +9,10 @@ import json
 import os
 import sys
 
-from bit_keras.cli.common import (MODEL_HELP, add_data_flags, add_fine_tuning_flags, add_hardware_flags,
-                                  add_model_flags, add_precision_flag, make_cli_strategy, resolve_source)
+from bit_keras.cli import dense
+from bit_keras.cli.common import (DATASET_HELP, MODEL_HELP, add_data_flags, add_fine_tuning_flags,
+                                  add_hardware_flags, add_model_flags, add_precision_flag, make_cli_strategy,
+                                  resolve_source)
 
 
 def register(subparsers):
@@ -20,10 +22,13 @@ def register(subparsers):
                     "after an interruption resumes from the last checkpoint in --output.")
     add_model_flags(parser, variant_help=MODEL_HELP + " Or a directory (or .keras file) written by "
                     "`bit_keras export`, with its own weights. Required.")
-    add_data_flags(parser)
+    add_data_flags(parser, dataset_help=DATASET_HELP + " Detection and segmentation: shapes (offline), "
+                   "tfds:coco/2017, tfds:voc/2012, coco:IMAGES,ANNOTATIONS.json or masks:IMAGES,MASKS.")
     parser.add_argument("--output", required=True, help="Run directory: checkpoint/, logs/, model.keras, curves.png, metrics.json.")
+    dense.add_task_flag(parser)
     parser.add_argument("--examples-per-class", type=int, default=None, help="Few-shot: k training examples per class.")
-    add_fine_tuning_flags(parser)
+    add_fine_tuning_flags(parser, batch_default=None, batch_default_text="HyperRule: 512; detection and "
+                          "segmentation: 16")
     parser.add_argument("--eval-every", type=int, default=None, help="Updates between evaluations/checkpoints.")
     parser.add_argument("--learning-rate", type=float, default=None,
                         help="Peak learning rate instead of the HyperRule's (only sensible without pre-trained weights).")
@@ -38,12 +43,16 @@ def register(subparsers):
     parser.add_argument("--quiet", action="store_true",
                         help="One line per evaluation instead of a progress bar (the default when output is not a "
                              "terminal, so log files get no control characters).")
+    dense.add_dense_flags(parser)
     add_hardware_flags(parser.add_argument_group("hardware"))
     parser.set_defaults(handler=run_finetune)
 
     parser = subparsers.add_parser("evaluate", help="Score a fine-tuned model (.keras or a finetune --output) on a dataset.")
-    parser.add_argument("--model", required=True, help="A .keras file or a `bit_keras finetune` output directory.")
-    add_data_flags(parser)
+    parser.add_argument("run", nargs="?", default=None, metavar="RUN",
+                        help="A detection or segmentation run directory: COCO mAP (pycocotools) or mean IoU and "
+                             "pixel accuracy on its evaluation data (or --dataset/--split).")
+    parser.add_argument("--model", default=None, help="A .keras file or a `bit_keras finetune` output directory.")
+    add_data_flags(parser, required=False)
     parser.add_argument("--split", default="test", help="Split to score, e.g. test or train[90%%:].")
     parser.add_argument("--batch", type=int, default=128, help="Images per evaluation batch.")
     parser.add_argument("--resolution", type=int, default=None, help="Default: the crop size in the run's run.json.")
@@ -65,14 +74,24 @@ def register(subparsers):
     parser.add_argument("--steps", type=int, default=None, help="Fine-tuning updates (default 100).")
     parser.add_argument("--batch", type=int, default=None, help="Batch size (default 64).")
     parser.add_argument("--resolution", type=int, default=None, help="Crop size (default 32).")
+    dense.add_task_flag(parser, " Detection/segmentation: a tiny BiT trained on synthetic shapes, with a picture "
+                        "of its predictions (OUTPUT/TASK/predictions.png).")
     parser.set_defaults(handler=run_demo)
 
 
 def run_finetune(args):
     from bit_keras.errors import UsageError
 
+    if args.task != "classification":
+        return dense.run_finetune(args)
     if args.variant is None:
         raise UsageError("--variant is required: a model name (m-r50x1, r50x1, ...) or an export directory.")
+    dense_only = [flag for flag, value in (("--num-classes", args.num_classes), ("--norm", args.norm != "group"),
+                                           ("--freeze-bn", args.freeze_bn), ("--output-stride", args.output_stride),
+                                           ("--eval-dataset", args.eval_dataset)) if value]
+    if dense_only:
+        raise UsageError(f"{', '.join(dense_only)} apply to --task detection|segmentation only.")
+    args.batch = 512 if args.batch is None else args.batch
     from bit_keras.data import check_split
 
     for split in (args.train_split, args.eval_split):  # before any weights are fetched or model built
@@ -102,6 +121,20 @@ def run_finetune(args):
 
 
 def run_evaluate(args):
+    from bit_keras.cli.main import UsageError
+
+    target = args.run or args.model
+    if args.run and args.model:
+        raise UsageError("Name the model once: RUN or --model, not both.")
+    if target is None:
+        raise UsageError("Name what to score: RUN (a finetune --output directory) or --model FILE.keras.")
+    from bit_keras.dense import is_dense_run
+
+    if is_dense_run(target):
+        return dense.run_evaluate(args, target)
+    if args.dataset is None:
+        raise UsageError("--dataset is required to score a classifier (tfds:NAME, folder:PATH or digits).")
+    args.model = target
     from bit_keras.finetune.runner import evaluate
 
     scores = evaluate(args.model, dataset=args.dataset, split=args.split, batch_size=args.batch,
@@ -117,6 +150,8 @@ def run_evaluate(args):
 
 
 def run_demo(args):
+    if args.task != "classification":
+        return dense.run_demo(args)
     if args.transfer:
         from bit_keras.finetune.transfer_demo import run_transfer_demo
 

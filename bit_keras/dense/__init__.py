@@ -10,3 +10,14 @@ masks follow: `augment.py`; COCO mAP and mean IoU: `metrics.py`; offline synthet
 """
 
 IGNORE_LABEL = 255  # mask value that metrics and losses skip (VOC's "void" border)
+DENSE_TASKS = ("detection", "segmentation")
+
+
+def is_dense_run(path) -> bool:
+    """Whether `path` is a `finetune --task detection|segmentation` run directory (its run.json names the task)."""
+    import os
+
+    from bit_keras import runs
+
+    record = runs.read_run(path) if path and os.path.isdir(path) else None
+    return bool(record) and record.get("task") in DENSE_TASKS

@@ -1,4 +1,4 @@
-"""keras-hub's RetinaNet and DeepLabV3 on any feature-pyramid image encoder (BiT after issue 21).
+"""keras-hub's RetinaNet and DeepLabV3 on any feature-pyramid image encoder (BiTBackbone or keras-hub's own).
 
 We write only what keras-hub lacks: building the task from an encoder whose
 `pyramid_outputs` are keyed "P2".."P5" (stride 2^n), and turning our examples
@@ -8,6 +8,9 @@ keras-hub's tasks train on:
 - RetinaNetObjectDetector: `x` float images, `y = {"boxes": [B, N, 4] "yxyx" pixels,
   "labels": [B, N]}`, rows past an image's objects padded with -1 (its label encoder
   matches no anchor to an all -1 box and gives label -1 nothing to learn).
+Images are float [0, 1] (`scale=1/255` below): BiT maps them to [-1, 1] itself, so the
+tasks get no keras-hub preprocessor (which would rescale a second time).
+
 - DeepLabV3ImageSegmenter: `x` float images, `y` class per pixel; its "auto" loss wants
   one-hot labels, so `compile_segmenter` uses sparse cross-entropy that skips
   `IGNORE_LABEL` pixels instead.
@@ -40,31 +43,51 @@ def _check_encoder(image_encoder, needed):
                           f"FeaturePyramidBackbone); {type(image_encoder).__name__} has {keys or 'none'}.")
 
 
+def _dtype(image_encoder, kwargs):
+    """The task's dtype policy: the one asked for, else the encoder's (bfloat16 heads on a bfloat16 BiT)."""
+    dtype = kwargs.pop("dtype", None)
+    return dtype if dtype is not None else getattr(image_encoder, "dtype_policy", None)
+
+
 def build_detector(image_encoder, num_classes: int, *, min_level: int = 3, max_level: int = 7,
                    use_p5: bool = False, head_conv_layers: int = 4, use_prediction_head_norm: bool = False,
-                   bounding_box_format: str = "yxyx", **kwargs):
+                   bounding_box_format: str = "yxyx", anchor_size: float = 4, **kwargs):
     """A RetinaNetObjectDetector: FPN P`min_level`..P`max_level` over the encoder's P3..P5.
 
     Levels above P5 come from P5 (`use_p5`) or the FPN's P5 as in the RetinaNet paper.
     `use_prediction_head_norm` puts GroupNorm in the heads (what small batches want).
+    The heads get the encoder's dtype policy unless `dtype=` says otherwise. `anchor_size`:
+    anchors of level n are anchor_size * 2**n px (x 2**(0, 1/3, 2/3), 3 aspect ratios):
+    keras-hub's 4 gives 32 px at P3; small objects in small images want less.
     """
     keras_hub = _keras_hub()
     if num_classes < 1:
         raise ConfigError(f"A detector needs num_classes >= 1. Received: num_classes={num_classes}.")
+    if getattr(image_encoder, "output_stride", 32) != 32:
+        raise ConfigError(f"RetinaNet's feature pyramid needs the encoder at output_stride=32 (P3..P5); this "
+                          f"one has output_stride={image_encoder.output_stride} (atrous blocks are for DeepLab).")
     _check_encoder(image_encoder, [f"P{level}" for level in range(max(min_level, 3), 6)])
+    dtype = _dtype(image_encoder, kwargs)
     backbone = keras_hub.models.RetinaNetBackbone(
         image_encoder=image_encoder, min_level=min_level, max_level=max_level, use_p5=use_p5,
-        image_shape=tuple(image_encoder.input.shape[1:]))
+        image_shape=tuple(image_encoder.input.shape[1:]), dtype=dtype)
+    if anchor_size != 4 and "anchor_generator" not in kwargs:
+        kwargs["anchor_generator"] = keras_hub.layers.AnchorGenerator(
+            bounding_box_format, min_level=min_level, max_level=max_level, num_scales=3,
+            aspect_ratios=[0.5, 1.0, 2.0], anchor_size=anchor_size)
     return keras_hub.models.RetinaNetObjectDetector(
         backbone=backbone, num_classes=num_classes, bounding_box_format=bounding_box_format,
         pre_logits_num_conv_layers=head_conv_layers, use_prediction_head_norm=use_prediction_head_norm,
-        **kwargs)
+        dtype=dtype, **kwargs)
 
 
-def build_segmenter(image_encoder, num_classes: int, *, output_level: int = 5, low_level: int | None = 2,
-                    dilation_rates=ASPP_DILATION_RATES, projection_filters: int = 48, **kwargs):
+def build_segmenter(image_encoder, num_classes: int, *, output_level: int | None = None, low_level: int | None = 2,
+                    dilation_rates=None, projection_filters: int = 48, **kwargs):
     """A DeepLabV3ImageSegmenter: ASPP on P`output_level`, low-level features from P`low_level`.
 
+    `output_level` defaults to the encoder's deepest level: P5, or P4 / P3 for a BiT encoder
+    with `output_stride=16` / 8 (atrous last blocks). `dilation_rates` of the ASPP default
+    to DeepLabV3+'s (6, 12, 18) at output stride 16, scaled by 16 / stride (12, 24, 36 at 8).
     The ASPP output is upsampled to the low-level map's stride, then to the input size:
     logits [B, H, W, num_classes] for inputs whose sides are multiples of 2^output_level.
     """
@@ -72,15 +95,38 @@ def build_segmenter(image_encoder, num_classes: int, *, output_level: int = 5, l
     if num_classes < 2:
         raise ConfigError(f"A segmenter needs num_classes >= 2 (background included). "
                           f"Received: num_classes={num_classes}.")
+    if output_level is None:
+        levels = [int(key[1:]) for key in getattr(image_encoder, "pyramid_outputs", None) or ()
+                  if key[:1] == "P" and key[1:].isdigit()]
+        output_level = max(levels) if levels else 5
+    if dilation_rates is None:
+        dilation_rates = [max(1, rate * 16 // 2 ** output_level) for rate in ASPP_DILATION_RATES]
     needed = [f"P{output_level}"] + ([f"P{low_level}"] if low_level else [])
     _check_encoder(image_encoder, needed)
     upsampling = 2 ** (output_level - low_level) if low_level else 2 ** output_level
+    dtype = _dtype(image_encoder, kwargs)
     backbone = keras_hub.models.DeepLabV3Backbone(
         image_encoder=image_encoder, spatial_pyramid_pooling_key=f"P{output_level}",
         upsampling_size=upsampling, dilation_rates=list(dilation_rates),
         low_level_feature_key=f"P{low_level}" if low_level else None, projection_filters=projection_filters,
-        image_shape=tuple(image_encoder.input.shape[1:]))
+        image_shape=tuple(image_encoder.input.shape[1:]), dtype=dtype)
     return keras_hub.models.DeepLabV3ImageSegmenter(backbone=backbone, num_classes=num_classes, **kwargs)
+
+
+def freeze_batch_norm(model) -> int:
+    """Freezes every BatchNormalization layer of `model` (statistics and scale/offset), as detection
+    codebases do at 1-2 images per device; returns how many. Keras runs a frozen one in inference mode."""
+    frozen = 0
+    for layer in _all_layers(model):
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.trainable = False
+            frozen += 1
+    return frozen
+
+
+def _all_layers(model):
+    for layer in model._flatten_layers(include_self=False, recursive=True):
+        yield layer
 
 
 def compile_segmenter(segmenter, optimizer="adam", **kwargs):
