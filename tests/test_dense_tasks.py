@@ -77,6 +77,20 @@ def test_retinanet_trains_on_shapes_and_scores_with_pycocotools(encoder, shapes)
     assert 0.0 <= scores["AP"] <= 1.0
 
 
+def test_the_detector_keeps_detections_scoring_above_five_percent(encoder):
+    """keras-hub's default decoder drops scores under 0.5, so a young detector showed no boxes at all."""
+    from bit_keras.dense.tasks import build_detector
+
+    detector = build_detector(encoder, num_classes=2, max_level=5, head_conv_layers=1)
+    boxes = np.array([[[0, 0, 10, 10], [20, 20, 30, 30], [40, 40, 50, 50]]], np.float32)
+    scores = np.array([[[0.3, 0.01], [0.01, 0.06], [0.04, 0.01]]])
+    logits = np.log(scores / (1 - scores)).astype(np.float32)  # sigmoid(logits) == scores
+    decoded = detector.prediction_decoder(boxes, logits)
+    kept = int(np.asarray(decoded["num_detections"])[0])
+    assert kept == 2, decoded
+    np.testing.assert_allclose(np.sort(np.asarray(decoded["confidence"])[0, :kept]), [0.06, 0.3], rtol=1e-5)
+
+
 def test_deeplab_trains_on_shapes_and_ignores_void_pixels(encoder, shapes):
     import keras
     from bit_keras.dense.metrics import SegmentationScores
