@@ -121,7 +121,7 @@ def run_finetune(args):
 
 
 def run_evaluate(args):
-    from bit_keras.cli.main import UsageError
+    from bit_keras.errors import UsageError
 
     target = args.run or args.model
     if args.run and args.model:

@@ -67,7 +67,9 @@ def build_task(choice, task, num_classes, *, resolution, norm="group", freeze_bn
     kwargs = {"normalization": "batch"} if norm == "batch" else {}
     if output_stride not in (None, 32):
         kwargs["output_stride"] = int(output_stride)
-    backbone = choice.build_backbone(dtype=dtype, **kwargs)
+    from bit_keras.backbone import BiTBackbone
+
+    backbone = BiTBackbone.from_weights(choice, dtype=dtype, **kwargs)
     from bit_keras.layout import norm_layer
 
     # The classifier's pre-head norm is off the task's path: no gradients (and no Keras warning about them).
