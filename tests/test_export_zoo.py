@@ -47,4 +47,3 @@ def test_hub_layer_example_fine_tunes(tmp_path):
     result = finetune_hub_layer.main(["--export-dir", export_dir, "--steps", "4", "--batch-size", "16",
                                       "--image-size", "16"])
     assert result["backbone_variables_changed"] == result["backbone_variables"] > 0
-    assert 0.0 <= result["accuracy"] <= 1.0

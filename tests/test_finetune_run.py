@@ -17,11 +17,9 @@ def _tiny_backbone():
     return bit_keras.BiTBackbone((1, 1, 1, 1), width=1, name="tiny")
 
 
-def test_a_short_finetune_of_a_tiny_bit_learns_digits(tmp_path):
+def test_a_short_finetune_of_a_tiny_bit_learns_digits(digits_run):
     # Random weights: the HyperRule's peak rate (0.003 x 64/512) is meant for BiT features, so it is raised.
-    keras.utils.set_random_seed(0)
-    metrics = finetune(_tiny_backbone(), dataset="digits", output=tmp_path, batch_size=32, steps=80,
-                       eval_every=40, resolution=24, base_learning_rate=0.01, verbose=0)
+    tmp_path, metrics = digits_run
     assert metrics["updates"] == 80 and metrics["num_classes"] == 10
     assert metrics["eval_accuracy"] > 0.4, metrics  # chance is 0.1
     assert metrics["final_learning_rate"] == pytest.approx(0.01 * 0.001, rel=1e-5)
@@ -47,11 +45,14 @@ def test_the_cli_fine_tunes_in_bfloat16_and_records_it(tmp_path, capsys, monkeyp
     monkeypatch.setattr(precision, "cpu_bfloat16", lambda: [])  # a CPU that only emulates bfloat16
     monkeypatch.setattr(precision, "_has_accelerator", lambda: False)
     output = tmp_path / "run"
-    args = ["finetune", "--variant", "r14x1", "--dataset", "digits", "--output", str(output), "--batch", "16",
-            "--micro-batch", "8", "--steps", "2", "--resolution", "16", "--quiet"]
     capsys.readouterr()
-    assert _cli(*args, "--precision", "bfloat16") == 0
+    assert _cli("finetune", "--variant", "r14x1", "--dataset", "digits", "--output", str(output), "--batch", "16",
+                "--micro-batch", "8", "--steps", "2", "--resolution", "16", "--eval-split", "none", "--quiet",
+                "--precision", "bfloat16") == 0
     printed = capsys.readouterr()
+    # An architecture's name says "random weights" first (the weights rule on the command line).
+    first = printed.out.splitlines()[0]
+    assert first.startswith("Model r14x1: random weights"), first
     header = [line for line in printed.out.splitlines() if "no bfloat16 instructions" in line]
     assert len(header) == 1 and header[0].startswith("warning: "), printed.out
     assert "no bfloat16 instructions" not in printed.err  # said once, in the header
@@ -59,12 +60,7 @@ def test_the_cli_fine_tunes_in_bfloat16_and_records_it(tmp_path, capsys, monkeyp
     model = keras.saving.load_model(output / "model.keras", compile=False)
     conv = model.get_layer("block1-unit01-a-standardized_conv2d")
     assert conv.compute_dtype == "bfloat16" and conv.kernel.dtype == "float32"
-    # A float32 run records nothing (as runs did before --precision), so older runs still resume.
-    assert _cli(*args, "--precision", "float32", "--overwrite") == 0
-    assert "precision" not in json.loads((output / "run.json").read_text())
-    assert keras.saving.load_model(output / "model.keras", compile=False).get_layer(
-        "block1-unit01-a-standardized_conv2d").compute_dtype == "float32"
-    capsys.readouterr()
+    # (A float32 run records no precision, so older runs still resume: test_cli_finetune_and_evaluate.)
 
 
 class _Interrupt(keras.callbacks.Callback):
@@ -133,10 +129,8 @@ def _cli(*argv):
     return cli_main._main(cli_main.build_parser().parse_args(list(argv)))
 
 
-def test_cli_finetune_and_evaluate(tmp_path, capsys):
-    from bit_keras.export import export_keras
-
-    backbone = export_keras(_tiny_backbone(), tmp_path / "tiny.keras")  # an export in Keras format
+def test_cli_finetune_and_evaluate(tmp_path, capsys, tiny_export):
+    backbone = str(tiny_export)  # an export in Keras format
     output = str(tmp_path / "run")
     assert _cli("finetune", "--variant", backbone, "--dataset", "digits", "--output", output, "--batch", "8",
                 "--micro-batch", "4", "--steps", "2", "--resolution", "16", "--eval-split", "test[:16]",
@@ -147,6 +141,8 @@ def test_cli_finetune_and_evaluate(tmp_path, capsys):
     # Under accumulation (2 micro-batches per update) the TensorBoard step counts updates (not 2, 4).
     assert set(read_scalars(os.path.join(output, "logs", "train"))["loss"]) == {1, 2}
     assert metrics["train_size"] == 50 == metrics["hyperrule"]["train_size"]  # few-shot: 5 per class
+    # A float32 run records no precision (as runs did before --precision), so older runs still resume.
+    assert "precision" not in json.loads(open(os.path.join(output, "run.json")).read())
     assert '"eval_accuracy"' in printed
     assert _cli("evaluate", "--model", output, "--dataset", "digits", "--split", "test[:16]", "--json") == 0
     scores = json.loads(capsys.readouterr().out)
@@ -161,7 +157,7 @@ def test_cli_finetune_and_evaluate(tmp_path, capsys):
 
 
 def test_the_weights_rule_on_the_command_line(tmp_path, capsys, monkeypatch):
-    """A released name offline fails at once, before data or folders; an architecture says "random weights" first."""
+    """A released name offline fails at once, before data or folders."""
     import time
 
     from bit_keras import download, presets
@@ -179,37 +175,4 @@ def test_the_weights_rule_on_the_command_line(tmp_path, capsys, monkeypatch):
     assert "http://127.0.0.1:9/BiT-M-R50x1.npz" in error
     assert "--weights" in error and "weights=" not in error     # the CLI speaks in flags
     assert not output.exists() and not any((tmp_path / "cache").glob("*"))
-
-    assert _cli("finetune", "--variant", "r14x1", "--dataset", "digits", "--output", str(output), "--batch", "8",
-                "--steps", "1", "--resolution", "16", "--eval-split", "none", "--quiet") == 0
-    first = capsys.readouterr().out.splitlines()[0]
-    assert first.startswith("Model r14x1: random weights"), first
-
-
-def test_a_sigkilled_cli_run_resumes_and_writes_a_savedmodel(tmp_path):
-    import subprocess
-    import sys
-
-    import tensorflow as tf
-
-    from bit_keras.export import export_keras
-    from tests.processes import kill_after_checkpoint
-
-    backbone = export_keras(_tiny_backbone(), tmp_path / "tiny.keras")
-    output = tmp_path / "run"
-    command = [sys.executable, "-m", "bit_keras", "finetune", "--variant", backbone, "--dataset", "digits",
-               "--output", str(output), "--batch", "16", "--steps", "30", "--eval-every", "5", "--resolution", "16",
-               "--learning-rate", "0.02", "--eval-split", "none", "--quiet", "--savedmodel"]
-    kill_after_checkpoint(command, output, updates=10, timeout=300)
-    assert not (output / "metrics.json").exists()
-
-    resumed = subprocess.run(command, capture_output=True, text=True, timeout=300)
-    assert resumed.returncode == 0, resumed.stderr[-2000:]
-    assert "Resuming from" in resumed.stdout
-    metrics = json.loads((output / "metrics.json").read_text())
-    assert metrics["updates"] == 30
-    assert metrics["final_learning_rate"] == pytest.approx(0.02 * 0.001, rel=1e-5)
-    images = np.random.default_rng(0).random((2, 16, 16, 3), dtype=np.float32)
-    loaded = tf.saved_model.load(str(output / "savedmodel"))
-    model = keras.saving.load_model(output / "model.keras", compile=False)
-    np.testing.assert_allclose(loaded(images, training=False).numpy(), model(images).numpy(), atol=1e-5)
+    # (An architecture says "random weights" first: test_the_cli_fine_tunes_in_bfloat16_and_records_it.)
