@@ -257,7 +257,6 @@ def _no_nan(value):
 
 def load_task(path):
     """The keras-hub task of a run directory (or its model.keras), without its optimizer."""
-    import keras
     import keras_hub  # noqa: F401  (registers keras-hub's classes)
 
     import bit_keras.backbone  # noqa: F401  (registers BiTBackbone)
@@ -266,7 +265,9 @@ def load_task(path):
     if not os.path.isfile(model_path):
         raise ConfigError(f"{path} has no {MODEL_FILE}: the run has not finished (run the same finetune command "
                           "again to resume it).")
-    return keras.saving.load_model(model_path, compile=False, safe_mode=True)
+    from bit_keras.finetune.runner import load_keras_model
+
+    return load_keras_model(model_path)
 
 
 def evaluate(run_dir, *, dataset=None, split=None, batch_size=8, data_dir=None, download=True) -> dict:

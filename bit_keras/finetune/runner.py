@@ -408,9 +408,7 @@ def _load_classifier(model_path, run):
             model = BiTImageClassifier(load_backbone(source), int(run["num_classes"]))
             model.load_weights(model_path)  # reads model.weights.h5 only, not the stored config
             return model
-        with python_warnings.catch_warnings():  # compile=False: the saved optimizer state is not wanted
-            python_warnings.filterwarnings("ignore", message="Skipping variable loading for optimizer")
-            return keras.saving.load_model(model_path, compile=False, safe_mode=True)
+        return load_keras_model(model_path)
     except BiTError:
         raise
     except (ValueError, TypeError, KeyError, OSError, zipfile.BadZipFile) as error:
@@ -455,3 +453,13 @@ def _describe_weights(source, weights):
     from bit_keras.weights import WeightsChoice
 
     return source.source if isinstance(source, WeightsChoice) else weights
+
+
+def load_keras_model(model_path):
+    """A `.keras` file's model for inference: safe_mode on (no stored code runs), no optimizer, and
+    without Keras' warning that the saved optimizer state was not loaded (not wanted, not missing)."""
+    import keras
+
+    with python_warnings.catch_warnings():
+        python_warnings.filterwarnings("ignore", message="Skipping variable loading for optimizer")
+        return keras.saving.load_model(model_path, compile=False, safe_mode=True)
