@@ -211,8 +211,11 @@ def main(argv=None):
     from bit_keras.dense.shapes import synthetic_shapes
     from bit_keras.dense.study import finetune, pretrain, pretraining_family
 
-    tf.config.threading.set_intra_op_parallelism_threads(args.threads)
-    tf.config.threading.set_inter_op_parallelism_threads(args.threads)
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(args.threads)
+        tf.config.threading.set_inter_op_parallelism_threads(args.threads)
+    except RuntimeError:  # TensorFlow already ran in this process (main() called from Python): keep its pools
+        pass
     # Three disjoint seeded sets of images: pre-training, fine-tuning, test.
     pretrain_set = synthetic_shapes(max(args.pretrain_batch * 8, 64), args.size, seed=1001)
     train_set = synthetic_shapes(args.train_images, args.size, seed=1002)
