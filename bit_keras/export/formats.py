@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import warnings
 
 import numpy as np
 
@@ -137,7 +138,9 @@ def _write_onnx(model, target, resolution, quantize, calibration, metadata):
 
     with tempfile.TemporaryDirectory(dir=os.path.dirname(target)) as scratch:
         source = os.path.join(scratch, "float.onnx")
-        model.export(source, format="onnx", input_signature=_signature(resolution), verbose=False)
+        with warnings.catch_warnings():  # Keras' tf2onnx shim probes np.object, which NumPy warns about
+            warnings.simplefilter("ignore", FutureWarning)
+            model.export(source, format="onnx", input_signature=_signature(resolution), verbose=False)
         if quantize:
             quantized = os.path.join(scratch, "quantized.onnx")
             quant.quantize_onnx(source, quantized, quantize, calibration)

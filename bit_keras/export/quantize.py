@@ -77,6 +77,16 @@ def litert_converter_options(mode, calibration=None) -> dict:
 
 def quantize_onnx(source, target, mode, calibration=None):
     """Writes the quantized copy of the ONNX file `source` to `target`."""
+    import logging
+
+    logging.disable(logging.WARNING)  # ONNX Runtime's quantizer logs advice on the root logger; the CLI prints ours
+    try:
+        _quantize_onnx(source, target, mode, calibration)
+    finally:
+        logging.disable(logging.NOTSET)
+
+
+def _quantize_onnx(source, target, mode, calibration):
     from onnxruntime import quantization as q
 
     if mode == "dynamic-int8":
