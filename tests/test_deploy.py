@@ -168,6 +168,23 @@ def test_quantized_export_keeps_top1_on_a_fixed_set(fmt, mode, resolution, check
         assert conv and all(graph.tensors[op.inputs[0]].type == schema.TensorType.INT8 for op in conv)
 
 
+@pytest.mark.parametrize("fmt", ["litert", "onnx"])
+def test_int8_without_calibration_data_is_refused_before_anything_is_built(fmt, checkpoint_file, keras_model,
+                                                                           tmp_path, capsys):
+    from bit_keras.errors import ConfigError
+    from bit_keras.export import formats
+
+    output = str(tmp_path / ("q.tflite" if fmt == "litert" else "q.onnx"))
+    assert run_cli("export", "--weights", checkpoint_file[0], "--classifier", "--format", fmt, "--quantize", "int8",
+                   "--resolution", "64", "--output", output) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "needs --calibration-data" in err[0] and not os.path.exists(output)
+    with pytest.raises(ConfigError, match="needs --calibration-data"):  # the library refuses it too
+        formats.export_deployable(keras_model, output, format=fmt, resolution=64, quantize="int8",
+                                  log=lambda _: None)
+    assert not os.path.exists(output)
+
+
 def test_litert_int8_of_a_1x1_last_map_is_refused_with_the_reason(checkpoint_file, tmp_path, capsys):
     output = str(tmp_path / "q.tflite")
     assert run_cli("export", "--weights", checkpoint_file[0], "--classifier", "--format", "litert", "--quantize",

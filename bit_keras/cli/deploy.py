@@ -52,9 +52,8 @@ def export(args):
         raise UsageError(str(error)) from None
     from bit_keras.export.quantize import check_mode
 
-    check_mode(args.format, args.quantize, args.resolution)  # the final resolution is checked again
-    if args.quantize == "int8" and not args.calibration_data:
-        raise UsageError("--quantize int8 needs --calibration-data SPEC (digits, folder:PATH, tfds:NAME).")
+    # Before anything is built; export_deployable checks the final resolution again.
+    check_mode(args.format, args.quantize, args.resolution, calibrated=bool(args.calibration_data))
     model, metadata, resolution = _model(args)
     from bit_keras.export import quantize
 

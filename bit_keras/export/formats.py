@@ -67,7 +67,7 @@ def export_deployable(model, path, *, format, metadata=None, resolution=224, qua
     if keras.backend.backend() != "tensorflow":
         raise SetupError(f"Deployment exports convert through TensorFlow; KERAS_BACKEND is "
                          f"{keras.backend.backend()!r}. Run with KERAS_BACKEND=tensorflow.")
-    quant.check_mode(format, quantize, int(resolution))
+    quant.check_mode(format, quantize, int(resolution), calibrated=calibration is not None)
     path = check_target(path, format, overwrite=overwrite)
     resolution = int(resolution)
     probe = verify.probe_images(resolution)

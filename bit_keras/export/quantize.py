@@ -23,10 +23,14 @@ LITERT_INT8_MIN_RESOLUTION = 33
 CALIBRATION_EXAMPLES = 200
 
 
-def check_mode(fmt, mode, resolution=None):
+def check_mode(fmt, mode, resolution=None, *, calibrated=None):
+    """Refuses a mode the format lacks, LiteRT int8 at a resolution it aborts on, and (`calibrated`
+    False) a calibrated mode without calibration data; None: not known yet, not checked."""
     if mode is None:
         return
     allowed = MODES.get(fmt, ())
+    if mode in CALIBRATED and calibrated is False:
+        raise ConfigError(f"--quantize {mode} needs --calibration-data SPEC (digits, folder:PATH, tfds:NAME).")
     if (fmt, mode) == ("litert", "int8") and resolution is not None and resolution < LITERT_INT8_MIN_RESOLUTION:
         raise ConfigError(f"--quantize int8 for --format litert needs --resolution {LITERT_INT8_MIN_RESOLUTION} or "
                           f"more (got {resolution}): the last block's feature map would be 1x1, whose int8 GroupNorm "
@@ -65,9 +69,7 @@ def litert_converter_options(mode, calibration=None) -> dict:
     options["optimizations"] = [tf.lite.Optimize.DEFAULT]
     if mode == "float16":
         options["target_spec"]["supported_types"] = [tf.float16]
-    if mode == "int8":
-        if calibration is None:
-            raise ConfigError("--quantize int8 needs --calibration-data SPEC (e.g. digits or folder:PATH).")
+    if mode == "int8":  # (check_mode made sure there is calibration data)
         # Every op an int8 builtin (conversion fails rather than fall back to float); the
         # interface stays float32, so the [0, 1] image contract holds.
         options["target_spec"]["supported_ops"] = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
@@ -92,8 +94,6 @@ def _quantize_onnx(source, target, mode, calibration):
     if mode == "dynamic-int8":
         q.quantize_dynamic(source, target, weight_type=q.QuantType.QInt8)
         return
-    if calibration is None:
-        raise ConfigError("--quantize int8 needs --calibration-data SPEC (e.g. digits or folder:PATH).")
     import onnx
 
     name = onnx.load(source, load_external_data=False).graph.input[0].name
