@@ -130,17 +130,11 @@ def build_task(task: str, backbone, *, head_conv_layers: int = 1):
     """keras-hub's RetinaNet (P3-P5, anchors of 8-50 px for the 6-32 px shapes; keras-hub's
     label encoder, IoU >= 0.5 positive) or DeepLabV3 (ASPP on P5, low-level P2, head
     BatchNorm frozen)."""
-    import keras_hub
-
     from bit_keras.dense.tasks import build_detector, build_segmenter
 
-    if task == "detection":
-        anchors = keras_hub.layers.AnchorGenerator("yxyx", min_level=3, max_level=5, num_scales=3,
-                                                   aspect_ratios=[0.5, 1.0, 2.0], anchor_size=1)
-        decoder = keras_hub.layers.NonMaxSuppression("yxyx", from_logits=True, iou_threshold=0.5,
-                                                     confidence_threshold=0.05, max_detections=20)
+    if task == "detection":  # anchors of 8-32 px for 6-32 px shapes
         return build_detector(backbone, NUM_CLASSES, min_level=3, max_level=5, head_conv_layers=head_conv_layers,
-                              anchor_generator=anchors, prediction_decoder=decoder)
+                              anchor_size=1, max_detections=20)
     if task == "segmentation":
         segmenter = build_segmenter(backbone, NUM_CLASSES + 1, output_level=5, low_level=2, dilation_rates=(1,))
         freeze_head_batch_norm(segmenter, backbone)

@@ -52,7 +52,7 @@ def _dtype(image_encoder, kwargs):
 def build_detector(image_encoder, num_classes: int, *, min_level: int = 3, max_level: int = 7,
                    use_p5: bool = False, head_conv_layers: int = 4, use_prediction_head_norm: bool = False,
                    bounding_box_format: str = "yxyx", anchor_size: float = 4, confidence_threshold: float = 0.05,
-                   **kwargs):
+                   max_detections: int = 100, **kwargs):
     """A RetinaNetObjectDetector: FPN P`min_level`..P`max_level` over the encoder's P3..P5.
 
     Levels above P5 come from P5 (`use_p5`) or the FPN's P5 as in the RetinaNet paper.
@@ -62,7 +62,8 @@ def build_detector(image_encoder, num_classes: int, *, min_level: int = 3, max_l
     keras-hub's 4 gives 32 px at P3; small objects in small images want less.
     `confidence_threshold`: detections scoring below it are dropped before non-max suppression.
     0.05, the COCO evaluation convention (AP integrates over every score), rather than
-    keras-hub's 0.5, which keeps nothing from a detector early in training.
+    keras-hub's 0.5, which keeps nothing from a detector early in training. At most
+    `max_detections` boxes per image are kept.
     """
     keras_hub = _keras_hub()
     if num_classes < 1:
@@ -82,7 +83,7 @@ def build_detector(image_encoder, num_classes: int, *, min_level: int = 3, max_l
     if "prediction_decoder" not in kwargs:
         kwargs["prediction_decoder"] = keras_hub.layers.NonMaxSuppression(
             bounding_box_format, from_logits=True, iou_threshold=0.5, confidence_threshold=confidence_threshold,
-            max_detections=100)
+            max_detections=max_detections)
     return keras_hub.models.RetinaNetObjectDetector(
         backbone=backbone, num_classes=num_classes, bounding_box_format=bounding_box_format,
         pre_logits_num_conv_layers=head_conv_layers, use_prediction_head_norm=use_prediction_head_norm,
