@@ -11,9 +11,11 @@ not standardizing at all can give.
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import time
+
+
+from bit_keras.bench.machine import pin_threads
 
 
 def main(argv=None):
@@ -25,9 +27,7 @@ def main(argv=None):
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
-    os.environ.setdefault("TF_NUM_INTRAOP_THREADS", str(args.threads))
-    os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    pin_threads(args.threads)
 
     import keras
     import numpy as np
@@ -36,11 +36,6 @@ def main(argv=None):
     from bit_keras.bench import parse_variant
     from bit_keras.classifier import BiTImageClassifier
     from bit_keras.inference import fold_standardization
-
-    if keras.backend.backend() == "torch":
-        import torch
-
-        torch.set_num_threads(args.threads)
     architecture = parse_variant(args.variant)
     model = BiTImageClassifier(BiTBackbone(architecture.block_units, architecture.width), 1000)
     folded = fold_standardization(model)

@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import sys
 import time
+
+
+from bit_keras.bench.machine import pin_threads
 
 
 def main(argv=None):
@@ -30,9 +32,7 @@ def main(argv=None):
     parser.add_argument("--variant", default="r50x1")
     parser.add_argument("--jit", action="store_true", help="jit_compile=True (XLA) for every row.")
     args = parser.parse_args(argv)
-    os.environ.setdefault("TF_NUM_INTRAOP_THREADS", str(args.threads))
-    os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    pin_threads(args.threads)
 
     import keras
     import numpy as np
@@ -41,11 +41,6 @@ def main(argv=None):
     from bit_keras.bench import parse_variant
     from bit_keras.classifier import BiTImageClassifier
     from bit_keras.inference import fold_standardization
-
-    if keras.backend.backend() == "torch":
-        import torch
-
-        torch.set_num_threads(args.threads)
     architecture = parse_variant(args.variant)
     rng = np.random.default_rng(0)
     images = rng.uniform(0, 1, (args.batch, args.size, args.size, 3)).astype("float32")

@@ -13,6 +13,28 @@ def usable_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
+def thread_environment(threads: int) -> dict:
+    """The variables that size TensorFlow's and OpenMP's (PyTorch, oneDNN) thread pools.
+
+    They must be set before TensorFlow or PyTorch starts: both read them once.
+    """
+    return {"TF_NUM_INTRAOP_THREADS": str(threads), "OMP_NUM_THREADS": str(threads)}
+
+
+def pin_threads(threads: int) -> None:
+    """Give this process `threads` compute threads on every backend (a user's own settings win).
+
+    Call it before importing Keras; on the PyTorch backend it also sets torch's pool.
+    """
+    for name, value in thread_environment(threads).items():
+        os.environ.setdefault(name, value)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    if os.environ.get("KERAS_BACKEND") == "torch":
+        import torch
+
+        torch.set_num_threads(threads)
+
+
 def cpu_name() -> str:
     """The CPU model name (as `lscpu` prints it) and the number of cores this process may use."""
     name = platform.processor() or platform.machine()

@@ -19,6 +19,7 @@ import subprocess
 import sys
 import time
 
+from bit_keras.bench.machine import thread_environment
 from bit_keras.errors import ConfigError
 
 PEER = "pytorch"
@@ -124,7 +125,7 @@ def format_report(report: dict) -> list:
 
 def _child(race: Race, row: str) -> list:
     threads = str(_threads(race))  # the same for every row: OpenMP (PyTorch, oneDNN) and TensorFlow's pools
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", OMP_NUM_THREADS=threads, TF_NUM_INTRAOP_THREADS=threads)
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", **thread_environment(threads))
     if row.startswith("keras-") or row.startswith("savedmodel"):
         env["KERAS_BACKEND"] = {"keras-jax": "jax", "keras-torch": "torch"}.get(row, "tensorflow")
     spec = json.dumps({"race": dataclasses.asdict(race), "row": row})
