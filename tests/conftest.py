@@ -20,11 +20,11 @@ import pytest  # noqa: E402
 # in this order: the long ones start first and the short ones fill in at the end. Only the suite's
 # wall time depends on this list; a file missing from it runs after these.
 LONGEST_FIRST = [
-    "test_distributed.py", "test_multi_worker.py", "test_distributed_resume.py", "test_distributed_jax.py",
-    "test_multi_worker_resume.py", "test_multi_worker_train.py", "test_dense_run.py", "test_vtab.py", "test_train_run.py",
-    "test_finetune_run.py", "test_backends.py", "test_cli_output.py", "test_security.py", "test_demo.py",
-    "test_bf16_accuracy.py", "test_train_options.py", "test_keras_hub.py", "test_deploy.py",
-    "test_dense_study.py", "test_dense_tasks.py",
+    "test_distributed.py", "test_models.py", "test_multi_worker.py", "test_distributed_resume.py",
+    "test_distributed_jax.py", "test_multi_worker_resume.py", "test_multi_worker_train.py", "test_dense_run.py",
+    "test_vtab.py", "test_train_run.py", "test_finetune_run.py", "test_backends.py", "test_gpu_vs_timm.py",
+    "test_cli_output.py", "test_security.py", "test_demo.py", "test_bf16_accuracy.py", "test_train_options.py",
+    "test_keras_hub.py", "test_deploy.py", "test_dense_study.py", "test_dense_tasks.py",
 ]
 
 

@@ -119,7 +119,9 @@ NO_TENSORFLOW = "import sys; sys.modules['tensorflow'] = None  # any import of i
 def _run_on(backend, script):
     if importlib.util.find_spec(backend) is None:
         pytest.skip(f"{backend} is not installed (requirements.txt installs both jax and torch)")
-    env = {**os.environ, "KERAS_BACKEND": backend, "PYTHONPATH": ROOT, "JAX_PLATFORMS": "cpu"}
+    env = {**os.environ, "KERAS_BACKEND": backend, "PYTHONPATH": ROOT, "JAX_PLATFORMS": "cpu",
+           # XLA's LLVM optimisation off: the same operations, compiled cheaper (JAX compiles each shape once).
+           "XLA_FLAGS": "--xla_backend_optimization_level=0"}
     return subprocess.run([sys.executable, "-c", NO_TENSORFLOW + script], env=env, capture_output=True, text=True,
                           timeout=HANG_SECONDS)
 

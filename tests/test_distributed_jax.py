@@ -40,7 +40,9 @@ print("RESULT " + json.dumps({"devices": len(devices), "headers": headers, "scor
 
 def test_jax_fine_tunes_over_all_local_devices_like_one_device(tiny_export, tmp_path):
     pytest.importorskip("jax")
-    env = {**ENV, "KERAS_BACKEND": "jax", "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    # XLA's LLVM optimisation off: the same operations, compiled ~15% cheaper (this test compiles one step per run).
+    env = {**ENV, "KERAS_BACKEND": "jax",
+           "XLA_FLAGS": "--xla_force_host_platform_device_count=2 --xla_backend_optimization_level=0"}
     done = subprocess.run([sys.executable, "-c", JAX_SCRIPT, str(tmp_path), str(tiny_export)], capture_output=True,
                           text=True, env=env, cwd=ROOT, timeout=HANG_SECONDS)
     assert done.returncode == 0, done.stderr[-3000:]
