@@ -118,7 +118,8 @@ def markdown(summary, pretraining, variants, batches, meta) -> str:
             cells = []
             for batch in batches:
                 s = summary[task].get(variant, {}).get(batch)
-                cells.append(f"{s['mean']:.1f} ± {s['std']:.1f} [{s['min']:.1f}, {s['max']:.1f}]" if s else "-")
+                short = f" (n={s['n']})" if s and s["n"] < meta["seeds"] else ""  # a study stopped early
+                cells.append(f"{s['mean']:.1f} ± {s['std']:.1f} [{s['min']:.1f}, {s['max']:.1f}]{short}" if s else "-")
             paper = PUBLISHED.get(variant)
             paper = f"{paper[0 if task == 'detection' else 1]:.1f}" if paper else "not reported"
             lines.append(f"| {variant} | " + " | ".join(cells) + f" | {paper} |")

@@ -142,3 +142,17 @@ def test_detector_heads_have_no_normalization():
     backbone = build_backbone("BN")
     detector = build_task("detection", backbone)
     assert {id(l) for l in batch_norm_layers(detector)} == {id(l) for l in batch_norm_layers(backbone)}
+
+
+def test_a_study_stopped_early_names_its_short_cells():
+    """Seeds run outermost; a cell the last seed did not reach says how many runs its spread has (NumPy)."""
+    script = _script()
+    scores = {("GN", 1, 0): 0.30, ("GN", 1, 1): 0.40, ("BN", 1, 0): 0.25}
+    results = [{"task": "segmentation", "variant": v, "batch": b, "seed": s, "score": x} for (v, b, s), x in scores.items()]
+    summary = script.summarize(results, ["GN", "BN"], [1], ["segmentation"])
+    meta = {"seeds": 2, "pretrain_batch": 32, "pretrain_steps": 1, "model": "m", "size": 32, "steps": 1,
+            "update_batch": 8, "lr": 1e-3, "train_images": 8, "test_images": 4, "minutes": 1.0, "machine": "x",
+            "load_mean": 1.0, "load_max": 1.0}
+    table = script.markdown(summary, [], ["GN", "BN"], [1], meta)
+    assert f"| GN | 35.0 ± {100 * np.std([0.3, 0.4], ddof=1):.1f} [30.0, 40.0] |" in table
+    assert "| BN | 25.0 ± 0.0 [25.0, 25.0] (n=1) |" in table

@@ -91,6 +91,28 @@ def test_the_detector_keeps_detections_scoring_above_five_percent(encoder):
     np.testing.assert_allclose(np.sort(np.asarray(decoded["confidence"])[0, :kept]), [0.06, 0.3], rtol=1e-5)
 
 
+def test_retinanet_starts_at_the_focal_prior(encoder, shapes):
+    """RetinaNet's initialization: head kernels N(0, 0.01), every anchor starts as background,
+    p(class) = 0.01, box deltas at 0. keras-hub 0.32 swaps the two biases and draws kernels
+    N(0, 0.05): on BiT's features the median anchor started at p = 1e-5 with many saturated at 1."""
+    import keras
+    from bit_keras.dense.shapes import as_dataset
+    from bit_keras.dense.tasks import build_detector, detection_inputs
+
+    keras.utils.set_random_seed(1)
+    detector = build_detector(encoder, num_classes=3, max_level=5, head_conv_layers=1)
+    np.testing.assert_allclose(np.asarray(detector.classification_head.prediction_layer.bias), np.log(0.01 / 0.99),
+                               rtol=1e-6)
+    np.testing.assert_array_equal(np.asarray(detector.box_head.prediction_layer.bias), 0.0)
+    for head in (detector.classification_head, detector.box_head):
+        for layer in [*head.conv_layers, head.prediction_layer]:
+            assert abs(float(np.std(layer.kernel)) - 0.01) < 0.001, layer.name
+    x, y = next(iter(as_dataset(shapes).map(lambda e: detection_inputs(e, max_boxes=4)).batch(len(shapes))))
+    outputs = detector(x, training=False)
+    probabilities = 1 / (1 + np.exp(-np.asarray(outputs["cls_logits"], np.float64)))
+    assert 0.002 < np.median(probabilities) < 0.05, np.median(probabilities)
+
+
 def test_deeplab_trains_on_shapes_and_ignores_void_pixels(encoder, shapes):
     import keras
     from bit_keras.dense.metrics import SegmentationScores

@@ -84,10 +84,30 @@ def build_detector(image_encoder, num_classes: int, *, min_level: int = 3, max_l
         kwargs["prediction_decoder"] = keras_hub.layers.NonMaxSuppression(
             bounding_box_format, from_logits=True, iou_threshold=0.5, confidence_threshold=confidence_threshold,
             max_detections=max_detections)
-    return keras_hub.models.RetinaNetObjectDetector(
+    detector = keras_hub.models.RetinaNetObjectDetector(
         backbone=backbone, num_classes=num_classes, bounding_box_format=bounding_box_format,
         pre_logits_num_conv_layers=head_conv_layers, use_prediction_head_norm=use_prediction_head_norm,
         dtype=dtype, **kwargs)
+    _focal_prior_init(detector, kwargs.get("classification_head_prior_probability", 0.01))
+    return detector
+
+
+def _focal_prior_init(detector, prior: float) -> None:
+    """The RetinaNet paper's head initialization: every conv kernel N(0, 0.01), classification
+    logits biased to `prior` (each anchor starts as background with probability 1 - prior),
+    box deltas to 0. keras-hub 0.32 gives the prior bias to the box head and zeros to the
+    classification head, with kernels N(0, 0.05): on BiT's FPN features the anchors start at
+    probability 0.5 or at random saturation, and the focal loss summed over every anchor
+    swamps the few positives (a loss in the hundreds on the first steps)."""
+    import math
+
+    for head, value in ((detector.classification_head, -math.log((1 - prior) / prior)), (detector.box_head, 0.0)):
+        seeds = keras.random.SeedGenerator()  # from keras.utils.set_random_seed's state
+        for layer in [*head.conv_layers, head.prediction_layer]:
+            layer.kernel.assign(keras.random.normal(layer.kernel.shape, stddev=0.01, dtype=layer.kernel.dtype,
+                                                    seed=seeds))
+        bias = head.prediction_layer.bias
+        bias.assign(keras.ops.full(bias.shape, value, bias.dtype))
 
 
 def build_segmenter(image_encoder, num_classes: int, *, output_level: int | None = None, low_level: int | None = 2,
