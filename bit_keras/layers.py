@@ -54,25 +54,41 @@ def _standardize(kernel, epsilon):
 
 
 def _kernel_mean(kernel):
-    """Per output channel mean of an HWIO kernel over H, W and I, shaped [1, 1, 1, O].
-
-    A matrix product with a row of ones (`_pixel_sums`' reason: 2-4x faster than TF's reduction).
-    """
+    """Per output channel mean of an HWIO kernel over H, W and I, shaped [1, 1, 1, O] (see `_sums`)."""
+    if keras.backend.backend() != "tensorflow":
+        return ops.mean(kernel, axis=(0, 1, 2), keepdims=True)
     *reduced, channels = kernel.shape
     count = reduced[0] * reduced[1] * reduced[2]
-    sums = ops.matmul(ops.ones((1, count), kernel.dtype), ops.reshape(kernel, (count, channels)))
+    sums = _sums(ops.reshape(kernel, (1, count, channels)), count)
     return ops.reshape(sums / count, (1, 1, 1, channels))
 
 
-def _pixel_sums(x, pixels):
+def _moments(x, pixels):
+    """Per-sample, per-channel mean and (biased) variance of x, shaped [N, P, C], as [N, 1, C] each.
+
+    Two passes (the mean, then the mean of the centred squares) as `ops.moments`; on TensorFlow
+    the sums are products with a row of ones (`_sums`), elsewhere `ops.moments` itself.
+    """
+    if keras.backend.backend() != "tensorflow":
+        return ops.moments(x, axes=(1,), keepdims=True)
+    count = ops.cast(pixels, "float32")
+    mean = _sums(x, pixels) / count
+    return mean, _sums(ops.square(x - mean), pixels) / count
+
+
+def _sums(x, pixels):
     """Per-sample, per-channel sums of x, shaped [N, P, C] (P pixels), as [N, 1, C].
 
-    Summed as a batched product with a row of ones: TensorFlow's CPU reduction over the
-    middle axis of an [N, P, C] tensor is 2-4x slower than the matrix product (oneDNN) over
-    R50x1's activation shapes, and a product accumulates in the input's precision as a
-    reduction does (float32 here), so the statistics are as exact.
+    On TensorFlow, a batched product with a row of ones: TF's CPU reduction over the middle
+    axis of an [N, P, C] tensor is 2-4x slower than oneDNN's matrix product over R50x1's
+    activation shapes (a third of the GroupNorm and weight standardization time), and the
+    blocked product accumulates in float32 as exactly. Elsewhere a plain sum: XLA's CPU dot
+    accumulates the pixels one after another (errors grow with P), JAX's and PyTorch's
+    reductions are fast already.
     """
-    return ops.matmul(ops.ones((1, pixels), x.dtype), x)
+    if keras.backend.backend() == "tensorflow":
+        return ops.matmul(ops.ones((1, pixels), x.dtype), x)
+    return ops.sum(x, axis=1, keepdims=True)
 
 
 def _conv_output_size(size, kernel, stride, dilation, padding):
@@ -127,8 +143,9 @@ class GroupNormalization(keras.layers.Layer):
     """Group normalization over channels-last inputs, with BiT's defaults (32 groups, eps 1e-5).
 
     Statistics are computed in float32 whatever the compute dtype. For speed without XLA,
-    they are gathered per channel first (a reduction over contiguous pixels, then a tiny
-    one over the channels of each group) instead of over a strided [N, HW, G, C/G] view,
+    they are gathered per channel first (sums over the pixels, `_sums`: on TensorFlow a
+    product with a row of ones, then a tiny reduction over the channels of each group)
+    instead of over a strided [N, HW, G, C/G] view,
     and the normalisation is applied as one per-sample, per-channel multiply-add. Group
     variances combine the channels' exactly: mean(var_c) + mean((mean_c - mean_g)^2).
     This is about 2x faster in TensorFlow graphs than reducing the grouped view. The
@@ -185,7 +202,7 @@ def group_norm(inputs, gamma, beta, groups: int, epsilon: float, dtype=None):
         pixels = pixels * shape[axis]
     # No reshape with -1: an empty batch (TF Serving sends those) makes it ambiguous and fails.
     grouped = (batch, groups, per_group)
-    flat = (batch, pixels, channels)        # statistics are sums over the pixels (`_pixel_sums`)
+    flat = (batch, pixels, channels)        # statistics are sums over the pixels (`_sums`)
     per_channel = (batch, 1, channels)
     input_dtype = keras.backend.standardize_dtype(inputs.dtype)
     out_dtype = keras.backend.standardize_dtype(dtype or input_dtype)
@@ -199,9 +216,7 @@ def group_norm(inputs, gamma, beta, groups: int, epsilon: float, dtype=None):
     @ops.custom_gradient
     def normalize(inputs, gamma, beta):
         x = ops.reshape(to_float32(inputs), flat)
-        count = ops.cast(pixels, "float32")
-        channel_mean = _pixel_sums(x, pixels) / count
-        channel_var = _pixel_sums(ops.square(x - channel_mean), pixels) / count  # two passes, as exact as moments
+        channel_mean, channel_var = _moments(x, pixels)
         channel_mean = ops.reshape(channel_mean, grouped)
         channel_var = ops.reshape(channel_var, grouped)
         mean = ops.mean(channel_mean, axis=2, keepdims=True)
@@ -216,8 +231,8 @@ def group_norm(inputs, gamma, beta, groups: int, epsilon: float, dtype=None):
         def grad(*args, upstream=None):
             g = ops.reshape(to_float32(args[0] if upstream is None else upstream), flat)
             x = ops.reshape(to_float32(inputs), flat)  # recast rather than keep a float32 copy alive until backward
-            sum_g = ops.reshape(_pixel_sums(g, pixels), grouped)
-            sum_gx = ops.reshape(_pixel_sums(g * x, pixels), grouped)
+            sum_g = ops.reshape(_sums(g, pixels), grouped)
+            sum_gx = ops.reshape(_sums(g * x, pixels), grouped)
             sum_g_xhat = rstd * (sum_gx - mean * sum_g)  # per channel: sum over pixels of g * x_hat
             count = ops.cast(pixels * per_group, "float32")
             mean_g = ops.sum(gamma * sum_g, axis=2, keepdims=True) / count
