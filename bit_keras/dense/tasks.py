@@ -25,6 +25,7 @@ from bit_keras.errors import ConfigError, SetupError
 
 PYRAMID_KEYS = ("P2", "P3", "P4", "P5")
 ASPP_DILATION_RATES = (6, 12, 18)  # DeepLabV3+ at output stride 16
+PRIOR_PROBABILITY = 0.01  # RetinaNet's initial foreground probability of every anchor
 
 
 def _keras_hub():
@@ -84,10 +85,25 @@ def build_detector(image_encoder, num_classes: int, *, min_level: int = 3, max_l
         kwargs["prediction_decoder"] = keras_hub.layers.NonMaxSuppression(
             bounding_box_format, from_logits=True, iou_threshold=0.5, confidence_threshold=confidence_threshold,
             max_detections=max_detections)
-    return keras_hub.models.RetinaNetObjectDetector(
+    detector = keras_hub.models.RetinaNetObjectDetector(
         backbone=backbone, num_classes=num_classes, bounding_box_format=bounding_box_format,
         pre_logits_num_conv_layers=head_conv_layers, use_prediction_head_norm=use_prediction_head_norm,
         dtype=dtype, **kwargs)
+    _start_heads_at_the_prior(detector, kwargs.get("classification_head_prior_probability", PRIOR_PROBABILITY))
+    return detector
+
+
+def _start_heads_at_the_prior(detector, prior: float):
+    """RetinaNet's initialization (Lin et al. 2017, section 4.1): class logits start at log(p / (1 - p)),
+    p = 0.01, so that the many background anchors do not swamp the first updates; box deltas start at 0
+    (the anchors themselves). keras-hub 0.32 gives the prior bias to the box head and 0 (p = 0.5) to the
+    class head, which starts every box 4.6 anchor sizes off and every anchor at 50% of every class."""
+    import numpy as np
+
+    classes = detector.classification_head.prediction_layer.bias
+    classes.assign(np.full(classes.shape, np.log(prior / (1 - prior)), classes.dtype))
+    boxes = detector.box_head.prediction_layer.bias
+    boxes.assign(np.zeros(boxes.shape, boxes.dtype))
 
 
 def build_segmenter(image_encoder, num_classes: int, *, output_level: int | None = None, low_level: int | None = 2,
