@@ -23,6 +23,21 @@ def test_shapes_seeded_and_boxes_are_tight_boxes_of_masks():
         _assert_boxes_match_mask(example["boxes"], example["classes"], example["mask"])
 
 
+def test_a_class_has_the_same_colour_in_every_split():
+    """Splits are drawn with different seeds; a class's colour must not depend on the seed (it did:
+    a detector learnt the training split's colours and found nothing on the test split)."""
+    from bit_keras.dense.shapes import SHAPE_CLASSES, synthetic_shapes
+
+    colours = {}
+    for seed in (0, 1, 1003):
+        for example in synthetic_shapes(8, 64, seed=seed):
+            for label in np.unique(example["mask"][example["mask"] > 0]):
+                pixels = example["image"][example["mask"] == label].astype(int)
+                colours.setdefault(SHAPE_CLASSES[label - 1], []).append(pixels.mean(0))
+    for name, means in colours.items():
+        assert np.ptp(np.array(means), axis=0).max() <= 40, name  # jitter of +-20 per object, nothing more
+
+
 def _object_boxes(mask):
     """Tight [ymin, xmin, ymax, xmax) of each connected object, from the mask (NumPy, 4-connected)."""
     seen, boxes = np.zeros(mask.shape, bool), []
