@@ -1,6 +1,6 @@
 """Dataset specs of `bit_keras finetune --task detection|segmentation`, as tf.data pipelines.
 
-- `shapes` (the offline default): `shapes.synthetic_shapes`, 256 training images (seed 0) and
+- `shapes` (the offline default): `shapes.synthetic_shapes`, 2048 training images (seed 0) and
   64 test images (seed 1) at the run's resolution; 3 shape classes (4 mask labels).
 - `tfds:NAME[/CONFIG]`: detection from `objects/bbox` + `objects/label` (`tfds:coco/2017`,
   `tfds:voc/2012`); segmentation from a `segmentation_mask` feature (needs `num_classes`).
@@ -22,7 +22,7 @@ from bit_keras.dense import augment, shapes
 from bit_keras.errors import ConfigError
 
 TASKS = ("detection", "segmentation")
-SHAPES_SIZES = {"train": 256, "test": 64}  # synthetic examples per split
+SHAPES_SIZES = {"train": 2048, "test": 64}  # synthetic examples per split (2048: a detector from scratch overfits 256)
 SHAPES_SEEDS = {"train": 0, "test": 1}
 
 
