@@ -23,6 +23,21 @@ def test_shapes_seeded_and_boxes_are_tight_boxes_of_masks():
         _assert_boxes_match_mask(example["boxes"], example["classes"], example["mask"])
 
 
+def test_a_class_has_the_same_colour_in_every_split():
+    """Splits are drawn with different seeds; a class's colour must not depend on the seed (it did:
+    a detector learnt the training split's colours and found nothing on the test split)."""
+    from bit_keras.dense.shapes import SHAPE_CLASSES, synthetic_shapes
+
+    colours = {}
+    for seed in (0, 1, 1003):
+        for example in synthetic_shapes(8, 64, seed=seed):
+            for label in np.unique(example["mask"][example["mask"] > 0]):
+                pixels = example["image"][example["mask"] == label].astype(int)
+                colours.setdefault(SHAPE_CLASSES[label - 1], []).append(pixels.mean(0))
+    for name, means in colours.items():
+        assert np.ptp(np.array(means), axis=0).max() <= 40, name  # jitter of +-20 per object, nothing more
+
+
 def _object_boxes(mask):
     """Tight [ymin, xmin, ymax, xmax) of each connected object, from the mask (NumPy, 4-connected)."""
     seen, boxes = np.zeros(mask.shape, bool), []
@@ -347,7 +362,7 @@ def _same_object_count(example):
 def test_tfds_objects_bbox_becomes_pixel_boxes_with_bad_boxes_counted():
     import tensorflow as tf
     import tensorflow_datasets as tfds
-    from bit_keras.dense.sources import count_dropped, from_tfds
+    from bit_keras.dense.sources import from_tfds, tfds_box_problems
 
     with tfds.testing.mock_data(num_examples=3, policy=tfds.testing.MockPolicy.USE_CODE):
         # mock_data draws each field of `objects` with its own length; real examples have one.
@@ -368,7 +383,103 @@ def test_tfds_objects_bbox_becomes_pixel_boxes_with_bad_boxes_counted():
     out = from_tfds(bad)
     np.testing.assert_allclose(out["boxes"], [[1, 4, 5, 12]], rtol=1e-6)
     np.testing.assert_array_equal(out["classes"], [4])
-    assert count_dropped(tf.data.Dataset.from_tensors(bad).repeat(2).map(from_tfds)) == 4
+    assert int(sum(e["dropped_boxes"] for e in tf.data.Dataset.from_tensors(bad).repeat(2).map(from_tfds))) == 4
+    assert tfds_box_problems(tf.data.Dataset.from_tensors(bad).repeat(2), num_classes=10).counts == {
+        "box outside the image": 2, "degenerate box (zero width or height)": 2}
+
+
+# ---------------------------------------------------------------- hostile annotations, named and counted
+
+def _fake_tfds(monkeypatch, examples, class_names=("cat", "dog")):
+    """tfds.load of an in-memory detection split (tfds's features: image, image/filename, objects)."""
+    import types
+
+    import tensorflow as tf
+    import tensorflow_datasets as tfds
+
+    features = tfds.features.FeaturesDict({
+        "image": tfds.features.Image(shape=(None, None, 3)), "image/filename": tfds.features.Text(),
+        "objects": tfds.features.Sequence({"bbox": tfds.features.BBoxFeature(),
+                                           "label": tfds.features.ClassLabel(names=class_names)})})
+    loads = []
+
+    def load(name, split, with_info=False, decoders=None, **_):
+        loads.append((name, split, decoders))
+        dataset = tf.data.Dataset.from_generator(lambda: iter(examples), output_signature={
+            "image": tf.TensorSpec([None, None, 3], tf.uint8), "image/filename": tf.TensorSpec([], tf.string),
+            "objects": {"bbox": tf.TensorSpec([None, 4], tf.float32), "label": tf.TensorSpec([None], tf.int64)}})
+        return (dataset, types.SimpleNamespace(features=features)) if with_info else dataset
+
+    monkeypatch.setattr(tfds, "load", load)
+    return loads
+
+
+def _tfds_example(filename, boxes, labels, height=10, width=20):
+    return {"image": np.zeros((height, width, 3), np.uint8), "image/filename": filename,
+            "objects": {"bbox": np.asarray(boxes, np.float32).reshape(-1, 4), "label": np.asarray(labels, np.int64)}}
+
+
+def test_tfds_bad_boxes_are_counted_named_by_file_and_never_trained_on(monkeypatch):
+    from bit_keras.dense.data import open_dataset
+    from bit_keras.dense.run import warn_dropped
+
+    _fake_tfds(monkeypatch, [
+        _tfds_example("a.jpg", [[0.1, 0.2, 0.5, 0.6], [0.1, 0.2, 1.5, 0.6]], [0, 1]),   # good, outside
+        _tfds_example("b.jpg", [[0.3, 0.3, 0.3, 0.9], [0.0, 0.0, 1.0, 1.0]], [1, 7]),   # zero area, unknown id 7
+        _tfds_example("c.jpg", [[0.0, 0.0, 1.0, 1.0]], [1])])                           # good
+    data = open_dataset("tfds:fake", "detection", "train")
+    assert data.num_classes == 2 and data.class_names == ("cat", "dog")
+    assert data.dropped == {"box outside the image": 1, "degenerate box (zero width or height)": 1,
+                            "unknown category id": 1}
+    assert "a.jpg (box 1" in data.dropped_named["box outside the image"][0]
+    assert "b.jpg (box 1" in data.dropped_named["unknown category id"][0] and "label 7" in \
+        data.dropped_named["unknown category id"][0]
+    lines = []
+    warn_dropped(data, lines.append)
+    assert len(lines) == 3 and all(line.startswith("warning: tfds:fake[train]: dropped 1 annotation(s): ")
+                                   for line in lines)
+    trained = [(e["boxes"].numpy().tolist(), e["classes"].numpy().tolist()) for e in data.examples]
+    assert trained == [([[1.0, 4.0, 5.0, 12.0]], [0]), ([], []), ([[0.0, 0.0, 10.0, 20.0]], [1])]
+    with pytest.raises(ConfigError, match=r"tfds:fake\[train\]: a.jpg \(box 1: .*\): box outside the image"):
+        open_dataset("tfds:fake", "detection", "train", on_bad="refuse")
+
+
+def test_tfds_examples_without_a_filename_are_named_by_index(monkeypatch):
+    import tensorflow as tf
+
+    from bit_keras.dense.sources import tfds_box_problems
+
+    dataset = tf.data.Dataset.from_tensor_slices({"objects": {"bbox": [[[0.1, 0.1, 0.2, 0.2]], [[0.5, 0.5, 0.4, 0.9]]],
+                                                              "label": [[0], [0]]}})
+    problems = tfds_box_problems(dataset, num_classes=1)
+    assert problems.counts == {"degenerate box (zero width or height)": 1}
+    assert problems.named["degenerate box (zero width or height)"][0].startswith("example 1 (box 0")
+
+
+def test_coco_and_mask_folder_drops_reach_the_run_log_with_their_files(tmp_path):
+    from bit_keras.dense.data import open_dataset
+    from bit_keras.dense.run import warn_dropped
+
+    images, annotations = _coco_folder(tmp_path, GOOD + BAD)
+    data = open_dataset(f"coco:{images},{annotations}", "detection")
+    lines = []
+    warn_dropped(data, lines.append)
+    assert f"warning: coco:{images},{annotations}: dropped 1 annotation(s): unknown category id (e.g. annotation 3 " \
+           "of a.png (category 99))" in lines
+    assert sum(e["boxes"].shape[0] for e in data.examples) == 2  # only GOOD's boxes are trained on
+    pairs = tmp_path / "pairs"
+    (pairs / "images").mkdir(parents=True)
+    (pairs / "masks").mkdir()
+    for name in ("a", "b"):
+        _write_image(pairs / "images" / f"{name}.jpg", 8, 6)
+    _write_mask(pairs / "masks" / "a.png", np.zeros((8, 6)))
+    _write_mask(pairs / "masks" / "b.png", np.zeros((9, 6)))     # another size than its image
+    data = open_dataset(f"masks:{pairs / 'images'},{pairs / 'masks'}", "segmentation", num_classes=2)
+    lines = []
+    warn_dropped(data, lines.append)
+    assert lines == [f"warning: masks:{pairs / 'images'},{pairs / 'masks'}: dropped 1 annotation(s): mask of another "
+                     "size than its image (e.g. b.png (9x6 vs 8x6))"]
+    assert len(list(data.examples)) == 1
 
 
 def _write_mask(path, mask):

@@ -150,3 +150,18 @@ def test_cli_refusals_are_one_line(tmp_path, args, message):
                   check=False)
     assert result.returncode == 2, result.stderr
     assert message in result.stderr and (len(result.stderr.strip().splitlines()) == 1 or "usage:" in result.stderr)
+
+
+def test_detection_demo_trains_scores_and_draws_in_a_small_setting(tmp_path):
+    """`bit_keras demo --task detection` end to end with 2 updates at 32 px (the default is a few minutes)."""
+    from PIL import Image
+
+    from bit_keras.dense.demo import run_demo
+
+    lines = []
+    result = run_demo(str(tmp_path / "detection"), steps=2, batch_size=4, resolution=32, print_fn=lines.append)
+    assert lines[0].startswith("BiT detection demo: keras-hub RetinaNet on r14x1") and "2 updates" in lines[0]
+    assert any(line.startswith("COCO box mAP on 64 held-out images (pycocotools): AP ") for line in lines), lines
+    assert result["updates"] == 2 and 0.0 <= result["eval"]["AP50"] <= 1.0
+    with Image.open(result["picture"]) as picture:
+        assert picture.width > 200 and picture.height > 100

@@ -77,6 +77,26 @@ def test_retinanet_trains_on_shapes_and_scores_with_pycocotools(encoder, shapes)
     assert 0.0 <= scores["AP"] <= 1.0
 
 
+def test_every_object_is_the_target_of_its_best_anchor(encoder):
+    """An object that no anchor overlaps by IoU 0.5 is still the target of its best anchor (the
+    initialization is `test_retinanet_starts_at_the_focal_prior`)."""
+    from bit_keras.dense.tasks import build_detector
+
+    detector = build_detector(encoder, num_classes=3, max_level=5, head_conv_layers=1, anchor_size=1)
+    images = np.zeros((1, SIZE, SIZE, 3), np.float32)
+    box = np.array([29.0, 30.0, 35.0, 33.0])  # 6 x 3 px, yxyx
+    anchors = np.concatenate([np.asarray(a) for a in detector.anchor_generator(images).values()])
+    top, left = np.maximum(anchors[:, :2], box[:2]), np.minimum(anchors[:, 2:], box[2:])
+    overlap = np.prod(np.clip(left - top, 0, None), -1)
+    iou = overlap / (np.prod(anchors[:, 2:] - anchors[:, :2], -1) + np.prod(box[2:] - box[:2]) - overlap)
+    assert iou.max() < 0.4  # below both thresholds: by IoU alone, no anchor would learn it
+    padded_boxes = np.array([[box, [-1, -1, -1, -1]]], np.float32)
+    _, labels = detector.label_encoder(images=images, gt_boxes=padded_boxes, gt_classes=np.array([[2.0, -1.0]]))
+    labels = np.asarray(labels).reshape(-1)
+    assert np.flatnonzero(labels == 2).tolist() == [int(np.argmax(iou))]
+    assert set(np.unique(labels)) <= {-2.0, -1.0, 2.0}  # the padding row is nobody's target
+
+
 def test_the_detector_keeps_detections_scoring_above_five_percent(encoder):
     """keras-hub's default decoder drops scores under 0.5, so a young detector showed no boxes at all."""
     from bit_keras.dense.tasks import build_detector

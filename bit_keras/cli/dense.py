@@ -91,6 +91,8 @@ def run_evaluate(args, run_dir):
     else:
         print(f"{run_dir} on {scores['dataset']} ({scores['examples']} images): mean IoU {_number(scores['mean_iou'])}, "
               f"pixel accuracy {_number(scores['pixel_accuracy'])}")
+    for reason, count in scores.get("dropped_annotations", {}).items():
+        print(f"warning: {scores['dataset']}: dropped {count} annotation(s) before scoring: {reason}")
     return 0
 
 

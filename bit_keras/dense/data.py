@@ -1,6 +1,6 @@
 """Dataset specs of `bit_keras finetune --task detection|segmentation`, as tf.data pipelines.
 
-- `shapes` (the offline default): `shapes.synthetic_shapes`, 256 training images (seed 0) and
+- `shapes` (the offline default): `shapes.synthetic_shapes`, 2048 training images (seed 0) and
   64 test images (seed 1) at the run's resolution; 3 shape classes (4 mask labels).
 - `tfds:NAME[/CONFIG]`: detection from `objects/bbox` + `objects/label` (`tfds:coco/2017`,
   `tfds:voc/2012`); segmentation from a `segmentation_mask` feature (needs `num_classes`).
@@ -22,7 +22,7 @@ from bit_keras.dense import augment, shapes
 from bit_keras.errors import ConfigError
 
 TASKS = ("detection", "segmentation")
-SHAPES_SIZES = {"train": 256, "test": 64}  # synthetic examples per split
+SHAPES_SIZES = {"train": 2048, "test": 64}  # synthetic examples per split (2048: a detector from scratch overfits 256)
 SHAPES_SEEDS = {"train": 0, "test": 1}
 
 
@@ -33,6 +33,7 @@ class DenseData:
     class_names: tuple
     origin: str
     dropped: dict             # reason -> count, for annotations left out
+    dropped_named: dict = dataclasses.field(default_factory=dict)  # reason -> the first few, with their file
 
 
 def check_task(task: str) -> str:
@@ -68,7 +69,8 @@ def open_dataset(spec: str, task: str, split: str = "train", *, num_classes=None
 
         images, annotations = _pair(spec, "COCO", "coco:IMAGES_DIR,ANNOTATIONS.json")
         source = load_coco(images, annotations, on_bad=on_bad)
-        return DenseData(source.dataset(), len(source.class_names), source.class_names, spec, source.report)
+        return DenseData(source.dataset(), len(source.class_names), source.class_names, spec, source.report,
+                         source.named)
     if spec.startswith("masks:"):
         if task == "detection":
             raise ConfigError(f"{spec} holds masks, no boxes: detection needs coco:IMAGES,ANNOTATIONS.json or "
@@ -80,18 +82,19 @@ def open_dataset(spec: str, task: str, split: str = "train", *, num_classes=None
 
         images, masks = _pair(spec, "segmentation", "masks:IMAGES_DIR,MASKS_DIR")
         source = load_mask_folders(images, masks, int(num_classes), on_bad=on_bad)
-        return DenseData(source.dataset(), int(num_classes), source.class_names, spec, source.report)
+        return DenseData(source.dataset(), int(num_classes), source.class_names, spec, source.report,
+                         source.named)
     if spec.startswith("tfds:"):
-        return _tfds(spec, task, split, num_classes=num_classes, data_dir=data_dir, download=download)
+        return _tfds(spec, task, split, num_classes=num_classes, data_dir=data_dir, download=download, on_bad=on_bad)
     raise ConfigError(f"Unknown dataset {spec!r} for {task}: use shapes, tfds:NAME (e.g. tfds:coco/2017, "
                       "tfds:voc/2012), coco:IMAGES_DIR,ANNOTATIONS.json or masks:IMAGES_DIR,MASKS_DIR.")
 
 
-def _tfds(spec, task, split, *, num_classes, data_dir, download):
+def _tfds(spec, task, split, *, num_classes, data_dir, download, on_bad="drop"):
     import tensorflow as tf
     import tensorflow_datasets as tfds
 
-    from bit_keras.dense.sources import from_tfds
+    from bit_keras.dense.sources import from_tfds, tfds_box_problems
 
     name = spec[len("tfds:"):]
     try:
@@ -104,7 +107,13 @@ def _tfds(spec, task, split, *, num_classes, data_dir, download):
         if objects is None or "bbox" not in objects or "label" not in objects:
             raise ConfigError(f"{spec} has no objects/bbox and objects/label features: not a detection dataset.")
         names = tuple(objects["label"].names)
-        return DenseData(dataset.map(from_tfds), len(names), names, f"{spec}[{split}]", {})
+        origin = f"{spec}[{split}]"
+        # One pass over the annotations (images left encoded) names and counts the bad boxes before training.
+        annotations = tfds.load(name, split=split, data_dir=data_dir, download=False,
+                                decoders={"image": tfds.decode.SkipDecoding()})
+        problems = tfds_box_problems(annotations, len(names), on_bad=on_bad, origin=origin)
+        return DenseData(dataset.map(lambda e: from_tfds(e, num_classes=len(names))), len(names), names, origin,
+                         problems.report(), problems.examples())
     if "segmentation_mask" not in features:
         raise ConfigError(f"{spec} has no segmentation_mask feature (it has {', '.join(sorted(features))}): "
                           "segmentation needs masks; use masks:IMAGES_DIR,MASKS_DIR or another dataset.")

@@ -163,8 +163,7 @@ def finetune(choice, *, task, dataset, output, batch_size=16, micro_batch_size=N
         f"output stride {output_stride or 32}, {precision}); {train.origin}, {train.num_classes} classes, "
         f"{resolution} px; batch {batch_size} = {replicas} replica(s) x micro-batch {micro} x {accumulation} "
         f"accumulation step(s); {steps} updates, evaluation every {eval_every}")
-    for reason, count in train.dropped.items():
-        say(f"warning: {train.origin}: dropped {count} annotation(s): {reason}")
+    warn_dropped(train, say)
 
     if chief:
         replaced = files.move_aside(output) if overwrite and os.path.lexists(output) else None
@@ -207,6 +206,7 @@ def finetune(choice, *, task, dataset, output, batch_size=16, micro_batch_size=N
                 "held-out data).")
         data = open_dataset(eval_spec, task, eval_split, num_classes=train.num_classes, resolution=resolution,
                             data_dir=data_dir, download=download, on_bad=on_bad)
+        warn_dropped(data, say)
         metrics["eval"] = score(model, data, task, resolution=resolution, max_boxes=max_boxes)
     if chief:
         with files.staged_file(os.path.join(output, MODEL_FILE), overwrite=True) as staging:
@@ -216,6 +216,14 @@ def finetune(choice, *, task, dataset, output, batch_size=16, micro_batch_size=N
     else:
         files.remove(writes)
     return metrics
+
+
+def warn_dropped(data, say):
+    """One line per reason annotations were left out, with the first few named by their file."""
+    for reason, count in data.dropped.items():
+        named = data.dropped_named.get(reason)
+        say(f"warning: {data.origin}: dropped {count} annotation(s): {reason}"
+            + (f" (e.g. {'; '.join(named)})" if named else ""))
 
 
 def score(model, data, task, *, resolution, max_boxes=100, batch_size=8) -> dict:
@@ -243,6 +251,8 @@ def score(model, data, task, *, resolution, max_boxes=100, batch_size=8) -> dict
         result = {"mean_iou": result["mean_iou"], "pixel_accuracy": result["pixel_accuracy"], "iou": result["iou"]}
     else:
         result = coco_map(truth, predicted, num_classes=data.num_classes)
+    if data.dropped:
+        result["dropped_annotations"] = dict(data.dropped)
     return {**_no_nan(result), "examples": count, "dataset": data.origin}
 
 

@@ -38,6 +38,7 @@ class DenseSource:
     class_names: tuple
     report: dict              # reason -> count of dropped annotations/examples
     origin: str               # what the user named (for messages)
+    named: dict = dataclasses.field(default_factory=dict)  # reason -> the first few, named with their file
 
     def dataset(self):
         """A tf.data.Dataset of decoded examples (uint8 image, and boxes+classes or int32 mask)."""
@@ -84,6 +85,10 @@ class _Problems:
             logging.warning("%s: dropped %d annotation(s): %s (e.g. %s)", self.origin, count, reason,
                             "; ".join(self.named[reason]))
         return dict(self.counts)
+
+    def examples(self) -> dict:
+        """reason -> the first EXAMPLES_NAMED bad annotations, named with their file."""
+        return {reason: list(names) for reason, names in self.named.items()}
 
 
 def parse_spec(spec: str):
@@ -166,7 +171,8 @@ def load_coco(images_dir, annotations_file, on_bad: str = "drop", check_image_si
     examples = [{"file": image["file"], "boxes": np.asarray(image["boxes"], np.float32).reshape(-1, 4),
                  "classes": np.asarray(image["classes"], np.int32)} for image in images.values()]
     names = tuple(str(c.get("name", c["id"])) for c in categories)
-    return DenseSource(examples, names, problems.report(), f"coco:{images_dir},{annotations_file}")
+    return DenseSource(examples, names, problems.report(), f"coco:{images_dir},{annotations_file}",
+                       problems.examples())
 
 
 def _checked_box(bbox, size, where, problems):
@@ -190,11 +196,27 @@ def _checked_box(bbox, size, where, problems):
     return box
 
 
-def from_tfds(example: dict) -> dict:
+def _tfds_box_flags(boxes, labels, num_classes=None):
+    """Per box of a tfds example: (outside [0, 1], zero area, unknown label), each box in one reason only."""
+    import tensorflow as tf
+
+    outside = ~tf.reduce_all((boxes >= 0.0) & (boxes <= 1.0), axis=-1)
+    degenerate = ~outside & ((boxes[:, 2] <= boxes[:, 0]) | (boxes[:, 3] <= boxes[:, 1]))
+    unknown = labels < 0
+    if num_classes is not None:
+        unknown |= labels >= num_classes
+    return outside, degenerate, ~outside & ~degenerate & unknown
+
+
+TFDS_REASONS = ("box outside the image", "degenerate box (zero width or height)", "unknown category id")
+
+
+def from_tfds(example: dict, num_classes: int | None = None) -> dict:
     """Maps a tfds detection example (`image`, `objects/bbox` normalized yxyx, `objects/label`).
 
-    Returns our example with pixel boxes; boxes outside [0, 1] or with zero area are
-    dropped and counted in `dropped_boxes` (sum it over the dataset with `count_dropped`).
+    Returns our example with pixel boxes; boxes outside [0, 1], with zero area or (given
+    `num_classes`) a label outside 0..num_classes-1 are dropped, counted in `dropped_boxes`
+    (`tfds_box_problems` counts and names them over a whole split before training).
     """
     import tensorflow as tf
 
@@ -202,19 +224,39 @@ def from_tfds(example: dict) -> dict:
     shape = tf.cast(tf.shape(image)[:2], tf.float32)
     boxes = tf.cast(example["objects"]["bbox"], tf.float32)
     labels = tf.cast(example["objects"]["label"], tf.int32)
-    inside = tf.reduce_all((boxes >= 0.0) & (boxes <= 1.0), axis=-1)
-    keep = inside & (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+    outside, degenerate, unknown = _tfds_box_flags(boxes, labels, num_classes)
+    keep = ~(outside | degenerate | unknown)
     return {"image": image, "boxes": tf.boolean_mask(boxes, keep) * tf.tile(shape, [2]),
             "classes": tf.boolean_mask(labels, keep),
             "dropped_boxes": tf.reduce_sum(tf.cast(~keep, tf.int32))}
 
 
-def count_dropped(dataset, origin: str = "dataset") -> int:
-    """Total `dropped_boxes` over a (finite) dataset of examples; logged when non-zero."""
-    total = int(dataset.map(lambda e: e["dropped_boxes"]).reduce(np.int32(0), lambda a, b: a + b))
-    if total:
-        logging.warning("%s: dropped %d box(es) outside the image or with zero area.", origin, total)
-    return total
+def tfds_box_problems(annotations, num_classes: int, on_bad: str = "drop", origin: str = "dataset") -> "_Problems":
+    """Checks every box of a tfds detection split before anything trains on it (images not needed).
+
+    `annotations`: examples with `objects/bbox`, `objects/label` and, when the dataset has it,
+    `image/filename` (which names a bad box; else the example's index). Returns the `_Problems`
+    (counts by reason in `.counts`, examples in `.named`); with on_bad="refuse", raises at the first.
+    """
+    import tensorflow as tf
+
+    problems = _Problems(on_bad, origin)
+
+    def flags(index, example):
+        boxes = tf.cast(example["objects"]["bbox"], tf.float32)
+        labels = tf.cast(example["objects"]["label"], tf.int32)
+        found = _tfds_box_flags(boxes, labels, num_classes)
+        name = example.get("image/filename", tf.constant(b""))
+        return {"index": index, "name": name, "boxes": boxes, "labels": labels, "flags": tf.stack(found)}
+
+    bad = annotations.enumerate().map(flags).filter(lambda e: tf.reduce_any(e["flags"]))
+    for example in bad.as_numpy_iterator():
+        name = example["name"].decode() if example["name"] else f"example {example['index']}"
+        for reason, flagged in zip(TFDS_REASONS, example["flags"]):
+            for i in np.flatnonzero(flagged):
+                box = [round(float(v), 4) for v in example["boxes"][i]]
+                problems.add(reason, f"{name} (box {i}: yxyx {box}, label {example['labels'][i]})")
+    return problems
 
 
 def load_mask_folders(images_dir, masks_dir, num_classes: int, on_bad: str = "drop",
@@ -270,4 +312,5 @@ def load_mask_folders(images_dir, masks_dir, num_classes: int, on_bad: str = "dr
     if not examples:
         raise ConfigError(f"No image/mask pairs in {images_dir} and {masks_dir} (pairs share a file stem: "
                           f"a.jpg with a.png); dropped: {report or 'none'}.")
-    return DenseSource(examples, tuple(str(i) for i in range(num_classes)), report, f"{images_dir} + {masks_dir}")
+    return DenseSource(examples, tuple(str(i) for i in range(num_classes)), report, f"{images_dir} + {masks_dir}",
+                       problems.examples())

@@ -25,6 +25,7 @@ from bit_keras.errors import ConfigError, SetupError
 
 PYRAMID_KEYS = ("P2", "P3", "P4", "P5")
 ASPP_DILATION_RATES = (6, 12, 18)  # DeepLabV3+ at output stride 16
+PRIOR_PROBABILITY = 0.01  # RetinaNet's initial foreground probability of every anchor
 
 
 def _keras_hub():
@@ -76,10 +77,19 @@ def build_detector(image_encoder, num_classes: int, *, min_level: int = 3, max_l
     backbone = keras_hub.models.RetinaNetBackbone(
         image_encoder=image_encoder, min_level=min_level, max_level=max_level, use_p5=use_p5,
         image_shape=tuple(image_encoder.input.shape[1:]), dtype=dtype)
-    if anchor_size != 4 and "anchor_generator" not in kwargs:
+    if "anchor_generator" not in kwargs:
         kwargs["anchor_generator"] = keras_hub.layers.AnchorGenerator(
             bounding_box_format, min_level=min_level, max_level=max_level, num_scales=3,
             aspect_ratios=[0.5, 1.0, 2.0], anchor_size=anchor_size)
+    if "label_encoder" not in kwargs:
+        from keras_hub.src.models.retinanet.retinanet_label_encoder import RetinaNetLabelEncoder
+
+        # Every object is the target of at least its best anchor (torchvision's allow_low_quality_matches):
+        # keras-hub's default matches by IoU >= 0.5 only, and an object no anchor overlaps that much (small,
+        # thin, or between anchor centres) is never learned, whatever the training.
+        kwargs["label_encoder"] = RetinaNetLabelEncoder(
+            kwargs["anchor_generator"], bounding_box_format=bounding_box_format, encoding_format="center_xywh",
+            box_matcher_force_match_for_each_col=True)
     if "prediction_decoder" not in kwargs:
         kwargs["prediction_decoder"] = keras_hub.layers.NonMaxSuppression(
             bounding_box_format, from_logits=True, iou_threshold=0.5, confidence_threshold=confidence_threshold,
@@ -88,7 +98,7 @@ def build_detector(image_encoder, num_classes: int, *, min_level: int = 3, max_l
         backbone=backbone, num_classes=num_classes, bounding_box_format=bounding_box_format,
         pre_logits_num_conv_layers=head_conv_layers, use_prediction_head_norm=use_prediction_head_norm,
         dtype=dtype, **kwargs)
-    _focal_prior_init(detector, kwargs.get("classification_head_prior_probability", 0.01))
+    _focal_prior_init(detector, kwargs.get("classification_head_prior_probability", PRIOR_PROBABILITY))
     return detector
 
 
@@ -178,8 +188,10 @@ def detection_inputs(example: dict, max_boxes: int, scale: float = 1 / 255.0):
     labels = tf.cast(example["classes"], tf.float32)[:max_boxes]
     pad = max_boxes - tf.shape(boxes)[0]
     image = tf.cast(example["image"], tf.float32) * scale
-    return image, {"boxes": tf.pad(boxes, [[0, pad], [0, 0]], constant_values=-1.0),
-                   "labels": tf.pad(labels, [[0, pad]], constant_values=-1.0)}
+    # Static shapes: keras-hub's label encoder branches in Python on the box count, and fails on an
+    # unknown one when a replica gets one image (`--micro-batch 1`).
+    return image, {"boxes": tf.ensure_shape(tf.pad(boxes, [[0, pad], [0, 0]], constant_values=-1.0), [max_boxes, 4]),
+                   "labels": tf.ensure_shape(tf.pad(labels, [[0, pad]], constant_values=-1.0), [max_boxes])}
 
 
 def segmentation_inputs(example: dict, scale: float = 1 / 255.0):
