@@ -87,9 +87,10 @@ def build_detector(image_encoder, num_classes: int, *, min_level: int = 3, max_l
         # Every object is the target of at least its best anchor (torchvision's allow_low_quality_matches):
         # keras-hub's default matches by IoU >= 0.5 only, and an object no anchor overlaps that much (small,
         # thin, or between anchor centres) is never learned, whatever the training.
-        kwargs["label_encoder"] = RetinaNetLabelEncoder(
-            kwargs["anchor_generator"], bounding_box_format=bounding_box_format, encoding_format="center_xywh",
-            box_matcher_force_match_for_each_col=True)
+        from bit_keras.dense.matching import match_every_object
+
+        kwargs["label_encoder"] = match_every_object(RetinaNetLabelEncoder(
+            kwargs["anchor_generator"], bounding_box_format=bounding_box_format, encoding_format="center_xywh"))
     if "prediction_decoder" not in kwargs:
         kwargs["prediction_decoder"] = keras_hub.layers.NonMaxSuppression(
             bounding_box_format, from_logits=True, iou_threshold=0.5, confidence_threshold=confidence_threshold,
