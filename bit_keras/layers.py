@@ -6,12 +6,35 @@ both keep their statistics in float32 under mixed precision.
 
 from __future__ import annotations
 
+import contextlib
+import threading
+
 import keras
 from keras import ops
 from bit_keras.errors import ConfigError
 
 WS_EPSILON = 1e-10  # BiT's release uses 1e-10 inside the square root in all frameworks.
 GN_EPSILON = 1e-5   # Keras core's GroupNormalization defaults to 1e-3, which is not BiT's.
+_TRACING = threading.local()
+
+
+@contextlib.contextmanager
+def plain_reductions():
+    """Within it, GroupNorm and weight standardization trace plain reductions, not products (`_pixel_sums`).
+
+    For graphs that leave TensorFlow (ONNX, LiteRT, OpenVINO): their runtimes reduce fast on their
+    own, and int8 quantizers quantize a product's output (the sum) where they keep a mean exact.
+    """
+    before = getattr(_TRACING, "plain", False)
+    _TRACING.plain = True
+    try:
+        yield
+    finally:
+        _TRACING.plain = before
+
+
+def _product_sums() -> bool:
+    return keras.backend.backend() == "tensorflow" and not getattr(_TRACING, "plain", False)
 
 
 def standardize_kernel(kernel, epsilon: float = WS_EPSILON):
@@ -54,41 +77,46 @@ def _standardize(kernel, epsilon):
 
 
 def _kernel_mean(kernel):
-    """Per output channel mean of an HWIO kernel over H, W and I, shaped [1, 1, 1, O] (see `_sums`)."""
-    if keras.backend.backend() != "tensorflow":
+    """Per output channel mean of an HWIO kernel over H, W and I, shaped [1, 1, 1, O] (see `_pixel_sums`)."""
+    if not _product_sums():
         return ops.mean(kernel, axis=(0, 1, 2), keepdims=True)
     *reduced, channels = kernel.shape
     count = reduced[0] * reduced[1] * reduced[2]
-    sums = _sums(ops.reshape(kernel, (1, count, channels)), count)
+    sums = _pixel_sums(ops.reshape(kernel, (1, count, channels)), count)
     return ops.reshape(sums / count, (1, 1, 1, channels))
 
 
-def _moments(x, pixels):
-    """Per-sample, per-channel mean and (biased) variance of x, shaped [N, P, C], as [N, 1, C] each.
+def _pixel_moments(x, pixels):
+    """Per-sample, per-channel mean and (biased) variance of channels-last x over its pixels, [N, C] each.
 
     Two passes (the mean, then the mean of the centred squares) as `ops.moments`; on TensorFlow
-    the sums are products with a row of ones (`_sums`), elsewhere `ops.moments` itself.
+    the sums are products with a row of ones (`_pixel_sums`), elsewhere (and in
+    `plain_reductions`) `ops.moments` itself.
     """
-    if keras.backend.backend() != "tensorflow":
-        return ops.moments(x, axes=(1,), keepdims=True)
+    axes = tuple(range(1, len(x.shape) - 1))
+    if not _product_sums():
+        return ops.moments(x, axes=axes)
     count = ops.cast(pixels, "float32")
-    mean = _sums(x, pixels) / count
-    return mean, _sums(ops.square(x - mean), pixels) / count
+    mean = _pixel_sums(x, pixels) / count
+    centered = x - ops.reshape(mean, (ops.shape(x)[0],) + (1,) * len(axes) + (x.shape[-1],))
+    return mean, _pixel_sums(ops.square(centered), pixels) / count
 
 
-def _sums(x, pixels):
-    """Per-sample, per-channel sums of x, shaped [N, P, C] (P pixels), as [N, 1, C].
+def _pixel_sums(x, pixels):
+    """Per-sample, per-channel sums of channels-last x over its `pixels` pixels, shaped [N, C].
 
-    On TensorFlow, a batched product with a row of ones: TF's CPU reduction over the middle
-    axis of an [N, P, C] tensor is 2-4x slower than oneDNN's matrix product over R50x1's
-    activation shapes (a third of the GroupNorm and weight standardization time), and the
-    blocked product accumulates in float32 as exactly. Elsewhere a plain sum: XLA's CPU dot
+    On TensorFlow, a batched product with a row of ones: TF's CPU reduction over the pixels of
+    an [N, P, C] tensor is 2-4x slower than oneDNN's matrix product over R50x1's activation
+    shapes (a third of the GroupNorm and weight standardization time); it sums in float32, to
+    the model's usual parity with the float64 reference. Elsewhere a plain sum: XLA's CPU dot
     accumulates the pixels one after another (errors grow with P), JAX's and PyTorch's
     reductions are fast already.
     """
-    if keras.backend.backend() == "tensorflow":
-        return ops.matmul(ops.ones((1, pixels), x.dtype), x)
-    return ops.sum(x, axis=1, keepdims=True)
+    if not _product_sums():
+        return ops.sum(x, axis=tuple(range(1, len(x.shape) - 1)))
+    batch, channels = ops.shape(x)[0], x.shape[-1]  # no reshape with -1: an empty batch is ambiguous
+    flat = ops.reshape(x, (batch, pixels, channels))
+    return ops.reshape(ops.matmul(ops.ones((1, pixels), x.dtype), flat), (batch, channels))
 
 
 def _conv_output_size(size, kernel, stride, dilation, padding):
@@ -143,7 +171,7 @@ class GroupNormalization(keras.layers.Layer):
     """Group normalization over channels-last inputs, with BiT's defaults (32 groups, eps 1e-5).
 
     Statistics are computed in float32 whatever the compute dtype. For speed without XLA,
-    they are gathered per channel first (sums over the pixels, `_sums`: on TensorFlow a
+    they are gathered per channel first (sums over the pixels, `_pixel_sums`: on TensorFlow a
     product with a row of ones, then a tiny reduction over the channels of each group)
     instead of over a strided [N, HW, G, C/G] view,
     and the normalisation is applied as one per-sample, per-channel multiply-add. Group
@@ -202,8 +230,7 @@ def group_norm(inputs, gamma, beta, groups: int, epsilon: float, dtype=None):
         pixels = pixels * shape[axis]
     # No reshape with -1: an empty batch (TF Serving sends those) makes it ambiguous and fails.
     grouped = (batch, groups, per_group)
-    flat = (batch, pixels, channels)        # statistics are sums over the pixels (`_sums`)
-    per_channel = (batch, 1, channels)
+    per_channel = (batch,) + (1,) * len(axes) + (channels,)
     input_dtype = keras.backend.standardize_dtype(inputs.dtype)
     out_dtype = keras.backend.standardize_dtype(dtype or input_dtype)
 
@@ -215,8 +242,8 @@ def group_norm(inputs, gamma, beta, groups: int, epsilon: float, dtype=None):
 
     @ops.custom_gradient
     def normalize(inputs, gamma, beta):
-        x = ops.reshape(to_float32(inputs), flat)
-        channel_mean, channel_var = _moments(x, pixels)
+        x = to_float32(inputs)
+        channel_mean, channel_var = _pixel_moments(x, pixels)
         channel_mean = ops.reshape(channel_mean, grouped)
         channel_var = ops.reshape(channel_var, grouped)
         mean = ops.mean(channel_mean, axis=2, keepdims=True)
@@ -225,14 +252,13 @@ def group_norm(inputs, gamma, beta, groups: int, epsilon: float, dtype=None):
         gamma = ops.reshape(gamma, (1, groups, per_group))
         scale = gamma * rstd
         shift = ops.reshape(beta, (1, groups, per_group)) - mean * scale
-        outputs = x * ops.reshape(scale, per_channel) + ops.reshape(shift, per_channel)
-        outputs = ops.reshape(from_float32(outputs, out_dtype), shape)
+        outputs = from_float32(x * ops.reshape(scale, per_channel) + ops.reshape(shift, per_channel), out_dtype)
 
         def grad(*args, upstream=None):
-            g = ops.reshape(to_float32(args[0] if upstream is None else upstream), flat)
-            x = ops.reshape(to_float32(inputs), flat)  # recast rather than keep a float32 copy alive until backward
-            sum_g = ops.reshape(_sums(g, pixels), grouped)
-            sum_gx = ops.reshape(_sums(g * x, pixels), grouped)
+            g = to_float32(args[0] if upstream is None else upstream)
+            x = to_float32(inputs)  # recast rather than keep a float32 copy alive until backward
+            sum_g = ops.reshape(_pixel_sums(g, pixels), grouped)
+            sum_gx = ops.reshape(_pixel_sums(g * x, pixels), grouped)
             sum_g_xhat = rstd * (sum_gx - mean * sum_g)  # per channel: sum over pixels of g * x_hat
             count = ops.cast(pixels * per_group, "float32")
             mean_g = ops.sum(gamma * sum_g, axis=2, keepdims=True) / count
@@ -240,7 +266,7 @@ def group_norm(inputs, gamma, beta, groups: int, epsilon: float, dtype=None):
             b = ops.broadcast_to(-rstd * rstd * mean_g_xhat, grouped)
             c = ops.broadcast_to(-rstd * mean_g, grouped) - b * mean
             dx = g * ops.reshape(scale, per_channel) + x * ops.reshape(b, per_channel) + ops.reshape(c, per_channel)
-            return (ops.reshape(from_float32(dx, input_dtype), shape), ops.reshape(ops.sum(sum_g_xhat, axis=0), (channels,)),
+            return (from_float32(dx, input_dtype), ops.reshape(ops.sum(sum_g_xhat, axis=0), (channels,)),
                     ops.reshape(ops.sum(sum_g, axis=0), (channels,)))
 
         return outputs, grad

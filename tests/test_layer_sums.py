@@ -50,3 +50,21 @@ def test_weight_standardization_and_its_gradient_reduce_by_products():
         return tape.gradient(tf.reduce_sum(w * w * kernel, name="loss"), kernel)
 
     assert _full_size_reductions(forward_and_backward, kernel) == []
+
+
+def test_plain_reductions_trace_no_products_for_the_converters():
+    """Exports to ONNX/LiteRT/OpenVINO trace inside `plain_reductions`: int8 quantizers keep a mean
+    exact but quantize a product's sum (LiteRT int8 top-1 fell to 0.85 with products)."""
+    import tensorflow as tf
+
+    from bit_keras.layers import GroupNormalization, plain_reductions
+
+    layer = GroupNormalization()
+    x = tf.constant(np.random.default_rng(0).normal(size=(2, 8, 8, 64)).astype("float32"))
+    want = layer(x)
+    with plain_reductions():
+        graph = tf.function(layer).get_concrete_function(x).graph
+        got = layer(x)
+    assert not [op.name for op in graph.get_operations() if op.type.startswith("BatchMatMul")]
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    assert not _full_size_reductions(lambda x: layer(x), x)  # outside the context: products again

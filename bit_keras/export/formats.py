@@ -61,6 +61,7 @@ def export_deployable(model, path, *, format, metadata=None, resolution=224, qua
 
     from bit_keras.export.metadata import describe_model
     from bit_keras.inference import fold_standardization
+    from bit_keras.layers import plain_reductions
 
     if format not in FORMATS:
         raise ConfigError(f"format must be one of {FORMATS}. Received: format={format!r}")
@@ -73,7 +74,8 @@ def export_deployable(model, path, *, format, metadata=None, resolution=224, qua
     probe = verify.probe_images(resolution)
     if quantize and calibration is not None:  # a quantized model is judged on images like those it serves
         probe = np.concatenate([calibration[:16], probe])
-    expected = _predict(model, probe)
+    with plain_reductions():  # the Keras model computed as the export will be (same summation order)
+        expected = _predict(model, probe)
     outputs = "logits" if getattr(model, "num_classes", None) else "features"
     info = describe_model(model, serving_outputs=outputs)
     info.pop("signatures", None)
@@ -86,7 +88,8 @@ def export_deployable(model, path, *, format, metadata=None, resolution=224, qua
     with files.locked(path), staged(path, overwrite=overwrite) as staging:
         target = staging if format in runtimes.SUFFIXES else os.path.join(staging, runtimes.OPENVINO_XML)
         log(f"Converting to {format}" + (f" ({quantize})" if quantize else "") + " ...")
-        _WRITERS[format](folded, target, resolution, quantize, calibration, json.dumps(info, sort_keys=True))
+        with plain_reductions():  # what the converters and their int8 quantizers handle best
+            _WRITERS[format](folded, target, resolution, quantize, calibration, json.dumps(info, sort_keys=True))
         images = probe if eval_data is None else np.concatenate([probe, eval_data[0]])
         try:
             actual, stored = runtimes.run_in_fresh_process(target, images)
