@@ -533,3 +533,43 @@ def test_detections_picture_draws_boxes(tmp_path):
     assert (np.asarray(Image.open(plain)) != np.asarray(Image.open(boxed))).any()
     with pytest.raises(ConfigError, match="at least one example"):
         plots.detections([], tmp_path / "c.png")
+
+
+def test_tfds_masks_of_another_size_or_with_unknown_labels_are_named_and_never_trained_on(monkeypatch):
+    import types
+
+    import tensorflow as tf
+    import tensorflow_datasets as tfds
+
+    from bit_keras.dense import IGNORE_LABEL
+    from bit_keras.dense.data import open_dataset
+    from bit_keras.errors import ConfigError
+
+    def example(name, size, mask_size, labels):
+        mask = np.zeros(mask_size + (1,), np.uint8)
+        mask.flat[:len(labels)] = labels
+        return {"image": np.zeros(size + (3,), np.uint8), "segmentation_mask": mask, "file_name": name}
+
+    examples = [example("a.jpg", (8, 6), (8, 6), [1, 2]),                # good
+                example("b.jpg", (8, 6), (6, 8), [1]),                   # transposed mask
+                example("c.jpg", (8, 6), (8, 6), [1, 5]),                # label 5 of 3 classes
+                example("d.jpg", (4, 4), (4, 4), [IGNORE_LABEL, 2])]     # good: the ignore label is allowed
+    features = tfds.features.FeaturesDict({"image": tfds.features.Image(shape=(None, None, 3)),
+                                           "segmentation_mask": tfds.features.Image(shape=(None, None, 1)),
+                                           "file_name": tfds.features.Text()})
+
+    def load(name, split, with_info=False, **_):
+        dataset = tf.data.Dataset.from_generator(lambda: iter(examples), output_signature={
+            "image": tf.TensorSpec([None, None, 3], tf.uint8), "segmentation_mask": tf.TensorSpec([None, None, 1], tf.uint8),
+            "file_name": tf.TensorSpec([], tf.string)})
+        return (dataset, types.SimpleNamespace(features=features)) if with_info else dataset
+
+    monkeypatch.setattr(tfds, "load", load)
+    data = open_dataset("tfds:pets", "segmentation", "train", num_classes=3)
+    assert data.dropped == {"mask of another size than its image": 1, "labels outside 0..2": 1}
+    assert data.dropped_named == {"mask of another size than its image": ["b.jpg (mask 6x8 vs image 8x6)"],
+                          "labels outside 0..2": ["c.jpg"]}
+    trained = [tuple(e["mask"].shape) for e in data.examples]
+    assert trained == [(8, 6), (4, 4)]  # a and d only
+    with pytest.raises(ConfigError, match=r"tfds:pets\[train\]: b.jpg \(mask 6x8 vs image 8x6\): mask of another size"):
+        open_dataset("tfds:pets", "segmentation", "train", num_classes=3, on_bad="refuse")

@@ -94,7 +94,8 @@ def _tfds(spec, task, split, *, num_classes, data_dir, download, on_bad="drop"):
     import tensorflow as tf
     import tensorflow_datasets as tfds
 
-    from bit_keras.dense.sources import from_tfds, tfds_box_problems
+    from bit_keras.dense.sources import (from_tfds, tfds_box_problems, tfds_mask_flags, tfds_mask_problems,
+                                         tfds_segmentation_example)
 
     name = spec[len("tfds:"):]
     try:
@@ -120,12 +121,14 @@ def _tfds(spec, task, split, *, num_classes, data_dir, download, on_bad="drop"):
     if not num_classes:
         raise ConfigError(f"{spec}: pass num_classes= (mask labels, background included) for its masks.")
 
-    def example(e):
-        mask = tf.cast(e["segmentation_mask"], tf.int32)
-        return {"image": e["image"], "mask": mask[..., 0] if mask.shape.rank == 3 else mask}
-
-    return DenseData(dataset.map(example), int(num_classes), tuple(str(i) for i in range(int(num_classes))),
-                     f"{spec}[{split}]", {})
+    classes = int(num_classes)
+    origin = f"{spec}[{split}]"
+    # One decoding pass names and counts masks of another size or with unknown labels before training.
+    problems = tfds_mask_problems(dataset, classes, on_bad=on_bad, origin=origin)
+    good = dataset.map(tfds_segmentation_example).filter(
+        lambda e: ~tf.reduce_any(tf.stack(tfds_mask_flags(e, classes))))
+    return DenseData(good, classes, tuple(str(i) for i in range(classes)), origin, problems.report(),
+                     problems.examples())
 
 
 def _resized(example, resolution):

@@ -259,6 +259,53 @@ def tfds_box_problems(annotations, num_classes: int, on_bad: str = "drop", origi
     return problems
 
 
+def tfds_segmentation_example(example: dict) -> dict:
+    """A tfds segmentation example (`image`, `segmentation_mask` [H, W] or [H, W, 1]) as ours."""
+    import tensorflow as tf
+
+    mask = tf.cast(example["segmentation_mask"], tf.int32)
+    return {"image": example["image"], "mask": mask[..., 0] if mask.shape.rank == 3 else mask}
+
+
+def tfds_mask_flags(example: dict, num_classes: int, ignore_label: int = IGNORE_LABEL):
+    """(mask of another size than its image, labels outside 0..num_classes-1) for one of our examples."""
+    import tensorflow as tf
+
+    other_size = tf.reduce_any(tf.shape(example["image"])[:2] != tf.shape(example["mask"])[:2])
+    mask = example["mask"]
+    unknown = tf.reduce_any((mask != ignore_label) & ((mask < 0) | (mask >= num_classes)))
+    return other_size, ~other_size & unknown
+
+
+def tfds_mask_problems(examples, num_classes: int, on_bad: str = "drop", origin: str = "dataset",
+                       ignore_label: int = IGNORE_LABEL) -> "_Problems":
+    """Checks every mask of a tfds segmentation split before anything trains on it (one decoding pass).
+
+    `examples`: tfds examples with `image`, `segmentation_mask` and, when the dataset has it,
+    `image/filename` or `file_name` (which names a bad mask; else the example's index).
+    """
+    import tensorflow as tf
+
+    problems = _Problems(on_bad, origin)
+    reasons = ("mask of another size than its image", f"labels outside 0..{num_classes - 1}")
+
+    def flags(index, raw):
+        ours = tfds_segmentation_example(raw)
+        name = raw.get("image/filename", raw.get("file_name", tf.constant(b"")))
+        return {"index": index, "name": name, "image": tf.shape(ours["image"])[:2], "mask": tf.shape(ours["mask"])[:2],
+                "flags": tf.stack(tfds_mask_flags(ours, num_classes, ignore_label))}
+
+    bad = examples.enumerate().map(flags).filter(lambda e: tf.reduce_any(e["flags"]))
+    for example in bad.as_numpy_iterator():
+        name = example["name"].decode() if example["name"] else f"example {example['index']}"
+        (image_h, image_w), (mask_h, mask_w) = example["image"], example["mask"]
+        details = (f"{name} (mask {mask_h}x{mask_w} vs image {image_h}x{image_w})", name)
+        for reason, flagged, where in zip(reasons, example["flags"], details):
+            if flagged:
+                problems.add(reason, where)
+    return problems
+
+
 def load_mask_folders(images_dir, masks_dir, num_classes: int, on_bad: str = "drop",
                       ignore_label: int = IGNORE_LABEL) -> DenseSource:
     """Pairs `images_dir/NAME.jpg` with `masks_dir/NAME.png` (class index per pixel).
