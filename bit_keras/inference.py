@@ -25,14 +25,8 @@ import contextlib
 
 import keras
 
-from bit_keras.layers import StandardizedConv2D, plain_reductions, standardize_kernel
+from bit_keras.layers import StandardizedConv2D, standardize_kernel
 from bit_keras.errors import ConfigError
-
-
-def _standardized(kernel, epsilon):
-    """A kernel standardized once, eagerly, for inference: with plain reductions, as exports compute."""
-    with plain_reductions():
-        return standardize_kernel(kernel, epsilon)
 
 
 def _plain_conv(layer: StandardizedConv2D) -> keras.layers.Conv2D:
@@ -98,7 +92,7 @@ def fold_standardization(model: keras.Model) -> keras.Model:
     def folded_weights(layer):
         if not isinstance(layer, StandardizedConv2D):
             return None
-        weights = [keras.ops.convert_to_numpy(_standardized(layer.kernel, layer.epsilon))]
+        weights = [keras.ops.convert_to_numpy(standardize_kernel(layer.kernel, layer.epsilon))]
         if layer.use_bias:
             weights.append(keras.ops.convert_to_numpy(layer.bias))
         return weights
@@ -122,7 +116,7 @@ def _same_compile(token, other) -> bool:
 def standardized_kernels(model: keras.Model):
     """For the length of the block, `model`'s standardized convolutions hold standardized kernels.
 
-    Each kernel is standardized once (eagerly, `_standardized`) and assigned to its own
+    Each kernel is standardized once (eagerly, `standardize_kernel`) and assigned to its own
     variable; the layers skip standardization meanwhile, and `model.predict_function` is a
     separate one built for that state. On exit (also on an error) the raw kernels are assigned
     back, exactly, and Keras' own predict function returns. Only for inference: nothing may
@@ -139,7 +133,7 @@ def standardized_kernels(model: keras.Model):
     try:
         for layer in mine:
             raw.append(keras.ops.copy(layer._kernel.value))
-            layer._kernel.assign(_standardized(raw[-1], layer.epsilon))
+            layer._kernel.assign(standardize_kernel(raw[-1], layer.epsilon))
             layer.holds_standardized_kernel = True
         yield model
     finally:

@@ -22,8 +22,9 @@ _TRACING = threading.local()
 def plain_reductions():
     """Within it, GroupNorm and weight standardization trace plain reductions, not products (`_pixel_sums`).
 
-    For graphs that leave TensorFlow (ONNX, LiteRT, OpenVINO): their runtimes reduce fast on their
-    own, and int8 quantizers quantize a product's output (the sum) where they keep a mean exact.
+    For graphs that leave TensorFlow (ONNX, LiteRT, OpenVINO), whose runtimes reduce fast on their
+    own: exports fold, convert and check the model inside it, so that they compute exactly as
+    before the products (two float32 summation orders differ by ~1e-5, an int8 rounding flip).
     """
     before = getattr(_TRACING, "plain", False)
     _TRACING.plain = True

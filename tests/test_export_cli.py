@@ -54,7 +54,8 @@ def test_cli_exports_the_classifier(checkpoint_file, tmp_path, capsys):
     assert len(obj.serving_variables) == len(obj.variables)  # the folded copy's own weights
     served = obj.signatures["serving_default"](images=tf.constant(images))["features"].numpy()
     assert np.abs(served - reference.forward(params, images, head=False)).max() < 1e-4 * np.abs(served).max()
-    assert np.abs(served - obj(images, training=False).numpy()).max() < 1e-5
+    # Folding changes the rounding only: float32 with another summation order reaches ~2e-5 on this random net.
+    assert np.abs(served - obj(images, training=False).numpy()).max() < 5e-5 * np.abs(served).max()
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -53,8 +53,8 @@ def test_weight_standardization_and_its_gradient_reduce_by_products():
 
 
 def test_plain_reductions_trace_no_products_for_the_converters():
-    """Exports to ONNX/LiteRT/OpenVINO trace inside `plain_reductions`: int8 quantizers keep a mean
-    exact but quantize a product's sum (LiteRT int8 top-1 fell to 0.85 with products)."""
+    """Exports to ONNX/LiteRT/OpenVINO fold, convert and check inside `plain_reductions`: plain
+    reductions there, the same outputs within float32 rounding."""
     import tensorflow as tf
 
     from bit_keras.layers import GroupNormalization, plain_reductions

@@ -74,8 +74,11 @@ def export_deployable(model, path, *, format, metadata=None, resolution=224, qua
     probe = verify.probe_images(resolution)
     if quantize and calibration is not None:  # a quantized model is judged on images like those it serves
         probe = np.concatenate([calibration[:16], probe])
-    with plain_reductions():  # the Keras model computed as the export will be (same summation order)
+    # A graph that leaves TensorFlow is computed with plain reductions end to end: the kernels folded,
+    # the converted graph and the Keras outputs it is checked against (`layers.plain_reductions`).
+    with plain_reductions():
         expected = _predict(model, probe)
+        folded = fold_standardization(model)
     outputs = "logits" if getattr(model, "num_classes", None) else "features"
     info = describe_model(model, serving_outputs=outputs)
     info.pop("signatures", None)
@@ -83,12 +86,11 @@ def export_deployable(model, path, *, format, metadata=None, resolution=224, qua
     info.update({"format": f"bit_keras.{format}", "quantization": quantize or "float32",
                  "weight_standardization": "folded into the kernels",
                  "input": {**info["input"], "shape": [None, resolution, resolution, 3]}, "resolution": resolution})
-    folded = fold_standardization(model)
     staged = files.staged_file if format in runtimes.SUFFIXES else files.staged_directory
     with files.locked(path), staged(path, overwrite=overwrite) as staging:
         target = staging if format in runtimes.SUFFIXES else os.path.join(staging, runtimes.OPENVINO_XML)
         log(f"Converting to {format}" + (f" ({quantize})" if quantize else "") + " ...")
-        with plain_reductions():  # what the converters and their int8 quantizers handle best
+        with plain_reductions():
             _WRITERS[format](folded, target, resolution, quantize, calibration, json.dumps(info, sort_keys=True))
         images = probe if eval_data is None else np.concatenate([probe, eval_data[0]])
         try:
