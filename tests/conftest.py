@@ -143,3 +143,39 @@ def run_precision_test(model, policy="mixed_bfloat16"):
                 break
         assert np.isfinite(loss) and _dtype(kernel) == policy.variable_dtype
         assert not np.array_equal(np.asarray(kernel), before)
+
+
+def _rss_mib():
+    with open("/proc/self/status") as status:
+        fields = dict(line.split(":", 1) for line in status)
+    return int(fields["VmRSS"].split()[0]) // 1024, int(fields["VmHWM"].split()[0]) // 1024
+
+
+def pytest_runtest_logfinish(nodeid, location):
+    """With BIT_KERAS_RSS_LOG=PATH, appends each test's resident memory (MiB, now and peak) to PATH.WORKER."""
+    log = os.environ.get("BIT_KERAS_RSS_LOG")
+    if log:
+        with open(f"{log}.{os.environ.get('PYTEST_XDIST_WORKER', 'main')}", "a") as out:
+            out.write("%s\t%d\t%d\n" % (nodeid, *_rss_mib()))
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _free_traced_gradients_between_files():
+    """Drops TensorFlow's registered custom gradients of the finished file's graphs.
+
+    In a traced function every `custom_gradient` call (GroupNorm and weight standardization,
+    per layer) registers its backward function in TF's global gradient registry, which is never
+    cleaned and keeps the whole traced graph alive: ~50 MB per tiny model that is fit or predicted.
+    Over a test process's files that grew each xdist worker to 11-13 GB, and the 24 GiB machine
+    thrashed. Between files no graph still needs them (gradients were traced with their functions).
+    """
+    yield
+    import sys
+
+    if "tensorflow" not in sys.modules:
+        return
+    from tensorflow.python.framework import ops as tf_ops
+
+    registry = tf_ops._gradient_registry._registry
+    for name in [name for name in registry if name.startswith("CustomGradient-")]:
+        del registry[name]
