@@ -267,6 +267,11 @@ def tfds_segmentation_example(example: dict) -> dict:
     return {"image": example["image"], "mask": mask[..., 0] if mask.shape.rank == 3 else mask}
 
 
+def mask_reasons(num_classes: int) -> tuple:
+    """The two ways a mask is bad, as every mask source names them (size first, then labels)."""
+    return "mask of another size than its image", f"labels outside 0..{num_classes - 1}"
+
+
 def tfds_mask_flags(example: dict, num_classes: int, ignore_label: int = IGNORE_LABEL):
     """(mask of another size than its image, labels outside 0..num_classes-1) for one of our examples."""
     import tensorflow as tf
@@ -287,7 +292,7 @@ def tfds_mask_problems(examples, num_classes: int, on_bad: str = "drop", origin:
     import tensorflow as tf
 
     problems = _Problems(on_bad, origin)
-    reasons = ("mask of another size than its image", f"labels outside 0..{num_classes - 1}")
+    reasons = mask_reasons(num_classes)
 
     def flags(index, raw):
         ours = tfds_segmentation_example(raw)
@@ -347,12 +352,12 @@ def load_mask_folders(images_dir, masks_dir, num_classes: int, on_bad: str = "dr
             mask_size = (mask.height, mask.width)
         if mask_size != _image_size(image_path):
             image_size = _image_size(image_path)
-            problems.add("mask of another size than its image",
+            problems.add(mask_reasons(num_classes)[0],
                          f"{masks[stem]} ({mask_size[0]}x{mask_size[1]} vs {image_size[0]}x{image_size[1]})")
             continue
         unknown = [int(v) for v in labels if v != ignore_label and not 0 <= v < num_classes]
         if unknown:
-            problems.add(f"labels outside 0..{num_classes - 1}", f"{masks[stem]} (labels {unknown[:5]})")
+            problems.add(mask_reasons(num_classes)[1], f"{masks[stem]} (labels {unknown[:5]})")
             continue
         examples.append({"file": image_path, "mask_file": mask_path})
     report = problems.report()
